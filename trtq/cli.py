@@ -1,0 +1,83 @@
+"""The ``trtq`` command: a thin click layer over the Python API.
+
+Subcommands are imported only when they run, so ``trtq --help`` stays fast and never
+imports onnxruntime, tensorrt or a CUDA binding. To add a command, add one line to
+``COMMANDS``: ``name: "module.path:attribute"`` (a click command object).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+import click
+
+from trtq import __version__
+from trtq.errors import TrtqError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (import path, one-line help shown by `trtq --help`)
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target[0].split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help lines come from COMMANDS so that listing them imports nothing.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TrtqError as exc:
+            click.echo(f"trtq: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("trtq: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # a bug: say so in one line, keep the traceback for TRTQ_DEBUG
+            if os.environ.get("TRTQ_DEBUG"):
+                traceback.print_exc()
+            click.echo(
+                f"trtq: internal error: {type(exc).__name__}: {exc} "
+                "(set TRTQ_DEBUG=1 for the traceback and please report it)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="trtq")
+def cli() -> None:
+    """Calibrate ONNX models for TensorRT INT8/FP16, build engines, and explain them.
+
+    \b
+    Start here (runs on any machine, no GPU needed):
+      trtq calibrate calib_data/mnist-8.onnx --data calib_data/mnist --cache mnist-8.cache
+    """
+
+
+def main() -> None:
+    cli(prog_name="trtq")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

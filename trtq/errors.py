@@ -1,0 +1,22 @@
+"""Error types. A :class:`TrtqError` is a problem the user can fix; the CLI prints it as one
+line and exits with status 2. Anything else is a bug (exit 1)."""
+
+from __future__ import annotations
+
+
+class TrtqError(Exception):
+    """Bad input, a missing file, an impossible option combination: the user's to fix."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(TrtqError):
+    """An optional package (tensorrt, pycuda, cuda-python) is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the Python package '{package}', which is not installed; "
+            f"install it with: pip install 'trtq[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra

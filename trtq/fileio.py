@@ -1,0 +1,64 @@
+"""Atomic output files: write to a temporary file beside the target, then rename.
+
+A crash, an error or Ctrl-C never leaves a half-written cache, model or report behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from trtq.errors import TrtqError
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail early (before any work) when an output file cannot be created."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise TrtqError(f"cannot write {out}: directory {parent} does not exist")
+    if out.is_dir():
+        raise TrtqError(f"cannot write {out}: it is a directory")
+    if not os.access(parent, os.W_OK):
+        raise TrtqError(f"cannot write {out}: directory {parent} is not writable")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path; on success it is renamed onto ``path``, on error removed."""
+    out = check_output_path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, out)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically."""
+    payload = data.encode() if isinstance(data, str) else data
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (models can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
