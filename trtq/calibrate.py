@@ -1,0 +1,213 @@
+"""The calibration API: data batches -> statistics (one pass) -> ranges (any method) -> cache / JSON.
+
+    >>> from trtq.model import load_model
+    >>> from trtq.data import open_batches
+    >>> from trtq.calibrate import calibrate
+    >>> model = load_model("calib_data/mnist-8.onnx")
+    >>> result = calibrate(model, open_batches(model, "calib_data/mnist"), "entropy2")
+    >>> result.write_cache("mnist-8.cache")
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trtq import __version__
+from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax, write_cache
+from trtq.capture import ActivationCapture
+from trtq.errors import TrtqError
+from trtq.fileio import atomic_write
+from trtq.model import Model
+from trtq.ranges import DEFAULT_PERCENTILE, METHODS, range_function
+from trtq.stats import StatsCollector
+
+RANGES_FORMAT = "trtq-ranges-1"
+
+# Distributions that may carry TensorRT's Python package; their version is read without importing it.
+_TRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11",
+                      "tensorrt-cu13-bindings", "tensorrt-cu12-bindings", "tensorrt-bindings")
+
+
+def installed_trt_version() -> str | None:
+    """Version of the installed tensorrt package, read from its metadata (nothing is imported)."""
+    for dist in _TRT_DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *,
+                       providers: list[str] | None = None,
+                       progress: Callable[[int], None] | None = None) -> StatsCollector:
+    """Run every batch through the model once and fold each calibrated tensor into its statistics.
+
+    ``progress`` is called with the number of samples of each finished batch.
+    """
+    with ActivationCapture(model, providers=providers) as capture:
+        collector = StatsCollector(capture.tensor_names, meta={
+            "model": model.name, "model_sha256": model.sha256,
+            "tensors": capture.tensor_names,
+        })
+        for activations, samples in capture.iterate(batches):
+            collector.update(activations, samples)
+            del activations
+            if progress is not None:
+                progress(samples)
+    if collector.batches == 0:
+        raise TrtqError("the data source produced no batch: nothing to calibrate")
+    return collector
+
+
+def compute_ranges(stats: StatsCollector, calibrator: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
+    """Tensor name -> amax with ``calibrator``'s method, from statistics already collected."""
+    method = range_function(calibrator, percentile)
+    return {s.name: float(method(s)) for s in stats}
+
+
+@dataclass
+class CalibrationResult:
+    """Ranges of one method, with the statistics and provenance they came from."""
+
+    calibrator: str
+    amax: dict[str, float]
+    stats: StatsCollector
+    percentile: float = DEFAULT_PERCENTILE
+    data: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def samples(self) -> int:
+        return self.stats.samples
+
+    def problems(self) -> list[str]:
+        """One line per tensor whose range needs the user's attention (zeros, NaN/Inf)."""
+        lines = []
+        for s in self.stats:
+            if s.nonfinite:
+                lines.append(f"tensor '{s.name}' had {s.nonfinite} NaN/Inf values; they were ignored")
+            if s.count and s.absmax == 0.0:
+                lines.append(f"tensor '{s.name}' is all zeros on the calibration data; its range is 0")
+            elif s.count == 0:
+                lines.append(f"tensor '{s.name}' had no finite value; its range is 0")
+        return lines
+
+    def most_clipped(self, top: int = 5) -> list[tuple[str, float, float]]:
+        """``(name, fraction of values beyond amax, amax/absmax)`` for the most clipped tensors."""
+        rows = []
+        for s in self.stats:
+            amax = self.amax[s.name]
+            fraction = s.fraction_above(amax)
+            if fraction > 0:
+                rows.append((s.name, fraction, amax / s.absmax if s.absmax else 1.0))
+        rows.sort(key=lambda r: r[1], reverse=True)
+        return rows[:top]
+
+    def cache(self, trt_version: str | None = None) -> CalibrationCache:
+        return cache_from_amax(self.amax, self.calibrator, trt_version or DEFAULT_TRT_VERSION)
+
+    def write_cache(self, path: str | os.PathLike, trt_version: str | None = None) -> Path:
+        return write_cache(path, self.cache(trt_version))
+
+    def document(self, trt_version: str | None = None) -> dict:
+        """The ``--json`` document: per-tensor ranges plus where they came from."""
+        cache = self.cache(trt_version)
+        tensors = {}
+        for s in self.stats:
+            tensors[s.name] = {
+                "amax": self.amax[s.name],
+                "scale": cache.scales[s.name],
+                "min": s.min if s.count else 0.0,
+                "max": s.max if s.count else 0.0,
+                "absmax": s.absmax,
+                "clipped_fraction": s.fraction_above(self.amax[s.name]),
+            }
+        options = {"calibrator": self.calibrator, "cache_header": cache.header}
+        if self.calibrator == "percentile":
+            options["percentile"] = self.percentile
+        return {
+            "format": RANGES_FORMAT,
+            "calibrator": self.calibrator,
+            "model": self.stats.meta.get("model"),
+            "samples": self.samples,
+            "tensors": tensors,
+            "provenance": {
+                "trtq": __version__,
+                "onnxruntime": _version_of("onnxruntime"),
+                "numpy": np.__version__,
+                "model_sha256": self.stats.meta.get("model_sha256"),
+                "data": self.data or self.stats.meta.get("data", {}),
+                "batches": self.stats.batches,
+                "options": options,
+            },
+        }
+
+    def write_json(self, path: str | os.PathLike, trt_version: str | None = None) -> Path:
+        text = json.dumps(self.document(trt_version), indent=2, allow_nan=False) + "\n"
+        return atomic_write(path, text)
+
+
+def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator: str = "entropy2", *,
+              percentile: float = DEFAULT_PERCENTILE, providers: list[str] | None = None,
+              progress: Callable[[int], None] | None = None) -> CalibrationResult:
+    """Collect statistics over ``batches`` and compute ``calibrator``'s ranges."""
+    if calibrator not in METHODS:
+        raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(METHODS)})")
+    range_function(calibrator, percentile)  # validates the percentile before the long part
+    started = time.perf_counter()
+    stats = collect_statistics(model, batches, providers=providers, progress=progress)
+    data = batches.provenance() if hasattr(batches, "provenance") else {}
+    stats.meta["data"] = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the CLI warns about 'entropy' itself, once
+        amax = compute_ranges(stats, calibrator, percentile)
+    return CalibrationResult(calibrator, amax, stats, percentile, data, time.perf_counter() - started)
+
+
+def ranges_from_stats(stats: StatsCollector, calibrator: str,
+                      percentile: float = DEFAULT_PERCENTILE) -> CalibrationResult:
+    """Re-derive ranges with any method from saved statistics, without running the model."""
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        amax = compute_ranges(stats, calibrator, percentile)
+    return CalibrationResult(calibrator, amax, stats, percentile, stats.meta.get("data", {}),
+                             time.perf_counter() - started)
+
+
+def read_ranges_json(path: str | os.PathLike) -> dict[str, float]:
+    """Tensor name -> amax from a ``trtq calibrate --json`` file."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise TrtqError(f"ranges file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TrtqError(f"{path} is not a trtq ranges JSON file ({type(exc).__name__})") from exc
+    tensors = document.get("tensors") if isinstance(document, dict) else None
+    if not isinstance(tensors, dict):
+        raise TrtqError(f"{path} is not a trtq ranges JSON file (no 'tensors' object)")
+    amax = {}
+    for name, entry in tensors.items():
+        value = entry.get("amax") if isinstance(entry, dict) else None
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise TrtqError(f"{path}: tensor '{name}' has no valid 'amax'")
+        amax[name] = float(value)
+    return amax
+
+
+def _version_of(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,246 @@
+"""Per-tensor statistics, collected in one streaming pass, from which every range method works.
+
+Histogram design (why it is order- and batch-size-invariant)
+-------------------------------------------------------------
+TensorRT's calibrators keep a 2048-bin histogram of |x| whose range starts at the first batch's
+maximum and "is increased by a power of two" when later data exceeds it (TensorRT developer
+guide). The result then depends on which batch came first and on the batch size.
+
+trtq anchors the histogram range to powers of two instead: it always covers ``[0, 2**e)`` with
+``e`` the smallest exponent such that every value seen is below ``2**e``, in ``FINE_BINS`` bins.
+When a larger value arrives, ``e`` grows and groups of ``2**k`` neighbouring bins merge exactly
+(bin edges of a power-of-two grid nest). A value's bin is ``floor(|x| * 2**(log2(FINE_BINS) - e))``,
+an exact float operation. The final histogram is therefore identical whatever the batch order or
+batch size: it depends only on the multiset of values.
+
+The range methods want TensorRT's 2048 bins spanning the data, not up to twice the data. The fine
+histogram has 8x more bins than that, and since the largest value lies in the upper half of
+``[0, 2**e)``, the 2048-bin view (:meth:`TensorStats.histogram`) merges the smallest whole number
+``g`` of fine bins (4 <= g <= 8) that lets 2048 bins cover the data: its range ends at most 25 %
+above the tensor's absmax (TensorRT's own can end up to 100 % above it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trtq.errors import TrtqError
+from trtq.fileio import atomic_path
+
+HIST_BINS = 2048  # what the range methods see (TensorRT's histogram size)
+FINE_BINS = 8 * HIST_BINS  # what is collected
+_FINE_LOG2 = int(math.log2(FINE_BINS))
+STATS_FORMAT = "trtq-stats-1"
+
+
+@dataclass
+class TensorStats:
+    """Running statistics of one tensor. Only finite values are counted; NaN/Inf are tallied apart."""
+
+    name: str
+    count: int = 0
+    nonfinite: int = 0
+    zeros: int = 0
+    min: float = math.inf
+    max: float = -math.inf
+    exponent: int | None = None  # the histogram covers [0, 2**exponent)
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(FINE_BINS, dtype=np.int64))
+
+    @property
+    def absmax(self) -> float:
+        """max |x| over the finite values seen (0.0 when none)."""
+        if self.count == 0:
+            return 0.0
+        return float(max(-self.min, self.max))
+
+    @property
+    def fine_width(self) -> float:
+        """Width of one fine bin (0.0 before any non-zero value)."""
+        if self.exponent is None:
+            return 0.0
+        return math.ldexp(1.0, self.exponent - _FINE_LOG2)
+
+    def update(self, values: np.ndarray) -> None:
+        """Fold one batch of this tensor into the statistics."""
+        x = np.asarray(values)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        x = x.reshape(-1)
+        if x.size == 0:
+            return
+        lo, hi = x.min(), x.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            finite = np.isfinite(x)
+            kept = int(np.count_nonzero(finite))
+            self.nonfinite += x.size - kept
+            if kept == 0:
+                return
+            x = x[finite]
+            lo, hi = x.min(), x.max()
+        self.min = min(self.min, float(lo))
+        self.max = max(self.max, float(hi))
+        self.count += x.size
+        nonzero = int(np.count_nonzero(x))
+        self.zeros += x.size - nonzero
+        top = max(-float(lo), float(hi))
+        if top == 0.0:
+            self.hist[0] += x.size
+            return
+        exponent = math.frexp(top)[1]  # top < 2**exponent
+        if self.exponent is None:
+            self.exponent = exponent
+        elif exponent > self.exponent:
+            self._grow(exponent)
+        self.hist += np.bincount(self._bin_index(x), minlength=FINE_BINS)
+
+    def _bin_index(self, x: np.ndarray) -> np.ndarray:
+        shift = _FINE_LOG2 - self.exponent
+        if -120 < shift < 120:  # the power-of-two factor is exact in float32
+            scaled = np.abs(x)
+            scaled *= np.float32(math.ldexp(1.0, shift))
+        else:  # extreme magnitudes: float64 keeps the factor representable
+            scaled = np.abs(x.astype(np.float64)) * math.ldexp(1.0, shift)
+        index = scaled.astype(np.intp)
+        # Values are < 2**exponent, so index < FINE_BINS; the clip only guards float edge cases.
+        np.minimum(index, FINE_BINS - 1, out=index)
+        return index
+
+    def _grow(self, exponent: int) -> None:
+        """Widen the range to [0, 2**exponent): neighbouring bins merge exactly."""
+        factor_log2 = exponent - self.exponent
+        if factor_log2 >= _FINE_LOG2:
+            merged = np.zeros(FINE_BINS, dtype=np.int64)
+            merged[0] = self.hist.sum()
+        else:
+            factor = 1 << factor_log2
+            merged = np.zeros(FINE_BINS, dtype=np.int64)
+            merged[: FINE_BINS // factor] = self.hist.reshape(-1, factor).sum(axis=1)
+        self.hist = merged
+        self.exponent = exponent
+
+    def merge(self, other: TensorStats) -> None:
+        """Add another collector's statistics of the same tensor (e.g. from a parallel worker)."""
+        if other.count == 0 and other.nonfinite == 0:
+            return
+        if other.exponent is not None:
+            if self.exponent is None:
+                self.exponent = other.exponent
+            elif other.exponent > self.exponent:
+                self._grow(other.exponent)
+            theirs = other.hist
+            if other.exponent < self.exponent:
+                theirs = TensorStats(other.name, exponent=other.exponent, hist=other.hist.copy())
+                theirs._grow(self.exponent)
+                theirs = theirs.hist
+            self.hist += theirs
+        else:
+            self.hist[0] += other.hist[0]
+        self.count += other.count
+        self.nonfinite += other.nonfinite
+        self.zeros += other.zeros
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    def histogram(self, bins: int = HIST_BINS) -> tuple[np.ndarray, float]:
+        """The |x| histogram as ``bins`` bins spanning the data, and the bin width.
+
+        Returns float64 counts (exact below 2**53) and the width; the last bin ends at
+        ``bins * width >= absmax``. An all-zero tensor gives all counts in bin 0 and width 0.
+        """
+        if self.exponent is None:
+            counts = np.zeros(bins, dtype=np.float64)
+            counts[0] = self.hist[0]
+            return counts, 0.0
+        used = int(np.flatnonzero(self.hist)[-1]) + 1  # fine bins up to the largest value
+        group = max(1, -(-used // bins))
+        if group * bins > FINE_BINS:  # only when bins does not divide FINE_BINS nicely
+            group = FINE_BINS // bins
+        counts = self.hist[: group * bins].reshape(bins, group).sum(axis=1).astype(np.float64)
+        return counts, group * self.fine_width
+
+    def fraction_above(self, threshold: float) -> float:
+        """Share of the finite values with |x| > threshold (estimated at fine-bin resolution)."""
+        if self.count == 0 or self.exponent is None or threshold >= self.absmax:
+            return 0.0
+        edge = min(FINE_BINS, int(math.ceil(threshold / self.fine_width)))
+        return float(self.hist[edge:].sum()) / self.count
+
+
+class StatsCollector:
+    """Statistics for a set of tensors, filled batch by batch."""
+
+    def __init__(self, names: list[str] | None = None, meta: dict | None = None):
+        self.tensors: dict[str, TensorStats] = {n: TensorStats(n) for n in names or []}
+        self.samples = 0
+        self.batches = 0
+        self.meta: dict = dict(meta or {})
+
+    def update(self, activations: dict[str, np.ndarray], samples: int) -> None:
+        for name, values in activations.items():
+            stats = self.tensors.get(name)
+            if stats is None:
+                stats = self.tensors[name] = TensorStats(name)
+            stats.update(values)
+        self.samples += samples
+        self.batches += 1
+
+    def __getitem__(self, name: str) -> TensorStats:
+        return self.tensors[name]
+
+    def __iter__(self):
+        return iter(self.tensors.values())
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def save(self, path: str | Path) -> Path:
+        """Save as ``.npz`` (no pickles), atomically. Histograms compress well (mostly zeros)."""
+        stats = list(self.tensors.values())
+        meta = {**self.meta, "format": STATS_FORMAT, "fine_bins": FINE_BINS,
+                "samples": self.samples, "batches": self.batches}
+        arrays = {
+            "names": np.array([s.name for s in stats], dtype=np.str_),
+            "count": np.array([s.count for s in stats], dtype=np.int64),
+            "nonfinite": np.array([s.nonfinite for s in stats], dtype=np.int64),
+            "zeros": np.array([s.zeros for s in stats], dtype=np.int64),
+            "min": np.array([s.min for s in stats], dtype=np.float64),
+            "max": np.array([s.max for s in stats], dtype=np.float64),
+            # -2**31 marks "no non-zero value yet" (npz has no None)
+            "exponent": np.array([-(2**31) if s.exponent is None else s.exponent for s in stats], dtype=np.int64),
+            "hist": np.stack([s.hist for s in stats]) if stats else np.zeros((0, FINE_BINS), np.int64),
+            "meta": np.array(json.dumps(meta)),
+        }
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> StatsCollector:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                if meta.get("format") != STATS_FORMAT or meta.get("fine_bins") != FINE_BINS:
+                    raise TrtqError(f"{path} was written by an incompatible trtq version ({meta.get('format')})")
+                collector = cls(meta={k: v for k, v in meta.items()
+                                      if k not in ("format", "fine_bins", "samples", "batches")})
+                collector.samples = int(meta.get("samples", 0))
+                collector.batches = int(meta.get("batches", 0))
+                for i, name in enumerate(data["names"].tolist()):
+                    exponent = int(data["exponent"][i])
+                    collector.tensors[name] = TensorStats(
+                        name=name, count=int(data["count"][i]), nonfinite=int(data["nonfinite"][i]),
+                        zeros=int(data["zeros"][i]), min=float(data["min"][i]), max=float(data["max"][i]),
+                        exponent=None if exponent == -(2**31) else exponent,
+                        hist=np.array(data["hist"][i], dtype=np.int64),
+                    )
+        except FileNotFoundError as exc:
+            raise TrtqError(f"statistics file not found: {path}") from exc
+        except (KeyError, ValueError, OSError) as exc:
+            raise TrtqError(f"{path} is not a trtq statistics file ({type(exc).__name__}: {exc})") from exc
+        return collector
