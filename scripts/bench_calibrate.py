@@ -1,0 +1,169 @@
+"""Benchmark trtq's calibration against onnxruntime's calibrators and bare inference.
+
+    python scripts/bench_calibrate.py MODEL DATA [--batch-size 8] [--max-samples 96] [--skip-ort-entropy]
+
+DATA is anything ``trtq calibrate --data`` takes (image folder, .npy, .npz). The batches are
+prepared once with trtq's data layer and saved to a temporary .npz, so every contender sees the
+same batches. Each contender then runs in its own Python process; the figures are whole-process:
+wall time from process start to exit (imports and model loading included) and peak RSS
+(``ru_maxrss`` of that process). Contenders:
+
+* ``bare``           onnxruntime inference of the batches, default session options
+* ``trtq <method>``  trtq's one-pass statistics + that method's ranges + the cache file
+* ``ort <method>``   onnxruntime.quantization ``create_calibrator`` (Entropy: num_bins=2048,
+                     num_quantized_bins=128; Percentile: num_bins=2048, 99.99) + ``compute_data``
+* ``... x4``         the same with the batches repeated four times (peak RSS must not grow)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def child(kind: str, model_path: str, batches_path: str, repeat: int) -> None:
+    """Run one contender in this process (started by the parent)."""
+    data = np.load(batches_path)
+    names = list(data.files)
+    count = data[names[0]].shape[0]
+    batch = int(os.environ["BENCH_BATCH"])
+
+    def feeds():
+        for _ in range(repeat):
+            for start in range(0, count, batch):
+                yield {n: data[n][start:start + batch] for n in names}
+
+    if kind == "bare":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+        for feed in feeds():
+            session.run(None, feed)
+    elif kind.startswith("trtq-"):
+        from trtq.calibrate import calibrate
+        from trtq.model import load_model
+
+        model = load_model(model_path)
+        result = calibrate(model, feeds(), kind.removeprefix("trtq-"), providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory() as tmp:
+            result.write_cache(Path(tmp) / "bench.cache")
+    elif kind.startswith("ort-"):
+        from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.iterator = feeds()
+
+            def get_next(self):
+                return next(self.iterator, None)
+
+        method, options = {
+            "ort-entropy": (CalibrationMethod.Entropy, {"num_bins": 2048, "num_quantized_bins": 128}),
+            "ort-minmax": (CalibrationMethod.MinMax, {}),
+            "ort-percentile": (CalibrationMethod.Percentile, {"num_bins": 2048, "percentile": 99.99}),
+        }[kind]
+        with tempfile.TemporaryDirectory() as tmp:
+            calibrator = create_calibrator(model_path, None, augmented_model_path=str(Path(tmp) / "aug.onnx"),
+                                           calibrate_method=method, providers=["CPUExecutionProvider"],
+                                           extra_options=options)
+            calibrator.collect_data(Reader())
+            calibrator.compute_data()
+    else:
+        raise SystemExit(f"unknown contender {kind}")
+
+
+def measure(kind: str, model: str, batches: str, batch: int, repeat: int = 1, timeout: float | None = None) -> dict:
+    env = {**os.environ, "BENCH_BATCH": str(batch), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, __file__, "--child", kind, model, batches, str(repeat)], env=env)
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except KeyboardInterrupt:
+        process.kill()
+        raise
+    wall = time.perf_counter() - started
+    if status != 0:
+        return {"kind": kind, "repeat": repeat, "error": f"exit status {status}"}
+    return {"kind": kind, "repeat": repeat, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def prepare(model_path: str, data: str, batch: int, max_samples: int | None, out: Path) -> int:
+    from trtq.data import open_batches
+    from trtq.model import load_model
+
+    model = load_model(model_path)
+    source = open_batches(model, data, batch_size=batch, max_samples=max_samples)
+    collected: dict[str, list[np.ndarray]] = {}
+    for feed in source:
+        for name, array in feed.items():
+            collected.setdefault(name, []).append(array)
+    arrays = {name: np.concatenate(parts) for name, parts in collected.items()}
+    np.savez(out, **arrays)
+    return next(iter(arrays.values())).shape[0]
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("data")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-samples", type=int, default=96)
+    parser.add_argument("--skip-ort-entropy", action="store_true", help="onnxruntime's entropy takes minutes")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        batches = str(Path(tmp) / "batches.npz")
+        samples = prepare(args.model, args.data, args.batch_size, args.max_samples, Path(batches))
+        print(f"{samples} samples in batches of {args.batch_size} from {args.data}; model {args.model}")
+        kinds = ["bare", "trtq-minmax", "trtq-entropy2", "trtq-percentile", "trtq-mse", "ort-minmax",
+                 "ort-percentile"]
+        if not args.skip_ort_entropy:
+            kinds.append("ort-entropy")
+        rows = [measure(k, args.model, batches, args.batch_size) for k in kinds]
+        rows += [measure(k, args.model, batches, args.batch_size, repeat=4) for k in ("trtq-minmax", "trtq-entropy2")]
+
+    print(f"\n{'contender':<22}{'samples':>9}{'wall s':>10}{'peak RSS MB':>14}")
+    by_kind = {}
+    for row in rows:
+        label = row["kind"] + (f" x{row['repeat']}" if row["repeat"] > 1 else "")
+        by_kind[label] = row
+        if "error" in row:
+            print(f"{label:<22}{samples * row['repeat']:>9}   {row['error']}")
+        else:
+            print(f"{label:<22}{samples * row['repeat']:>9}{row['wall_s']:>10.2f}{row['peak_rss_mb']:>14.1f}")
+
+    def ratio(a: str, b: str, key: str) -> str:
+        if a in by_kind and b in by_kind and key in by_kind[a] and key in by_kind[b]:
+            return f"{by_kind[a][key] / by_kind[b][key]:.2f}"
+        return "n/a"
+
+    print("\nratios (targets in brackets)")
+    checks = [
+        ("trtq entropy2 / ort minmax, wall", "trtq-entropy2", "ort-minmax", "wall_s", "<= 1"),
+        ("trtq entropy2 / ort minmax, peak RSS", "trtq-entropy2", "ort-minmax", "peak_rss_mb", "<= 0.5"),
+        ("ort entropy / trtq entropy2, wall", "ort-entropy", "trtq-entropy2", "wall_s", ""),
+        ("trtq minmax / bare inference, wall", "trtq-minmax", "bare", "wall_s", "<= 3"),
+        ("trtq minmax x4 / x1, peak RSS", "trtq-minmax x4", "trtq-minmax", "peak_rss_mb", "<= 1.10"),
+        ("trtq entropy2 x4 / x1, peak RSS", "trtq-entropy2 x4", "trtq-entropy2", "peak_rss_mb", "<= 1.10"),
+    ]
+    for label, a, b, key, target in checks:
+        print(f"  {label:<38}{ratio(a, b, key):>7}  {f'[{target}]' if target else ''}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"samples": samples, "batch_size": args.batch_size, "rows": rows},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    main()
