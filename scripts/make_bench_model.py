@@ -69,7 +69,8 @@ def build(seed: int = 0) -> onnx.ModelProto:
         nodes, "direction_classifier",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 48, 192])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch", 2])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="trtq-bench")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="trtq-bench",
+                              ir_version=8)
     onnx.checker.check_model(model, full_check=True)
     return model
 

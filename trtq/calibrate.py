@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -17,6 +18,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from trtq.capture import ActivationCapture
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_write
 from trtq.model import Model
-from trtq.ranges import DEFAULT_PERCENTILE, METHODS, range_function
+from trtq.ranges import DEFAULT_PERCENTILE, METHODS, check_percentile, range_function
 from trtq.stats import StatsCollector
 
 RANGES_FORMAT = "trtq-ranges-1"
@@ -53,20 +55,39 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
                        progress: Callable[[int], None] | None = None) -> StatsCollector:
     """Run every batch through the model once and fold each calibrated tensor into its statistics.
 
+    While onnxruntime runs batch k+1 (it releases the GIL), a worker thread folds batch k into the
+    statistics; at most two batches of activations are alive, however many batches there are.
     ``progress`` is called with the number of samples of each finished batch.
     """
-    with ActivationCapture(model, providers=providers) as capture:
-        collector = StatsCollector(capture.tensor_names, meta={
-            "model": model.name, "model_sha256": model.sha256,
-            "tensors": capture.tensor_names,
-        })
+    tensors = model.calibration_tensors()
+    aliases = model.value_aliases(tensors)
+    with ActivationCapture(model, [t for t in tensors if t not in aliases], providers=providers) as capture, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats") as worker:
+        collector = StatsCollector(capture.tensor_names, meta={"model": model.name, "model_sha256": model.sha256})
+        pending: Future | None = None
+        pending_samples = 0
         for activations, samples in capture.iterate(batches):
-            collector.update(activations, samples)
+            if pending is not None:
+                pending.result()  # re-raises a failure of the worker
+                if progress is not None:
+                    progress(pending_samples)
+            pending, pending_samples = worker.submit(collector.update, activations, samples), samples
             del activations
+        if pending is not None:
+            pending.result()
             if progress is not None:
-                progress(samples)
+                progress(pending_samples)
     if collector.batches == 0:
         raise TrtqError("the data source produced no batch: nothing to calibrate")
+    captured = set(capture.tensor_names)
+    ordered = {}
+    for name in tensors:  # graph order; aliases share their source's statistics
+        source = aliases.get(name, name)
+        if source in captured:
+            ordered[name] = collector.tensors[source] if source == name else \
+                dataclasses.replace(collector.tensors[source], name=name)
+    collector.tensors = ordered
+    collector.meta["tensors"] = list(ordered)
     return collector
 
 
@@ -164,7 +185,8 @@ def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator
     """Collect statistics over ``batches`` and compute ``calibrator``'s ranges."""
     if calibrator not in METHODS:
         raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(METHODS)})")
-    range_function(calibrator, percentile)  # validates the percentile before the long part
+    if calibrator == "percentile":
+        check_percentile(percentile)  # before the long part
     started = time.perf_counter()
     stats = collect_statistics(model, batches, providers=providers, progress=progress)
     data = batches.provenance() if hasattr(batches, "provenance") else {}

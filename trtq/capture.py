@@ -93,7 +93,8 @@ class ActivationCapture:
         except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrtqError(f"onnxruntime failed to run {self.model.name} on a batch: {message}") from exc
-        captured = {name: feed[name] for name in self._input_tensors}
+        # inputs are copied: the statistics may be folded in while the caller prepares the next batch
+        captured = {name: np.array(feed[name], copy=True) for name in self._input_tensors}
         captured.update(zip(self._captured, results, strict=True))
         return captured
 

@@ -19,6 +19,7 @@ from trtq.errors import TrtqError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (import path, one-line help shown by `trtq --help`)
+    "calibrate": ("trtq.commands.calibrate:calibrate", "Compute INT8 ranges on the CPU; write a TensorRT cache."),
 }
 
 

@@ -65,8 +65,9 @@ class InputSpec:
         return self.dims[0] if self.dims else None
 
     def describe(self) -> str:
-        shown = [str(d) if d is not None else (n or "?") for d, n in zip(self.dims, self.dim_names)]
-        return f"{self.name} {onnx.helper.tensor_dtype_to_string(self.elem_type)}[{','.join(shown)}]"
+        names = self.dim_names or (None,) * len(self.dims)
+        shown = [str(d) if d is not None else (n or "?") for d, n in zip(self.dims, names, strict=True)]
+        return f"{self.name} {TensorProto.DataType.Name(self.elem_type).lower()}[{','.join(shown)}]"
 
 
 def _value_info_dims(vi: onnx.ValueInfoProto) -> tuple[tuple[int | None, ...], tuple[str | None, ...]]:
@@ -182,6 +183,23 @@ class Model:
                 seen.add(out)
         return names
 
+    def value_aliases(self, tensors: list[str]) -> dict[str, str]:
+        """Tensors of ``tensors`` whose values are a rearrangement of another one's (Reshape, Transpose, ...).
+
+        Maps each such tensor to the tensor it rearranges (followed back to the first one that is not
+        an alias). They hold the same multiset of values, so their statistics and ranges are the same
+        and only the source needs capturing.
+        """
+        wanted = set(tensors)
+        aliases: dict[str, str] = {}
+        for node in self.graph.node:
+            if node.op_type not in _VALUE_PRESERVING or not node.input or not node.output:
+                continue
+            source, out = node.input[0], node.output[0]
+            if out in wanted and source in wanted:
+                aliases[out] = aliases.get(source, source)
+        return aliases
+
     @cached_property
     def sha256(self) -> str:
         if self.path is not None:
@@ -193,6 +211,12 @@ class Model:
     @property
     def name(self) -> str:
         return self.path.name if self.path is not None else (self.graph.name or "model")
+
+
+# Ops whose first output holds exactly the values of their first input, rearranged.
+_VALUE_PRESERVING = frozenset(
+    {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose", "DepthToSpace", "SpaceToDepth"}
+)
 
 
 def _has_subgraph(node: onnx.NodeProto) -> bool:
@@ -242,7 +266,7 @@ def resolve_shape(spec: InputSpec, override: Shape | None, batch_size: int | Non
                 f"--shapes gives {len(override)} dimensions for input '{spec.name}', "
                 f"but the model's input has {len(spec.dims)} ({spec.describe()})"
             )
-        for axis, (fixed, given) in enumerate(zip(spec.dims, override)):
+        for axis, (fixed, given) in enumerate(zip(spec.dims, override, strict=False)):
             if fixed is not None and fixed != given:
                 raise TrtqError(
                     f"--shapes sets dimension {axis} of input '{spec.name}' to {given}, "

@@ -85,18 +85,20 @@ class TensorStats:
         self.min = min(self.min, float(lo))
         self.max = max(self.max, float(hi))
         self.count += x.size
-        nonzero = int(np.count_nonzero(x))
-        self.zeros += x.size - nonzero
         top = max(-float(lo), float(hi))
         if top == 0.0:
             self.hist[0] += x.size
+            self.zeros += x.size
             return
         exponent = math.frexp(top)[1]  # top < 2**exponent
         if self.exponent is None:
             self.exponent = exponent
         elif exponent > self.exponent:
             self._grow(exponent)
-        self.hist += np.bincount(self._bin_index(x), minlength=FINE_BINS)
+        counts = np.bincount(self._bin_index(x), minlength=FINE_BINS)
+        if counts[0]:  # exact zeros can only be in bin 0: count them only when it is not empty
+            self.zeros += x.size - int(np.count_nonzero(x))
+        self.hist += counts
 
     def _bin_index(self, x: np.ndarray) -> np.ndarray:
         shift = _FINE_LOG2 - self.exponent
@@ -105,10 +107,8 @@ class TensorStats:
             scaled *= np.float32(math.ldexp(1.0, shift))
         else:  # extreme magnitudes: float64 keeps the factor representable
             scaled = np.abs(x.astype(np.float64)) * math.ldexp(1.0, shift)
-        index = scaled.astype(np.intp)
-        # Values are < 2**exponent, so index < FINE_BINS; the clip only guards float edge cases.
-        np.minimum(index, FINE_BINS - 1, out=index)
-        return index
+        # |x| < 2**exponent and the scaling is exact, so every index is below FINE_BINS
+        return scaled.astype(np.intp)
 
     def _grow(self, exponent: int) -> None:
         """Widen the range to [0, 2**exponent): neighbouring bins merge exactly."""

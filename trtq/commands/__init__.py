@@ -1,0 +1,1 @@
+"""Click commands; each module holds one command and stays a thin layer over the Python API."""

@@ -1,0 +1,168 @@
+"""``trtq calibrate``: per-tensor INT8 ranges on any machine, written as a TensorRT cache and/or JSON."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from trtq.data.options import batches_from_options, data_options
+from trtq.errors import TrtqError
+from trtq.ranges import DEFAULT_PERCENTILE, METHODS
+
+
+def _warn(message: str) -> None:
+    click.echo(f"trtq: warning: {message}", err=True)
+
+
+@click.command("calibrate")
+@click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
+@data_options
+@click.option("--calibrator", type=click.Choice(METHODS), default="entropy2", show_default=True,
+              help="Range method: entropy2 (TensorRT's KL search), entropy (same search, legacy header), "
+                   "minmax (absmax), percentile (--percentile of |x|), mse (least squared error).")
+@click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
+              help="Percentile of |x| used by --calibrator percentile, in (0, 100].")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+              help="Write TensorRT's native calibration cache here "
+                   "[default: MODEL-CALIBRATOR.cache in the current directory when --json is not given].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write per-tensor ranges (amax, scale, min, max, absmax) and provenance as JSON.")
+@click.option("--trt-version", help="TensorRT version for the cache header "
+              "[default: the installed tensorrt's, else 10.16.1].")
+@click.option("--save-stats", type=click.Path(dir_okay=False),
+              help="Also save the collected statistics (.npz) to re-derive ranges later with --from-stats.")
+@click.option("--from-stats", type=click.Path(dir_okay=False),
+              help="Derive ranges from statistics saved with --save-stats instead of running the model.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="onnxruntime execution provider (cuda needs onnxruntime-gpu).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors and warnings only.")
+def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_version, save_stats, from_stats,
+              device, quiet, **data_kwargs):
+    """Compute INT8 ranges for MODEL's tensors and write a TensorRT calibration cache.
+
+    Runs the model in onnxruntime over the calibration data once, collecting per-tensor
+    statistics, then derives each tensor's range with the chosen method, exactly as TensorRT's
+    calibrators do. No GPU and no TensorRT are needed.
+
+    \b
+    Examples:
+      trtq calibrate calib_data/mnist-8.onnx --data calib_data/mnist
+      trtq calibrate model.onnx --data images/ --preset imagenet --calibrator minmax --cache m.cache
+      trtq calibrate model.onnx --data calib.npz --json ranges.json --save-stats stats.npz
+      trtq calibrate --from-stats stats.npz --calibrator percentile --percentile 99.9 --cache p.cache
+    """
+    from trtq import calibrate as api
+    from trtq.cache import DEFAULT_TRT_VERSION
+    from trtq.fileio import check_output_path
+    from trtq.model import load_model
+    from trtq.ranges import check_percentile
+    from trtq.stats import StatsCollector
+
+    check_percentile(percentile)
+    if from_stats and (data_kwargs.get("data") or data_kwargs.get("data_loader_script")):
+        raise click.UsageError("--from-stats derives ranges from saved statistics; it takes no --data")
+    if not from_stats and not model_path:
+        raise click.UsageError("MODEL is required (or --from-stats STATS)")
+    if cache_path is None and json_path is None:
+        stem = Path(model_path).stem if model_path else Path(from_stats).stem
+        cache_path = f"{stem}-{calibrator}.cache"
+    for out in (cache_path, json_path, save_stats):
+        if out:
+            check_output_path(out)
+    version = trt_version or api.installed_trt_version() or DEFAULT_TRT_VERSION
+    if calibrator == "entropy":
+        _warn("TensorRT does not document how the legacy EntropyCalibrator differs from EntropyCalibrator2; "
+              "trtq computes the entropy2 search and labels the cache EntropyCalibration")
+
+    if from_stats:
+        stats = StatsCollector.load(from_stats)
+        if model_path:
+            model = load_model(model_path)
+            if stats.meta.get("model_sha256") not in (None, model.sha256):
+                raise TrtqError(f"{from_stats} was collected on a different model than {model_path} "
+                                "(sha256 differs); recollect the statistics")
+        result = api.ranges_from_stats(stats, calibrator, percentile)
+    else:
+        model = load_model(model_path)
+        batches = batches_from_options(model, **data_kwargs)
+        device_providers = {"auto": None, "cpu": ["CPUExecutionProvider"],
+                            "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}[device]
+        if device == "cuda":
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise TrtqError("--device cuda needs onnxruntime-gpu (pip install onnxruntime-gpu)")
+        if not quiet:
+            click.echo(f"calibrating {model.name} on {batches.description}", err=True)
+        result = _run_with_progress(api, model, batches, calibrator, percentile, device_providers, quiet)
+        if getattr(batches, "skipped", 0):
+            _warn(f"{batches.skipped} file(s) could not be decoded and were skipped")
+
+    for line in result.problems():
+        _warn(line)
+    written = []
+    if save_stats and not from_stats:
+        result.stats.save(save_stats)
+        written.append(("statistics", save_stats))
+    if cache_path:
+        result.write_cache(cache_path, version)
+        written.append(("cache", cache_path))
+    if json_path:
+        result.write_json(json_path, version)
+        written.append(("ranges", json_path))
+    if not quiet:
+        _print_summary(result, written)
+
+
+def _run_with_progress(api, model, batches, calibrator, percentile, providers, quiet):
+    if quiet:
+        return api.calibrate(model, batches, calibrator, percentile=percentile, providers=providers)
+    total = getattr(batches, "total_samples", None)
+    started = time.perf_counter()
+    done = 0
+
+    def rate() -> str:
+        elapsed = time.perf_counter() - started
+        return f"{done / elapsed:.0f} samples/s" if elapsed > 0 and done else ""
+
+    if total is None:  # a data-loader script: no length to show a bar against, count instead
+        stderr = sys.stderr
+
+        def count(samples: int) -> None:
+            nonlocal done
+            done += samples
+            if stderr.isatty():
+                click.echo(f"\rcalibrating: {done} samples  {rate()}", err=True, nl=False)
+
+        result = api.calibrate(model, batches, calibrator, percentile=percentile, providers=providers,
+                               progress=count)
+        if stderr.isatty():
+            click.echo("", err=True)
+        return result
+
+    with click.progressbar(length=total, label="calibrating", file=sys.stderr,
+                           show_eta=True, show_pos=True, item_show_func=lambda _: rate()) as bar:
+        def advance(samples: int) -> None:
+            nonlocal done
+            done += samples
+            bar.update(samples, done)
+
+        return api.calibrate(model, batches, calibrator, percentile=percentile, providers=providers,
+                             progress=advance)
+
+
+def _print_summary(result, written) -> None:
+    stats = result.stats
+    click.echo(f"{len(stats)} tensors, {result.samples} samples in {stats.batches} batches, "
+               f"{result.seconds:.2f} s ({result.calibrator})")
+    clipped = result.most_clipped()
+    if clipped:
+        click.echo("most clipped tensors (share of values beyond the range):")
+        width = max(len(name) for name, *_ in clipped)
+        for name, fraction, ratio in clipped:
+            click.echo(f"  {name:<{width}}  {fraction * 100:7.3f} %  (range = {ratio:.2f} x absmax)")
+    for what, path in written:
+        click.echo(f"{what} written to {path}")
