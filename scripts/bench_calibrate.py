@@ -31,8 +31,9 @@ import numpy as np
 
 def child(kind: str, model_path: str, batches_path: str, repeat: int) -> None:
     """Run one contender in this process (started by the parent)."""
-    data = np.load(batches_path)
-    names = list(data.files)
+    with np.load(batches_path) as archive:
+        data = {name: archive[name] for name in archive.files}
+    names = list(data)
     count = data[names[0]].shape[0]
     batch = int(os.environ["BENCH_BATCH"])
 

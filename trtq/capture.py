@@ -57,6 +57,8 @@ class ActivationCapture:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3
+        # every captured tensor is a fresh output; without the arena its memory goes back once freed
+        options.enable_cpu_mem_arena = False
         if threads:
             options.intra_op_num_threads = threads
         self._tmpdir: tempfile.TemporaryDirectory | None = None

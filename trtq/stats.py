@@ -181,11 +181,14 @@ class StatsCollector:
         self.meta: dict = dict(meta or {})
 
     def update(self, activations: dict[str, np.ndarray], samples: int) -> None:
-        for name, values in activations.items():
+        """Fold one batch in. The dict is emptied as it goes, so each tensor is freed once counted."""
+        while activations:
+            name, values = activations.popitem()
             stats = self.tensors.get(name)
             if stats is None:
                 stats = self.tensors[name] = TensorStats(name)
             stats.update(values)
+            del values
         self.samples += samples
         self.batches += 1
 
