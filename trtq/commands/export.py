@@ -1,0 +1,110 @@
+"""``trtq export``: explicit-precision ONNX models for TensorRT 11 (Q/DQ INT8 or FP16), on any machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from trtq.data.options import data_options
+
+
+def _warn(message: str) -> None:
+    click.echo(f"trtq: warning: {message}", err=True)
+
+
+def _note(message: str) -> None:
+    click.echo(f"trtq: note: {message}", err=True)
+
+
+@click.command("export")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--qdq", "mode", flag_value="qdq",
+              help="Write an INT8 Q/DQ model: activation scales from --cache or --ranges, per-channel weight "
+                   "scales from the weights.")
+@click.option("--fp16", "mode", flag_value="fp16",
+              help="Write an FP16 model with float32 inputs/outputs; overflow-prone ops stay float32.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+              help="TensorRT calibration cache with the activation ranges (--qdq).")
+@click.option("--ranges", "ranges_path", type=click.Path(dir_okay=False),
+              help="Ranges JSON from trtq calibrate --json (--qdq).")
+@click.option("--exclude", multiple=True, metavar="NODE|@FILE",
+              help="Keep this node (ONNX node name or its output tensor name) in higher precision: no Q/DQ "
+                   "with --qdq, float32 with --fp16. Repeatable; @FILE reads one name per line (# comments).")
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the exported .onnx model.")
+@data_options
+@click.option("-q", "--quiet", is_flag=True, help="Print errors and warnings only.")
+def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quiet, **data_kwargs):
+    """Write MODEL as an explicit-precision ONNX model for TensorRT 11 (strongly typed).
+
+    No GPU and no TensorRT are needed. With --data (or --data-loader-script), the exported
+    model and MODEL are run in onnxruntime on that data and a table per output reports cosine
+    similarity, SQNR and top-1 agreement.
+
+    \b
+    Examples:
+      trtq export mnist-8.onnx --qdq --cache mnist-8.cache -o mnist-8.qdq.onnx --data calib_data/mnist
+      trtq export model.onnx --qdq --ranges ranges.json --exclude @keep_fp.txt -o model.qdq.onnx
+      trtq export model.onnx --fp16 -o model.fp16.onnx
+    """
+    from trtq.errors import TrtqError
+    from trtq.export import (
+        compare_outputs,
+        export_fp16,
+        export_qdq,
+        format_agreement_table,
+        load_amax,
+        read_name_list,
+        save_model,
+    )
+    from trtq.fileio import check_output_path
+    from trtq.model import load_model
+
+    if mode is None:
+        raise click.UsageError("choose the export: --qdq (INT8 Q/DQ) or --fp16")
+    if mode == "qdq" and (cache_path is None) == (ranges_path is None):
+        raise click.UsageError("--qdq needs exactly one of --cache CACHE or --ranges RANGES.json")
+    if mode == "fp16" and (cache_path or ranges_path):
+        raise click.UsageError("--fp16 takes no ranges; --cache/--ranges belong to --qdq")
+    output = check_output_path(output_path)
+    if Path(model_path).exists() and output.resolve() == Path(model_path).resolve():
+        raise TrtqError(f"-o {output_path} would overwrite the source model; choose another output file")
+    names = read_name_list(exclude)
+
+    model = load_model(model_path)
+    amax = load_amax(cache=cache_path, ranges=ranges_path) if mode == "qdq" else None
+    compare = bool(data_kwargs.get("data") or data_kwargs.get("data_loader_script"))
+    batches = None
+    if compare:
+        from trtq.data.options import batches_from_options
+
+        batches = batches_from_options(model, warn=_warn, **data_kwargs)
+
+    if mode == "qdq":
+        source = f"calibration cache {cache_path}" if cache_path else f"ranges file {ranges_path}"
+        result = export_qdq(model, amax, exclude=names, ranges_source=source)
+        pairs = len(result.plan.points)
+        weights = result.weight_tensors
+        per_channel = sum(1 for _, axis in weights if axis is not None)
+        summary = (f"{pairs} Q/DQ pairs ({pairs - len(weights)} activations, {len(weights)} weights, "
+                   f"{per_channel} of them per-channel) on {len(result.plan.quantized_nodes)} nodes, "
+                   f"opset {result.opset_after}")
+    else:
+        result = export_fp16(model, keep_fp32=names)
+        summary = (f"{len(result.fp16_nodes)} nodes in float16, {len(result.fp32_nodes)} kept in float32, "
+                   f"{result.casts_added} casts; inputs and outputs stay float32")
+    for line in result.warnings:
+        _warn(line)
+    if not quiet:
+        for line in result.notes:
+            _note(line)
+    save_model(result.model, output)
+    if not quiet:
+        click.echo(f"wrote {output}: {summary}")
+
+    if batches is not None:
+        rows = compare_outputs(model.proto, result.model, batches)
+        if not quiet:
+            click.echo(f"{'INT8 Q/DQ' if mode == 'qdq' else 'FP16'} vs float32 on {batches.description}:")
+            click.echo(format_agreement_table(rows))

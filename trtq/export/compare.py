@@ -1,0 +1,147 @@
+"""How close an exported model stays to the float32 original, measured with onnxruntime.
+
+Both models see the same feeds; per output we accumulate running sums (no output is kept in
+memory), so any number of batches costs O(1) memory:
+
+- cosine similarity of all values, and the worst per-sample cosine (an outlier shows up there);
+- SQNR in dB, 10*log10(sum ref^2 / sum (ref - exported)^2) (infinite when they are identical);
+- largest absolute difference;
+- top-1 agreement (argmax over the last axis) for outputs with more than one class.
+
+Sessions run with basic graph optimisations only: onnxruntime's extended QDQ fusions would
+replace the Q/DQ arithmetic by its own integer kernels (u8s8 with saturation on some x86 CPUs),
+which is not what TensorRT computes; the plain Q/DQ graph is the exact fake-quantised reference.
+For FP16 models the numbers are optimistic: onnxruntime's CPU runs ops that lack a float16 kernel
+in float32 and removes the cast pairs around them, so float16 rounding and overflow inside such
+ops does not show (TensorRT computes them in float16).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from trtq.errors import TrtqError
+
+
+@dataclass(frozen=True)
+class OutputAgreement:
+    name: str
+    samples: int
+    cosine: float
+    min_sample_cosine: float
+    sqnr_db: float
+    max_abs_error: float
+    top1_agreement: float | None  # fraction of samples whose argmax matches; None for one-class outputs
+
+
+class _Accumulator:
+    def __init__(self) -> None:
+        self.samples = 0
+        self.dot = self.ref_sq = self.out_sq = self.err_sq = 0.0
+        self.max_abs_error = 0.0
+        self.min_sample_cosine = 1.0
+        self.top1_same = self.top1_total = 0
+
+    def add(self, reference: np.ndarray, exported: np.ndarray) -> None:
+        ref = np.asarray(reference, dtype=np.float64)
+        out = np.asarray(exported, dtype=np.float64)
+        if ref.shape != out.shape:
+            raise TrtqError(f"output shapes differ: float32 model {ref.shape}, exported model {out.shape}")
+        if ref.size == 0:
+            return
+        rows_ref = ref.reshape(ref.shape[0], -1) if ref.ndim >= 1 else ref.reshape(1, 1)
+        rows_out = out.reshape(rows_ref.shape)
+        diff = rows_ref - rows_out
+        self.samples += rows_ref.shape[0]
+        self.dot += float(np.sum(rows_ref * rows_out))
+        self.ref_sq += float(np.sum(rows_ref * rows_ref))
+        self.out_sq += float(np.sum(rows_out * rows_out))
+        self.err_sq += float(np.sum(diff * diff))
+        if diff.size:
+            self.max_abs_error = max(self.max_abs_error, float(np.max(np.abs(diff))))
+        per_sample = _cosine(
+            np.sum(rows_ref * rows_out, axis=1), np.sum(rows_ref**2, axis=1), np.sum(rows_out**2, axis=1)
+        )
+        if per_sample.size:
+            self.min_sample_cosine = min(self.min_sample_cosine, float(per_sample.min()))
+        if ref.ndim >= 1 and ref.shape[-1] > 1:
+            classes_ref = ref.reshape(-1, ref.shape[-1]).argmax(axis=1)
+            classes_out = out.reshape(-1, out.shape[-1]).argmax(axis=1)
+            self.top1_same += int(np.count_nonzero(classes_ref == classes_out))
+            self.top1_total += classes_ref.size
+
+    def result(self, name: str) -> OutputAgreement:
+        cosine = float(_cosine(np.array(self.dot), np.array(self.ref_sq), np.array(self.out_sq)))
+        if self.err_sq == 0:
+            sqnr = math.inf
+        elif self.ref_sq == 0:
+            sqnr = -math.inf
+        else:
+            sqnr = 10.0 * math.log10(self.ref_sq / self.err_sq)
+        top1 = self.top1_same / self.top1_total if self.top1_total else None
+        return OutputAgreement(name, self.samples, cosine, self.min_sample_cosine, sqnr, self.max_abs_error, top1)
+
+
+def _cosine(dot: np.ndarray, ref_sq: np.ndarray, out_sq: np.ndarray) -> np.ndarray:
+    """Cosine similarity; two all-zero vectors agree perfectly (1), one zero vector not at all (0)."""
+    norm = np.sqrt(ref_sq * out_sq)
+    both_zero = (ref_sq == 0) & (out_sq == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 0.0)
+    return np.where(both_zero, 1.0, value)
+
+
+def _session(model: onnx.ModelProto | bytes | str | os.PathLike):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    if isinstance(payload, os.PathLike):
+        payload = os.fspath(payload)
+    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+
+
+def compare_outputs(
+    reference: onnx.ModelProto | bytes | str | os.PathLike,
+    exported: onnx.ModelProto | bytes | str | os.PathLike,
+    batches: Iterable[Mapping[str, np.ndarray]],
+) -> list[OutputAgreement]:
+    """Run both models on every feed dict of ``batches`` and measure how close their outputs are."""
+    ref_session, out_session = _session(reference), _session(exported)
+    names = [o.name for o in ref_session.get_outputs()]
+    exported_names = {o.name for o in out_session.get_outputs()}
+    missing = [n for n in names if n not in exported_names]
+    if missing:
+        raise TrtqError(f"the exported model lacks output(s) {', '.join(missing)} of the float32 model")
+    input_names = [i.name for i in ref_session.get_inputs()]
+    accumulators = {name: _Accumulator() for name in names}
+    for feed in batches:
+        inputs = {name: feed[name] for name in input_names if name in feed}
+        reference_outputs = ref_session.run(names, inputs)
+        exported_outputs = out_session.run(names, inputs)
+        for name, ref, out in zip(names, reference_outputs, exported_outputs, strict=True):
+            accumulators[name].add(ref, out)
+    if not any(acc.samples for acc in accumulators.values()):
+        raise TrtqError("no data to compare the models on: the data source yielded no batch")
+    return [acc.result(name) for name, acc in accumulators.items()]
+
+
+def format_agreement_table(rows: Iterable[OutputAgreement]) -> str:
+    """A short fixed-width table, one line per output."""
+    rows = list(rows)
+    width = max([len("output"), *(len(r.name) for r in rows)])
+    lines = [f"{'output':<{width}}  {'samples':>7}  {'cosine':>8}  {'min cos':>8}  {'SQNR dB':>7}  "
+             f"{'max |err|':>10}  {'top-1 agree':>11}"]
+    for r in rows:
+        top1 = f"{100 * r.top1_agreement:.2f} %" if r.top1_agreement is not None else "-"
+        lines.append(f"{r.name:<{width}}  {r.samples:>7}  {r.cosine:>8.5f}  {r.min_sample_cosine:>8.5f}  "
+                     f"{r.sqnr_db:>7.2f}  {r.max_abs_error:>10.4g}  {top1:>11}")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Where the Q/DQ export gets its activation ranges: a TensorRT calibration cache or trtq's ranges JSON,
+and how the names a user passes to ``--exclude`` are read (``@FILE`` lists included)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from trtq.cache import read_cache
+from trtq.errors import TrtqError
+
+_INLINE_COMMENT = re.compile(r"\s+#")
+
+
+def load_amax(cache: str | os.PathLike | None = None, ranges: str | os.PathLike | None = None) -> dict[str, float]:
+    """Tensor name -> amax from exactly one of a calibration cache or a ranges JSON file."""
+    if (cache is None) == (ranges is None):
+        raise TrtqError("give exactly one source of ranges: --cache CACHE or --ranges RANGES.json")
+    if cache is not None:
+        return read_cache(cache).amax()
+    from trtq.calibrate import read_ranges_json
+
+    return read_ranges_json(ranges)
+
+
+def split_ranges(amax: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """Usable ranges (finite and > 0) and the names whose range cannot define a scale."""
+    usable = {name: value for name, value in amax.items() if math.isfinite(value) and value > 0}
+    unusable = [name for name in amax if name not in usable]
+    return usable, unusable
+
+
+def read_name_list(values: Iterable[str]) -> list[str]:
+    """Expand ``--exclude`` arguments: a plain name, or ``@FILE`` with one name per line.
+
+    Blank lines, lines starting with ``#`` and `` # ...`` tails are ignored in files; names keep
+    inner spaces (ONNX names may have them), only the line's surrounding whitespace is stripped.
+    """
+    names: list[str] = []
+    for value in values:
+        if not value.startswith("@"):
+            names.append(value)
+            continue
+        list_path = Path(value[1:])
+        try:
+            lines = list_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError as exc:
+            raise TrtqError(f"exclude list not found: {list_path}") from exc
+        except (IsADirectoryError, PermissionError) as exc:
+            raise TrtqError(f"cannot read exclude list {list_path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise TrtqError(f"exclude list {list_path} is not UTF-8 text") from exc
+        for line in lines:
+            text = line.strip()
+            if text and not text.startswith("#"):
+                names.append(_INLINE_COMMENT.split(text, maxsplit=1)[0].strip())
+    return names
