@@ -19,6 +19,7 @@ from trtq.errors import TrtqError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (import path, one-line help shown by `trtq --help`)
+    "build": ("trtq.commands.build:build", "Build a TensorRT engine (10.x calibrators or 11.x Q/DQ)."),
     "export": ("trtq.commands.export:export", "Write an INT8 Q/DQ or FP16 ONNX model for TensorRT 11."),
     "calibrate": ("trtq.commands.calibrate:calibrate", "Compute INT8 ranges on the CPU; write a TensorRT cache."),
 }

@@ -1,0 +1,240 @@
+"""trtq's TensorRT layer against the REAL tensorrt bindings of 10.16.1.11 and 11.4.0.106.
+
+Each test runs once per version. The bindings come from PyPI and import with stand-in native
+libraries (``tests/trt_api_env.py``); the exercising happens in one subprocess per version
+(``tests/trt_api_checks.py``) and these tests assert on what it observed.
+
+Verified: calibrator subclasses of the real ``IInt8*Calibrator*`` classes (base ``__init__`` called,
+``get_algorithm``, C++ trampoline dispatch to trtq's overrides, batches served as pointers in name
+order with the right bytes and then ``None``, buffers allocated once and freed, the cache contract);
+progress monitor and logger subclasses; every ``trt.*`` name and builder/config/network member trtq
+uses resolves, with the right kind, on the version that runs that path; ``trt.Builder`` failing (as
+without a GPU) surfaces as one clean line with no files left behind, through the API and the CLI.
+Not verified here (no TensorRT library, no GPU): that TensorRT calibrates, builds or runs an engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.trt_api_checks import COMMON_MODULES, IMPLICIT_MODULES
+from tests.trt_api_env import REPO, TrtApiEnv
+
+ALGORITHMS = {"entropy2": "ENTROPY_CALIBRATION_2", "entropy": "ENTROPY_CALIBRATION",
+              "minmax": "MINMAX_CALIBRATION", "legacy": "LEGACY_CALIBRATION"}
+HEADERS = {"entropy2": "EntropyCalibration2", "entropy": "EntropyCalibration", "minmax": "MinMaxCalibration",
+           "legacy": "LegacyCalibration"}
+NO_BUILDER = "could not create a builder (pybind11::init(): factory function returned nullptr): no usable NVIDIA GPU"
+
+
+def _is_10(report: dict) -> bool:
+    return report["version"].startswith("10.")
+
+
+def test_the_real_bindings_are_imported(trt_api_report, trt_api_env: TrtApiEnv):
+    assert trt_api_report["version"] == trt_api_env.version
+    assert trt_api_report["module_file"].startswith(str(trt_api_env.root))
+    assert trt_api_env.package in ("tensorrt-cu12-bindings", "tensorrt-cu13-bindings")
+
+
+def test_probe_finds_what_each_version_offers(trt_api_report):
+    probe = trt_api_report["probe"]
+    assert probe["has_progress_monitor"]
+    if _is_10(trt_api_report):
+        assert probe["implicit_quantization"] and probe["calibrators"] == list(ALGORITHMS)
+        assert {"INT8", "FP16", "PREFER_PRECISION_CONSTRAINTS"} <= set(probe["builder_flags"])
+    else:
+        assert not probe["implicit_quantization"] and probe["calibrators"] == []
+        assert not {"INT8", "FP16", "OBEY_PRECISION_CONSTRAINTS"} & set(probe["builder_flags"])
+        assert not probe["has_int8_calibrator"] and not probe["has_layer_precision"]
+
+
+def test_plans_on_the_real_module(trt_api_report):
+    plans = trt_api_report["plans"]
+    if _is_10(trt_api_report):
+        assert plans["int8"]["path"] == "implicit-quantization" and plans["int8"]["source"] == "tensorrt"
+        assert plans["int8"]["message"].startswith("TensorRT 10.16: INT8 by implicit quantization; TensorRT's "
+                                                   "IInt8EntropyCalibrator2")
+        assert plans["int8_percentile"]["source"] == "trtq"
+        assert plans["int8_legacy"]["source"] == "tensorrt"
+    else:
+        assert plans["int8"] == {
+            "path": "strongly-typed", "source": "trtq", "variant": "qdq", "precisions": ["fp32", "int8"],
+            "message": "TensorRT 11.4: no built-in calibrators; using trtq's entropy2 ranges as explicit Q/DQ",
+        }
+        assert plans["fp16"]["variant"] == "fp16" and plans["best"]["variant"] == "qdq+fp16"
+        assert "no built-in calibrators" in plans["int8_source_tensorrt"]["error"]
+        assert "legacy calibrator exists only in TensorRT 10" in plans["int8_legacy"]["error"]
+
+
+def test_every_name_the_common_path_uses_exists_with_the_right_kind(trt_api_report):
+    uses = [u for u in trt_api_report["uses"] if u["module"] in COMMON_MODULES]
+    assert len(uses) > 25
+    assert [u for u in uses if u["problem"]] == []
+
+
+def test_implicit_path_names_exist_on_10_and_its_removed_apis_are_absent_on_11(trt_api_report):
+    uses = [u for u in trt_api_report["uses"] if u["module"] in IMPLICIT_MODULES]
+    problems = {(u["owner"], u["name"], u["member"]): u["problem"] for u in uses if u["problem"]}
+    if _is_10(trt_api_report):
+        assert problems == {}
+    else:
+        assert problems[("", "IInt8EntropyCalibrator2", "")] == "no trt.IInt8EntropyCalibrator2"
+        assert problems[("", "BuilderFlag", "INT8")] == "trt.BuilderFlag has no 'INT8'"
+        assert problems[("IBuilderConfig", "int8_calibrator", "")] == "trt.IBuilderConfig has no 'int8_calibrator'"
+        assert ("ILayer", "set_output_type", "") in problems
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_calibrator_subclasses_the_real_base_and_serves_batches(trt_api_report, algorithm):
+    if not _is_10(trt_api_report):
+        assert "no INT8 calibrator classes (removed in TensorRT 11" in trt_api_report["calibrator_class_error"]
+        return
+    result = trt_api_report["calibrators"][algorithm]
+    assert result["isinstance_base"] and result["isinstance_IInt8Calibrator"]
+    assert result["mro"][:3] == [f"Trtq{result['mro'][2]}", "CalibratorCore", result["mro"][2]]
+    assert result["algorithm"] == ALGORITHMS[algorithm]
+    assert result["expected_header"] == f"TRT-101601-{HEADERS[algorithm]}"
+    assert result["trampoline_get_batch_size"] == 7  # C++ virtual -> Python override on trtq's class
+    served = result["served"]
+    assert [s is None for s in served] == [False, False, False, True, True]  # 3 full batches, partial skipped
+    pointers = {tuple(s["pointers"]) for s in served[:3]}
+    assert len(pointers) == 1 and len(set(next(iter(pointers)))) == 2  # one buffer per input, reused
+    assert all(s["bytes_match"] == [True, True] for s in served[:3])  # names order: ids, then images
+    assert result["after_end"] is None and result["failure"] is None
+    assert result["batches_served"] == 3 and result["samples_served"] == 6
+    assert result["allocations"] == 2 and result["live_buffers_before_close"] == 2
+    assert result["live_buffers_after_close"] == 0 and result["live_buffers_at_end"] == 0
+    assert result["warnings_batches"] == ["skipped a partial batch of 1 sample(s): TensorRT calibrates at the "
+                                          "fixed shape [2, 3, 4, 4]"]
+    assert result["bad_shape_get_batch"] is None
+    assert "has shape [2, 3, 5, 5], but TensorRT calibrates at the opt shape [2, 3, 4, 4]" in result["bad_shape_error"]
+    assert result["missing_input_get_batch"] is None
+    assert result["missing_input_error"] == "TensorRT asks for input 'ids' but the calibration batch has only: images"
+    if algorithm == "legacy":
+        assert result["quantile"] == pytest.approx(0.9) and result["regression_cutoff"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_calibration_cache_contract(trt_api_report, algorithm):
+    if not _is_10(trt_api_report):
+        pytest.skip("TensorRT 11 has no calibrators and no calibration cache")
+    cache = trt_api_report["calibrators"][algorithm]["cache"]
+    assert cache["missing"] is None
+    assert cache["written_equal"] and cache["files_after_write"] == ["model.cache"]  # atomic: no temp left
+    assert cache["matching"] is True
+    assert cache["stale_version"] is None and cache["wrong_algorithm"] is None and cache["garbage"] is None
+    stale, wrong, garbage = cache["warnings"]
+    assert f"written as TRT-100001-{HEADERS[algorithm]}, this build needs TRT-101601-{HEADERS[algorithm]}" in stale
+    assert f"this build needs TRT-101601-{HEADERS[algorithm]}" in wrong and "written as TRT-101601-" in wrong
+    assert "binary data; calibrating" in garbage
+    assert cache["failure"] is None
+
+
+def test_trtq_ranges_are_served_as_a_cache_without_batches(trt_api_report):
+    if not _is_10(trt_api_report):
+        pytest.skip("TensorRT 11 takes trtq's ranges as Q/DQ, not as a cache")
+    served = trt_api_report["served_cache"]
+    assert served == {"read": True, "header": "TRT-101601-EntropyCalibration2",
+                      "expected_header": "TRT-101601-EntropyCalibration2", "get_batch": None, "cache_used": True}
+
+
+def test_progress_monitor_subclasses_the_real_interface(trt_api_report):
+    progress = trt_api_report["progress"]
+    assert progress["isinstance"] and progress["mro"][:3] == ["TrtqProgressMonitor", "BuildProgress",
+                                                             "IProgressMonitor"]
+    assert progress["step"] is True and progress["trampoline_step_complete"] is True
+    assert progress["step_after_cancel"] is False  # Ctrl-C: TensorRT is asked to stop
+    assert progress["status"].endswith("Building engine 0/2 › Tactic selection 1/4")
+    assert progress["history"] == ["Building engine"] and progress["open_phases"] == 0
+
+
+def test_logger_subclasses_the_real_ilogger(trt_api_report):
+    logger = trt_api_report["logger"]
+    assert logger["isinstance"] and logger["trampoline_log"] == "dispatched"
+    assert logger["shown"] == ["tensorrt: [error] parse failed", "tensorrt: [warning] slow",
+                               "tensorrt: [internal_error] via the C++ trampoline"]
+    assert logger["errors"] == ["parse failed", "via the C++ trampoline"] and logger["warnings"] == ["slow"]
+
+
+def test_builder_failure_is_one_clean_line_and_leaves_no_file(trt_api_report):
+    builder = trt_api_report["builder"]
+    short = ".".join(trt_api_report["version"].split(".")[:2])
+    assert builder["create_builder"].startswith(f"TensorRT {short} {NO_BUILDER}")
+    assert "TypeError" in builder["create_builder_cause"]
+    cases = ["fp16", "int8_trtq_ranges", "int8_default", "int8_tensorrt_source"]
+    for case in cases:
+        result = builder[case]
+        assert result["files_left"] == [], case
+        assert "\n" not in result["error"] and result["error_type"] == "TrtqError", case
+    for case in cases if _is_10(trt_api_report) else cases[:3]:
+        assert builder[case]["error"].startswith(f"TensorRT {short} {NO_BUILDER}"), case
+        assert "`trtq calibrate` and `trtq export` work" in builder[case]["error"]
+        assert builder[case]["echo"][0].startswith(f"trtq: TensorRT {short}: "), case  # the path, said first
+    if not _is_10(trt_api_report):
+        assert "no built-in calibrators" in builder["int8_tensorrt_source"]["error"]
+    no_data = builder["int8_no_data"]  # a user error is reported before the GPU is needed
+    assert no_data["files_left"] == [] and NO_BUILDER not in no_data["error"]
+    assert no_data["error"].startswith("INT8 calibration needs data: give --data, or a --cache holding "
+                                       "TRT-101601-EntropyCalibration2" if _is_10(trt_api_report)
+                                       else "INT8 needs ranges: give --data")
+
+
+# -- straight on the environment (no checker) ----------------------------------------------------------
+
+_CALLBACKS_10 = ("get_batch", "get_batch_size", "read_calibration_cache", "write_calibration_cache",
+                 "get_quantile", "get_regression_cutoff", "read_histogram_cache", "write_histogram_cache")
+_CALLBACKS = ("phase_start", "step_complete", "phase_finish", "log")
+
+
+def test_overridden_callbacks_are_the_names_the_native_trampolines_look_up(trt_api_env: TrtApiEnv):
+    """TensorRT calls Python overrides by name from C++; those names are strings in the real module,
+    and trtq's classes define every one of them."""
+    from trtq.trt.calibrators import CalibratorCore
+    from trtq.trt.engine import LogCollector
+    from trtq.trt.progress import BuildProgress
+
+    binary = (trt_api_env.site / "tensorrt_bindings" / "tensorrt.so").read_bytes()
+    in_binary = {name: b"\0" + name.encode() + b"\0" in binary for name in _CALLBACKS + _CALLBACKS_10}
+    assert all(in_binary[name] for name in _CALLBACKS)
+    if trt_api_env.version.startswith("10."):
+        assert all(in_binary[name] for name in _CALLBACKS_10)
+    else:  # the calibrator trampolines went with the classes
+        assert not any(in_binary[name] for name in ("get_quantile", "read_histogram_cache", "write_calibration_cache"))
+    for owner, names in ((CalibratorCore, _CALLBACKS_10), (BuildProgress, _CALLBACKS[:3]), (LogCollector, ("log",))):
+        for name in names:
+            assert callable(getattr(owner, name, None)), (owner.__name__, name)
+
+
+def test_tensorrt_without_its_libraries_is_a_clean_error(trt_api_env: TrtApiEnv):
+    code = ("from trtq.trt import import_tensorrt\nfrom trtq.errors import TrtqError, MissingDependencyError\n"
+            "try:\n    import_tensorrt()\nexcept MissingDependencyError as e:\n    print('MISSING', e)\n"
+            "except TrtqError as e:\n    print('ERROR', e)\n")
+    result = trt_api_env.run(["-c", code], with_libraries=False)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.strip()
+    major = trt_api_env.version.split(".")[0]
+    assert out.startswith("ERROR the tensorrt package is installed but cannot be loaded (")
+    assert f"libnvonnxparser.so.{major}" in out or f"libnvinfer.so.{major}" in out
+    assert "trtq calibrate" in out and "\n" not in out
+
+
+def test_cli_build_reports_the_path_then_the_missing_gpu_and_exits_2(trt_api_env: TrtApiEnv, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    digits = tmp_path / "digits.npy"
+    with np.load(REPO / "tests" / "data" / "mnist-test-first1000.npz") as data:
+        np.save(digits, data["images"][:16, None].astype(np.float32))
+    result = trt_api_env.run(["-m", "trtq", "build", str(REPO / "calib_data" / "mnist-8.onnx"), "--int8",
+                              "--data", str(digits), "--cache", str(out_dir / "mnist.cache"),
+                              "-o", str(out_dir / "mnist.engine")], cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    short = ".".join(trt_api_env.version.split(".")[:2])
+    expected_path = ("INT8 by implicit quantization" if trt_api_env.version.startswith("10.")
+                     else "no built-in calibrators; using trtq's entropy2 ranges as explicit Q/DQ")
+    assert lines[0].startswith(f"trtq: TensorRT {short}: ") and expected_path in lines[0]
+    assert lines[-1].startswith(f"trtq: error: TensorRT {short} {NO_BUILDER}")
+    assert result.stdout == ""
+    assert list(out_dir.iterdir()) == []

@@ -1,0 +1,517 @@
+"""``build_engine``: ONNX model + options (+ data) -> a TensorRT engine and its ``ENGINE.json`` manifest.
+
+Order of work, chosen so that the user learns about a problem before the long part:
+outputs checked -> TensorRT imported and probed -> path planned (and printed) -> shapes resolved ->
+builder created (fails here without a GPU) -> the model TensorRT parses prepared (11.x: Q/DQ/FP16
+export, from trtq's ranges) -> network parsed and configured -> build with progress ->
+engine and manifest written atomically, together.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from trtq import __version__
+from trtq.cache import HEADER_ALGORITHM, cache_from_amax, parse_cache, version_code
+from trtq.errors import TrtqError
+from trtq.fileio import atomic_path, check_output_path, sha256_file
+from trtq.model import Model, resolve_shape
+from trtq.ranges import DEFAULT_PERCENTILE
+from trtq.shapes import Shape
+from trtq.trt import TensorRTInfo, import_tensorrt, probe
+from trtq.trt.plan import IMPLICIT, BuildPlan, plan_build
+
+Echo = Callable[[str], None]
+MANIFEST_FORMAT = "trtq-engine-1"
+DEFAULT_REGRESSION_CUTOFF = 0.5  # Polygraphy's default for the legacy calibrator
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass
+class BuildOptions:
+    """Everything ``trtq build`` takes besides the model and the data."""
+
+    engine_path: Path
+    fp16: bool = False
+    int8: bool = False
+    calibrator: str = "entropy2"
+    calibration_source: str | None = None  # None: TensorRT's calibrator where it exists, else trtq
+    cache_path: Path | None = None
+    ranges_path: Path | None = None
+    percentile: float = DEFAULT_PERCENTILE
+    regression_cutoff: float = DEFAULT_REGRESSION_CUTOFF
+    keep_precision: dict[str, str] = field(default_factory=dict)
+    precision_constraints: str = "prefer"
+    workspace_bytes: int | None = None
+    timing_cache: Path | None = None
+    min_shapes: dict[str, Shape] = field(default_factory=dict)
+    opt_shapes: dict[str, Shape] = field(default_factory=dict)
+    max_shapes: dict[str, Shape] = field(default_factory=dict)
+    cuda_backend: str | None = None
+    verbose: bool = False
+
+    @property
+    def manifest_path(self) -> Path:
+        return manifest_path_for(self.engine_path)
+
+
+def manifest_path_for(engine_path: Path) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    return Path(f"{engine_path}.json")
+
+
+@dataclass
+class BuildResult:
+    engine_path: Path
+    manifest_path: Path
+    manifest: dict
+    plan: BuildPlan
+
+
+# -- option parsing that the CLI and the API share ------------------------------------------------------
+
+
+def parse_keep_precision(values: Iterable[str]) -> dict[str, str]:
+    """``NAME=fp16|fp32`` entries (repeatable; ``@FILE`` holds one per line, ``#`` comments allowed)."""
+    from trtq.export.ranges import read_name_list
+
+    rules: dict[str, str] = {}
+    for entry in read_name_list(values):
+        name, sep, precision = entry.rpartition("=")
+        precision = precision.strip().lower()
+        if not sep or not name.strip() or precision not in ("fp16", "fp32"):
+            raise TrtqError(f"--keep-precision '{entry}': expected LAYER_OR_TENSOR=fp16 or =fp32")
+        rules[name.strip()] = precision
+    return rules
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """``1024MiB``, ``2G``, ``512m``, ``1073741824`` -> bytes (K/M/G alone are binary, as in trtexec)."""
+    value = str(text).strip().lower()
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = value[len(number):].strip()
+    try:
+        amount = float(number)
+    except ValueError as exc:
+        raise TrtqError(f"bad size '{text}': expected a number with an optional unit, e.g. 1024MiB or 2G") from exc
+    if unit not in _UNITS or amount <= 0:
+        raise TrtqError(f"bad size '{text}': expected a positive number with B, KiB, MiB, GiB (or K, M, G)")
+    return int(amount * _UNITS[unit])
+
+
+# -- shapes --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResolvedShapes:
+    """Optimization profile (only when some input is dynamic) and the shapes calibration runs at."""
+
+    profile: dict[str, dict[str, Shape]]  # name -> {"min", "opt", "max"}; empty for static models
+    calibration: dict[str, Shape]  # every input at its opt shape
+
+
+def resolve_shapes(model: Model, min_shapes: Mapping[str, Shape], opt_shapes: Mapping[str, Shape],
+                   max_shapes: Mapping[str, Shape], data_shapes: Mapping[str, Shape] | None = None) -> ResolvedShapes:
+    """Check ``--min/--opt/--max-shapes`` against the model and fill the gaps.
+
+    A dynamic input without ``--opt-shapes`` takes the shape of the calibration data when there is
+    data; min and max default to opt (a profile of one shape).
+    """
+    known = {s.name for s in model.inputs}
+    for option, shapes in (("--min-shapes", min_shapes), ("--opt-shapes", opt_shapes), ("--max-shapes", max_shapes)):
+        for name in shapes:
+            if name not in known:
+                raise TrtqError(f"{option} names '{name}', which is not an input of the model "
+                                f"(its inputs: {', '.join(sorted(known))})")
+    for name in set(min_shapes) | set(max_shapes):
+        if name not in opt_shapes:
+            raise TrtqError(f"--min-shapes/--max-shapes give input '{name}' but --opt-shapes does not")
+    profile: dict[str, dict[str, Shape]] = {}
+    calibration: dict[str, Shape] = {}
+    for spec in model.inputs:
+        opt = opt_shapes.get(spec.name)
+        if opt is None and not spec.is_static:
+            opt = (data_shapes or {}).get(spec.name)
+        if opt is None and not spec.is_static:
+            example = "x".join(str(d) if d else "1" for d in spec.dims)
+            raise TrtqError(
+                f"input {spec.describe()} has dynamic dimensions: give --opt-shapes {spec.name}:{example} "
+                "(and --min-shapes/--max-shapes for a range), or calibration data"
+            )
+        opt = _fit(spec, opt, "--opt-shapes") if opt is not None else tuple(spec.dims)
+        low = _fit(spec, min_shapes.get(spec.name, opt), "--min-shapes")
+        high = _fit(spec, max_shapes.get(spec.name, opt), "--max-shapes")
+        if not (len(low) == len(opt) == len(high)) or not all(a <= b <= c for a, b, c in zip(low, opt, high,
+                                                                                              strict=True)):
+            raise TrtqError(f"input '{spec.name}': need min <= opt <= max in every dimension, got "
+                            f"min {list(low)}, opt {list(opt)}, max {list(high)}")
+        calibration[spec.name] = opt
+        if not spec.is_static:
+            profile[spec.name] = {"min": low, "opt": opt, "max": high}
+    return ResolvedShapes(profile, calibration)
+
+
+def _fit(spec, shape: Shape, option: str) -> Shape:
+    """``shape`` checked against the model's fixed dimensions, errors naming ``option``."""
+    try:
+        return tuple(resolve_shape(spec, tuple(shape), None))
+    except TrtqError as exc:
+        raise TrtqError(str(exc).replace("--shapes", option)) from exc
+
+
+def _first_batch_shapes(batches) -> tuple[dict[str, Shape] | None, Iterable | None]:
+    """Shapes of the data's first batch, without losing that batch."""
+    if batches is None:
+        return None, None
+    shapes = getattr(batches, "input_shapes", None)
+    if shapes:
+        return {k: tuple(v) for k, v in shapes.items()}, batches
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        return None, iter(())
+    return {k: tuple(np.shape(v)) for k, v in first.items()}, itertools.chain([first], iterator)
+
+
+# -- ranges computed by trtq (10.x served cache, 11.x Q/DQ) ------------------------------------------------
+
+
+@dataclass
+class TrtqRanges:
+    amax: dict[str, float]
+    origin: str  # what the manifest and messages call them
+    computed: bool  # True when calibrated now from the data (then --cache is written)
+
+
+def trtq_ranges(model: Model, options: BuildOptions, batches: Iterable | None, echo: Echo) -> TrtqRanges:
+    """trtq's ranges, from ``--ranges``, a reusable ``--cache``, or by calibrating on the data now."""
+    if options.ranges_path is not None:
+        return TrtqRanges(_read_ranges_file(options.ranges_path), f"ranges file {options.ranges_path}", False)
+    if options.cache_path is not None and options.cache_path.is_file():
+        wanted = HEADER_ALGORITHM[options.calibrator]
+        try:
+            cache = parse_cache(options.cache_path.read_bytes(), source=str(options.cache_path))
+        except (TrtqError, UnicodeDecodeError):
+            cache = None
+        if cache is not None and cache.algorithm == wanted:
+            return TrtqRanges(cache.amax(), f"calibration cache {options.cache_path} ({cache.header})", False)
+        if batches is None:
+            header = cache.header if cache is not None else "not a calibration cache"
+            raise TrtqError(f"calibration cache {options.cache_path} ({header}) does not hold {wanted} ranges "
+                            "and no --data was given to compute them")
+        echo(f"trtq: warning: ignoring {options.cache_path}: not a {wanted} cache; calibrating again")
+    if batches is None:
+        raise TrtqError("INT8 needs ranges: give --data (trtq calibrates on it), --ranges RANGES.json "
+                        "(from trtq calibrate --json) or an existing --cache")
+    from trtq.calibrate import calibrate
+
+    echo(f"trtq: calibrating with trtq's {options.calibrator} on the CPU ...")
+    result = calibrate(model, batches, options.calibrator, percentile=options.percentile)
+    return TrtqRanges(result.amax, f"trtq {options.calibrator} on {result.samples} samples", True)
+
+
+def _read_ranges_file(path: Path) -> dict[str, float]:
+    """A TensorRT-format cache or a ``trtq calibrate --json`` document, told apart by content."""
+    try:
+        head = path.read_bytes()[:4]
+    except FileNotFoundError as exc:
+        raise TrtqError(f"ranges file not found: {path}") from exc
+    except OSError as exc:
+        raise TrtqError(f"cannot read ranges file {path}: {exc.strerror}") from exc
+    if head == b"TRT-":
+        from trtq.cache import read_cache
+
+        return read_cache(path).amax()
+    from trtq.calibrate import read_ranges_json
+
+    return read_ranges_json(path)
+
+
+# -- the build -----------------------------------------------------------------------------------------
+
+
+def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[str, np.ndarray]] | None = None, *,
+                 trt: ModuleType | None = None, echo: Echo = _stderr) -> BuildResult:
+    """Build ``model`` into ``options.engine_path`` (+ ``.json`` manifest). See the module docstring."""
+    engine_path, manifest_path = Path(options.engine_path), options.manifest_path
+    for out in (engine_path, manifest_path, options.cache_path, options.timing_cache):
+        if out is not None:
+            check_output_path(out)
+    if options.precision_constraints not in ("prefer", "obey"):
+        raise TrtqError("--precision-constraints must be prefer or obey")
+    if any(v == "fp16" for v in options.keep_precision.values()) and not options.fp16:
+        raise TrtqError("--keep-precision NAME=fp16 needs --fp16 or --best")
+    data_shapes, batches = _first_batch_shapes(batches)
+    shapes = resolve_shapes(model, options.min_shapes, options.opt_shapes, options.max_shapes, data_shapes)
+
+    trt = trt or import_tensorrt("building a TensorRT engine")
+    info = probe(trt)
+    plan = plan_build(info, fp16=options.fp16, int8=options.int8, calibrator=options.calibrator,
+                      source=options.calibration_source, keep_precision=bool(options.keep_precision))
+    echo(f"trtq: {plan.message}")
+    for note in plan.notes:
+        echo(f"trtq: note: {note}")
+    backend = None
+    if plan.int8 and plan.source == "trtq" and batches is None and options.ranges_path is None and not (
+            options.cache_path is not None and options.cache_path.is_file()):
+        raise TrtqError("INT8 needs ranges: give --data (trtq calibrates on it), --ranges RANGES.json "
+                        "(from trtq calibrate --json) or an existing --cache")
+    if plan.source == "tensorrt":
+        from trtq.trt.cuda import get_backend
+
+        _check_calibration_inputs(info, plan, options, batches, echo)
+        backend = get_backend(options.cuda_backend)  # missing binding: one-line error before any work
+
+    from trtq.trt import engine
+
+    logger = engine.logger_class(trt)(show="VERBOSE" if options.verbose else "WARNING", echo=echo)
+    builder = engine.create_builder(trt, logger)
+    with tempfile.TemporaryDirectory(prefix="trtq-build-") as workdir:
+        onnx_path, derived, ranges = _model_to_parse(model, plan, options, batches, Path(workdir), echo)
+        network = engine.create_network(trt, builder)
+        parser = engine.parse_onnx(trt, network, logger, onnx_path)
+        network_inputs = engine.network_inputs(network)
+        config = builder.create_builder_config()
+        engine.set_workspace(trt, config, options.workspace_bytes)
+        engine.set_detailed_profiling(trt, config)
+        timing_cache = engine.attach_timing_cache(trt, config, options.timing_cache)
+        if shapes.profile or any(d < 0 for dims in network_inputs.values() for d in dims):
+            profile = engine.ProfileShapes(
+                min={k: v["min"] for k, v in shapes.profile.items()},
+                opt={k: v["opt"] for k, v in shapes.profile.items()},
+                max={k: v["max"] for k, v in shapes.profile.items()},
+            )
+            engine.check_profile_against_network(network_inputs, profile)
+            engine.add_optimization_profile(trt, builder, config, profile)
+        calibrator, kept = _configure_implicit(trt, info, plan, options, builder, network, config, backend,
+                                               batches, ranges, shapes, echo)
+        monitor = _progress(trt, info, config)
+        started = time.perf_counter()
+        try:
+            serialized = _run_build(trt, engine, builder, network, config, logger, monitor)
+            if calibrator is not None:
+                calibrator.raise_failure()
+        finally:
+            if calibrator is not None:
+                calibrator.close()
+            monitor.finish()
+        seconds = time.perf_counter() - started
+        del parser
+        engine.save_timing_cache(timing_cache, options.timing_cache)
+        manifest = _manifest(model, options, info, plan, shapes, derived, ranges, calibrator, kept, batches,
+                             backend, seconds, serialized, engine_path, monitor)
+        _write_outputs(engine_path, manifest_path, serialized, manifest)
+        if ranges is not None and ranges.computed and options.cache_path is not None:
+            _save_trtq_cache(ranges, options, info)
+    echo(f"trtq: wrote {engine_path} ({len(serialized) / 1e6:.1f} MB, {seconds:.1f} s) and {manifest_path}")
+    return BuildResult(engine_path, manifest_path, manifest, plan)
+
+
+def _check_calibration_inputs(info: TensorRTInfo, plan: BuildPlan, options: BuildOptions, batches,
+                              echo: Echo) -> None:
+    """Say whether TensorRT will calibrate or reuse the cache; calibrating with no data and no usable
+    cache would build a meaningless engine, so that is an error."""
+    from trtq.trt.calibrators import cache_status, expected_header
+
+    header = expected_header(info.patch_version, plan.calibrator)
+    data, problem = (None, None) if options.cache_path is None else cache_status(options.cache_path, header)
+    if data is not None:
+        echo(f"trtq: TensorRT will reuse the calibration cache {options.cache_path} ({header})")
+    elif batches is None:
+        why = f" ({problem})" if problem else ""
+        raise TrtqError(f"INT8 calibration needs data: give --data, or a --cache holding {header}{why}")
+
+
+def _model_to_parse(model: Model, plan: BuildPlan, options: BuildOptions, batches, workdir: Path,
+                    echo: Echo) -> tuple[Path, dict | None, TrtqRanges | None]:
+    """The ONNX file TensorRT parses, what was derived from the user's model, and trtq's ranges."""
+    ranges = trtq_ranges(model, options, batches, echo) if plan.int8 and plan.source == "trtq" else None
+    original = Path(model.path) if model.path is not None else _save_proto(model.proto, workdir / "model.onnx")
+    if plan.path == IMPLICIT:
+        return original, None, ranges
+    from trtq.trt.explicit import strongly_typed_model
+
+    typed = strongly_typed_model(model, int8=plan.int8, fp16=plan.fp16, amax=ranges.amax if ranges else None,
+                                 keep_precision=options.keep_precision,
+                                 ranges_source=ranges.origin if ranges else "trtq's ranges")
+    for note in typed.notes:
+        echo(f"trtq: note: {note}")
+    for warning in typed.warnings:
+        echo(f"trtq: warning: {warning}")
+    if typed.variant == "original":
+        return original, None, ranges
+    path = typed.save(workdir / f"{Path(model.path).stem}.{typed.variant.replace('+', '-')}.onnx")
+    derived = {"variant": typed.variant, "sha256": sha256_file(path), "notes": typed.notes}
+    return path, derived, ranges
+
+
+def _save_proto(proto, path: Path) -> Path:
+    from trtq.export import save_model
+
+    save_model(proto, path)
+    return path
+
+
+def _configure_implicit(trt, info: TensorRTInfo, plan: BuildPlan, options: BuildOptions, builder, network, config,
+                        backend, batches, ranges: TrtqRanges | None, shapes: ResolvedShapes, echo: Echo):
+    """10.x: precision flags, precision constraints and the calibrator. Returns (calibrator, kept layers)."""
+    if plan.path != IMPLICIT:
+        return None, {}
+    from trtq.trt import implicit
+    from trtq.trt.calibrators import make_calibrator
+
+    implicit.set_precision_flags(trt, config, fp16=plan.fp16, int8=plan.int8)
+    kept = implicit.apply_keep_precision(trt, network, config, options.keep_precision,
+                                         options.precision_constraints)
+    if not plan.int8:
+        return None, kept
+
+    def warn(text: str) -> None:
+        echo(f"trtq: warning: {text}")
+
+    if plan.source == "trtq":
+        served = cache_from_amax(ranges.amax, "entropy2", trt_version=info.patch_version).to_bytes()
+        calibrator = make_calibrator(trt, "entropy2", trt_version=info.patch_version, served_cache=served, warn=warn)
+    else:
+        calibrator = make_calibrator(
+            trt, plan.calibrator, trt_version=info.patch_version, batches=batches, backend=backend,
+            input_shapes=shapes.calibration, cache_path=options.cache_path,
+            quantile=options.percentile / 100.0, regression_cutoff=options.regression_cutoff, warn=warn,
+        )
+    try:
+        implicit.attach_calibrator(trt, builder, config, calibrator, shapes.calibration if shapes.profile else {})
+    except BaseException:
+        calibrator.close()
+        raise
+    return calibrator, kept
+
+
+def _progress(trt, info: TensorRTInfo, config):
+    from trtq.trt.progress import Spinner, progress_monitor_class
+
+    if info.has_progress_monitor:
+        from trtq.trt import engine
+
+        monitor = progress_monitor_class(trt)()
+        engine.attach_progress_monitor(trt, config, monitor)
+        return monitor
+    return Spinner()
+
+
+def _run_build(trt, engine, builder, network, config, logger, monitor) -> bytes:
+    from trtq.trt.progress import Spinner, cancel_on_interrupt
+
+    with cancel_on_interrupt(monitor):
+        if isinstance(monitor, Spinner):
+            with monitor:
+                serialized = builder.build_serialized_network(network, config)
+        else:
+            serialized = builder.build_serialized_network(network, config)
+    if monitor.cancelled:
+        raise KeyboardInterrupt
+    if serialized is None:
+        detail = logger.last_error() or "see the TensorRT messages above"
+        raise TrtqError(f"TensorRT failed to build the engine: {detail}")
+    return bytes(memoryview(serialized))
+
+
+def _device(backend, options: BuildOptions) -> dict | None:
+    """GPU name and compute capability through the CUDA binding, when one is installed."""
+    from trtq.trt.cuda import get_backend
+
+    try:
+        backend = backend or get_backend(options.cuda_backend)
+        info = backend.device_info()
+        info["cuda_backend"] = backend.name
+        return info
+    except TrtqError as exc:
+        return {"unavailable": str(exc)}
+
+
+def _manifest(model: Model, options: BuildOptions, info: TensorRTInfo, plan: BuildPlan, shapes: ResolvedShapes,
+              derived: dict | None, ranges: TrtqRanges | None, calibrator, kept: dict, batches, backend,
+              seconds: float, serialized: bytes, engine_path: Path, monitor) -> dict:
+    import hashlib
+
+    device = _device(backend, options)
+    calibration = None
+    if plan.int8:
+        calibration = {"calibrator": plan.calibrator, "source": plan.source}
+        if plan.source == "tensorrt" and calibrator is not None:
+            calibration.update({
+                "cache_header": calibrator.expected_header,
+                "cache": str(options.cache_path) if options.cache_path else None,
+                "cache_used": calibrator.cache_used, "cache_written": calibrator.cache_written,
+                "batches": calibrator.batches_served, "samples": calibrator.samples_served,
+            })
+            if plan.calibrator == "legacy":
+                calibration.update({"quantile": calibrator.quantile, "regression_cutoff": calibrator.regression_cutoff})
+        elif ranges is not None:
+            calibration.update({"ranges": ranges.origin, "tensors": len(ranges.amax)})
+            if plan.path == IMPLICIT:
+                calibration["served_header"] = f"TRT-{version_code(info.patch_version)}-EntropyCalibration2"
+        if options.cache_path is not None and options.cache_path.is_file():
+            calibration["cache_sha256"] = sha256_file(options.cache_path)
+        if plan.calibrator == "percentile":
+            calibration["percentile"] = options.percentile
+    data = None
+    if batches is not None and (plan.source == "trtq" and ranges is not None and ranges.computed
+                                or calibrator is not None and calibrator.batches_served):
+        data = {"description": getattr(batches, "description", None)}
+        if hasattr(batches, "provenance"):
+            data["provenance"] = batches.provenance()
+    return {
+        "format": MANIFEST_FORMAT,
+        "engine": {"path": engine_path.name, "bytes": len(serialized),
+                   "sha256": hashlib.sha256(serialized).hexdigest()},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(seconds, 3),
+        "versions": {"trtq": __version__, "tensorrt": info.version,
+                     "cuda_runtime": (device or {}).get("cuda_runtime_version"),
+                     "cuda_driver": (device or {}).get("driver_version")},
+        "gpu": device,
+        "path": plan.as_dict(),
+        "precisions": plan.precisions,
+        "calibration": calibration,
+        "keep_precision": {"rules": options.keep_precision, "constraints": options.precision_constraints,
+                           "layers": kept} if options.keep_precision else None,
+        "onnx": {"path": str(model.path) if model.path else None, "sha256": model.sha256, "built_from": derived},
+        "data": data,
+        "shapes": {"profile": {k: {w: list(s) for w, s in v.items()} for k, v in shapes.profile.items()},
+                   "calibration": {k: list(v) for k, v in shapes.calibration.items()} if plan.int8 else None},
+        "workspace_bytes": options.workspace_bytes,
+        "timing_cache": str(options.timing_cache) if options.timing_cache else None,
+        "build_phases": list(getattr(monitor, "history", [])),
+    }
+
+
+def _write_outputs(engine_path: Path, manifest_path: Path, serialized: bytes, manifest: dict) -> None:
+    """Engine and manifest land together or not at all."""
+    text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    with atomic_path(engine_path) as engine_tmp, atomic_path(manifest_path) as manifest_tmp:
+        engine_tmp.write_bytes(serialized)
+        manifest_tmp.write_text(text)
+
+
+def _save_trtq_cache(ranges: TrtqRanges, options: BuildOptions, info: TensorRTInfo) -> None:
+    from trtq.cache import write_cache
+
+    write_cache(options.cache_path, cache_from_amax(ranges.amax, options.calibrator, trt_version=info.patch_version))
