@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("trtq.commands.build:build", "Build a TensorRT engine (10.x calibrators or 11.x Q/DQ)."),
     "export": ("trtq.commands.export:export", "Write an INT8 Q/DQ or FP16 ONNX model for TensorRT 11."),
     "calibrate": ("trtq.commands.calibrate:calibrate", "Compute INT8 ranges on the CPU; write a TensorRT cache."),
+    "report": ("trtq.commands.report:report", "Per-layer precision, latency and lints of an engine (works on CPU)."),
+    "bench": ("trtq.commands.bench:bench", "Time an engine on the GPU like trtexec; compare with trtexec or its log."),
 }
 
 
