@@ -13,6 +13,8 @@ wall time from process start to exit (imports and model loading included) and pe
 * ``ort <method>``   onnxruntime.quantization ``create_calibrator`` (Entropy: num_bins=2048,
                      num_quantized_bins=128; Percentile: num_bins=2048, 99.99) + ``compute_data``
 * ``... x4``         the same with the batches repeated four times (peak RSS must not grow)
+
+Each contender runs ``--runs`` times (onnxruntime's entropy once: it takes minutes); medians are shown.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,19 +84,24 @@ def child(kind: str, model_path: str, batches_path: str, repeat: int) -> None:
         raise SystemExit(f"unknown contender {kind}")
 
 
-def measure(kind: str, model: str, batches: str, batch: int, repeat: int = 1, timeout: float | None = None) -> dict:
-    env = {**os.environ, "BENCH_BATCH": str(batch), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, __file__, "--child", kind, model, batches, str(repeat)], env=env)
-    try:
-        _, status, usage = os.wait4(process.pid, 0)
-    except KeyboardInterrupt:
-        process.kill()
-        raise
-    wall = time.perf_counter() - started
-    if status != 0:
-        return {"kind": kind, "repeat": repeat, "error": f"exit status {status}"}
-    return {"kind": kind, "repeat": repeat, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+def measure(kind: str, model: str, batches: str, batch: int, repeat: int = 1, runs: int = 1) -> dict:
+    """Median wall time and peak RSS of ``runs`` fresh processes running contender ``kind``."""
+    env = {**os.environ, "BENCH_BATCH": str(batch)}
+    walls, peaks = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        process = subprocess.Popen([sys.executable, __file__, "--child", kind, model, batches, str(repeat)], env=env)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except KeyboardInterrupt:
+            process.kill()
+            raise
+        if status != 0:
+            return {"kind": kind, "repeat": repeat, "error": f"exit status {status}"}
+        walls.append(time.perf_counter() - started)
+        peaks.append(usage.ru_maxrss / 1024)
+    return {"kind": kind, "repeat": repeat, "runs": runs, "wall_s": statistics.median(walls),
+            "peak_rss_mb": statistics.median(peaks), "wall_all_s": walls}
 
 
 def prepare(model_path: str, data: str, batch: int, max_samples: int | None, out: Path) -> int:
@@ -121,6 +129,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-samples", type=int, default=96)
     parser.add_argument("--skip-ort-entropy", action="store_true", help="onnxruntime's entropy takes minutes")
+    parser.add_argument("--runs", type=int, default=3, help="processes per contender; medians are reported")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
@@ -132,10 +141,12 @@ def main() -> None:
                  "ort-percentile"]
         if not args.skip_ort_entropy:
             kinds.append("ort-entropy")
-        rows = [measure(k, args.model, batches, args.batch_size) for k in kinds]
-        rows += [measure(k, args.model, batches, args.batch_size, repeat=4) for k in ("trtq-minmax", "trtq-entropy2")]
+        rows = [measure(k, args.model, batches, args.batch_size, runs=1 if k == "ort-entropy" else args.runs)
+                for k in kinds]
+        rows += [measure(k, args.model, batches, args.batch_size, repeat=4, runs=args.runs)
+                 for k in ("trtq-minmax", "trtq-entropy2")]
 
-    print(f"\n{'contender':<22}{'samples':>9}{'wall s':>10}{'peak RSS MB':>14}")
+    print(f"\n{'contender':<22}{'samples':>9}{'wall s':>10}{'peak RSS MB':>14}   (medians of {args.runs} processes)")
     by_kind = {}
     for row in rows:
         label = row["kind"] + (f" x{row['repeat']}" if row["repeat"] > 1 else "")

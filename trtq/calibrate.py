@@ -50,33 +50,41 @@ def installed_trt_version() -> str | None:
     return None
 
 
+def default_workers() -> int:
+    """Threads for folding tensors into statistics and for the range searches."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
 def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *,
                        providers: list[str] | None = None,
-                       progress: Callable[[int], None] | None = None) -> StatsCollector:
+                       progress: Callable[[int], None] | None = None,
+                       workers: int | None = None) -> StatsCollector:
     """Run every batch through the model once and fold each calibrated tensor into its statistics.
 
-    While onnxruntime runs batch k+1 (it releases the GIL), a worker thread folds batch k into the
-    statistics; at most two batches of activations are alive, however many batches there are.
-    ``progress`` is called with the number of samples of each finished batch.
+    Batch k's tensors are folded in by a thread pool, one task per tensor (numpy releases the GIL),
+    while onnxruntime runs batch k+1 (it releases the GIL too); at most two batches of activations
+    are alive, however many batches there are. ``progress`` gets the sample count of each finished batch.
     """
     tensors = model.calibration_tensors()
     aliases = model.value_aliases(tensors)
     with ActivationCapture(model, [t for t in tensors if t not in aliases], providers=providers) as capture, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="trtq-stats") as worker:
+            ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="trtq-stats") as pool:
         collector = StatsCollector(capture.tensor_names, meta={"model": model.name, "model_sha256": model.sha256})
-        pending: Future | None = None
+        pending: list[Future] = []
         pending_samples = 0
-        for activations, samples in capture.iterate(batches):
-            if pending is not None:
-                pending.result()  # re-raises a failure of the worker
-                if progress is not None:
-                    progress(pending_samples)
-            pending, pending_samples = worker.submit(collector.update, activations, samples), samples
-            del activations
-        if pending is not None:
-            pending.result()
-            if progress is not None:
+
+        def finish() -> None:
+            for future in pending:
+                future.result()  # re-raises a failure of a task
+            if pending and progress is not None:
                 progress(pending_samples)
+
+        for activations, samples in capture.iterate(batches):
+            finish()
+            pending, pending_samples = collector.submit(activations, samples, pool), samples
+            del activations
+        finish()
     if collector.batches == 0:
         raise TrtqError("the data source produced no batch: nothing to calibrate")
     captured = set(capture.tensor_names)
@@ -94,7 +102,9 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
 def compute_ranges(stats: StatsCollector, calibrator: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
     """Tensor name -> amax with ``calibrator``'s method, from statistics already collected."""
     method = range_function(calibrator, percentile)
-    return {s.name: float(method(s)) for s in stats}
+    with ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="trtq-ranges") as pool:
+        values = list(pool.map(method, stats))  # each search is numpy work that releases the GIL
+    return {s.name: float(v) for s, v in zip(stats, values, strict=True)}
 
 
 @dataclass
