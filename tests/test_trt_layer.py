@@ -307,9 +307,13 @@ def test_keep_precision_entries_and_files(tmp_path):
     listing.write_text("# layers that overflow in fp16\n/head/Softmax=fp32\nconv 1 [a]=FP16   # spaces kept\n\n")
     rules = parse_keep_precision(["Plus214_Output_0=fp32", f"@{listing}", "a=b=fp16"])
     assert rules == {"Plus214_Output_0": "fp32", "/head/Softmax": "fp32", "conv 1 [a]": "fp16", "a=b": "fp16"}
-    for bad in ["Conv1", "Conv1=int8", "=fp16"]:
+    for bad in ["Conv1=int8", "=fp16"]:
         with pytest.raises(TrtqError, match="expected LAYER_OR_TENSOR=fp16 or =fp32"):
             parse_keep_precision([bad])
+    # the keep file `trtq sensitivity` writes: bare node names, meaning fp16
+    sensitivity_file = tmp_path / "keep_fp16.txt"
+    sensitivity_file.write_text("# kept by trtq sensitivity\nPooling66\nTimes212\n")
+    assert parse_keep_precision([f"@{sensitivity_file}"]) == {"Pooling66": "fp16", "Times212": "fp16"}
 
 
 def test_workspace_sizes():

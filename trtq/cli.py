@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("trtq.commands.calibrate:calibrate", "Compute INT8 ranges on the CPU; write a TensorRT cache."),
     "report": ("trtq.commands.report:report", "Per-layer precision, latency and lints of an engine (works on CPU)."),
     "bench": ("trtq.commands.bench:bench", "Time an engine on the GPU like trtexec; compare with trtexec or its log."),
+    "evaluate": ("trtq.commands.evaluate:evaluate", "Simulated INT8 vs FP32 accuracy on held-out data (no GPU)."),
+    "sensitivity": ("trtq.commands.sensitivity:sensitivity",
+                    "Rank layers by INT8 error (clipping or rounding); find the few to keep in FP16."),
 }
 
 

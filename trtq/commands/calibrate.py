@@ -39,8 +39,17 @@ def _warn(message: str) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="onnxruntime execution provider (cuda needs onnxruntime-gpu).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors and warnings only.")
+# -- method comparison (trtq.accuracy) --
+@click.option("--compare-methods", is_flag=True,
+              help="Also evaluate entropy2, minmax, percentile 99.9/99.99/99.999 and mse ranges (from the same "
+                   "statistics) as simulated INT8 vs FP32, and recommend one. Evaluates on --eval-data, else on "
+                   "the calibration data.")
+@click.option("--eval-data", type=click.Path(),
+              help="Held-out data for --compare-methods (every sample; the other data options apply).")
+@click.option("--eval-labels", type=click.Path(dir_okay=False),
+              help="Labels of the --compare-methods data (.npy in data order, or a file,label CSV): adds accuracy.")
 def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_version, save_stats, from_stats,
-              device, quiet, **data_kwargs):
+              device, quiet, compare_methods, eval_data, eval_labels, **data_kwargs):
     """Compute INT8 ranges for MODEL's tensors and write a TensorRT calibration cache.
 
     Runs the model in onnxruntime over the calibration data once, collecting per-tensor
@@ -62,6 +71,10 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
     from trtq.stats import StatsCollector
 
     check_percentile(percentile)
+    if (eval_data or eval_labels) and not compare_methods:
+        raise click.UsageError("--eval-data and --eval-labels belong to --compare-methods")
+    if compare_methods and from_stats and not (model_path and eval_data):
+        raise click.UsageError("--compare-methods with --from-stats needs MODEL and --eval-data PATH")
     if from_stats and (data_kwargs.get("data") or data_kwargs.get("data_loader_script")):
         raise click.UsageError("--from-stats derives ranges from saved statistics; it takes no --data")
     if not from_stats and not model_path:
@@ -103,6 +116,13 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
 
     for line in result.problems():
         _warn(line)
+    comparison = None
+    if compare_methods:  # before writing anything: a failure here must leave no outputs behind
+        from trtq.accuracy.methods import compare_methods_for_calibration
+
+        comparison = compare_methods_for_calibration(
+            model, result.stats, None if from_stats else batches, data_kwargs,
+            eval_data=eval_data, eval_labels=eval_labels, warn=_warn)
     written = []
     if save_stats and not from_stats:
         result.stats.save(save_stats)
@@ -115,6 +135,12 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         written.append(("ranges", json_path))
     if not quiet:
         _print_summary(result, written)
+    if comparison is not None:
+        methods, described = comparison
+        click.echo(f"range methods as simulated INT8 vs FP32 on {described} ({methods.samples} samples; "
+                   f"best = {methods.rule}):")
+        click.echo(methods.format_table())
+        click.echo(f"recommended: {methods.best.label}")
 
 
 def _run_with_progress(api, model, batches, calibrator, percentile, providers, quiet):

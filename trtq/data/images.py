@@ -83,6 +83,7 @@ class ImageFolderSource(BatchSource):
         self.drop_last = drop_last
         self.total_samples = len(files)
         self.skipped = 0
+        self.skipped_files: set[str] = set()  # relative paths not decoded in the last iteration
         self.input_shapes = {plan.input_name: (batch_size, *plan.sample_shape)}
         self._options = options
         self._warn = warn
@@ -98,6 +99,7 @@ class ImageFolderSource(BatchSource):
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         self.skipped = 0
+        self.skipped_files = set()
         name, plan, batch = self.plan.input_name, self.plan, self.batch_size
         window = max(2 * batch, 4 * self._workers())
         content = hashlib.sha256()
@@ -149,6 +151,7 @@ class ImageFolderSource(BatchSource):
 
     def _skip(self, rel: str, reason: str | None) -> None:
         self.skipped += 1
+        self.skipped_files.add(rel)
         if rel in self._warned_files:
             return
         self._warned_files.add(rel)

@@ -5,12 +5,13 @@ memory), so any number of batches costs O(1) memory:
 
 - cosine similarity of all values, and the worst per-sample cosine (an outlier shows up there);
 - SQNR in dB, 10*log10(sum ref^2 / sum (ref - exported)^2) (infinite when they are identical);
-- largest absolute difference;
+- largest and mean absolute difference;
 - top-1 agreement (argmax over the last axis) for outputs with more than one class.
 
-Sessions run with basic graph optimisations only: onnxruntime's extended QDQ fusions would
-replace the Q/DQ arithmetic by its own integer kernels (u8s8 with saturation on some x86 CPUs),
-which is not what TensorRT computes; the plain Q/DQ graph is the exact fake-quantised reference.
+Sessions run with basic graph optimisations only and onnxruntime's Q/DQ transformers off: the
+extended QDQ fusions would replace the Q/DQ arithmetic by its own integer kernels (u8s8 with
+saturation on some x86 CPUs), and the basic level's bias quantization rounds float biases to int32,
+neither of which TensorRT computes; the plain Q/DQ graph is the exact fake-quantised reference.
 For FP16 models the numbers are optimistic: onnxruntime's CPU runs ops that lack a float16 kernel
 in float32 and removes the cast pairs around them, so float16 rounding and overflow inside such
 ops does not show (TensorRT computes them in float16).
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,13 +39,15 @@ class OutputAgreement:
     sqnr_db: float
     max_abs_error: float
     top1_agreement: float | None  # fraction of samples whose argmax matches; None for one-class outputs
+    mean_abs_error: float = 0.0
 
 
 class _Accumulator:
     def __init__(self) -> None:
         self.samples = 0
         self.dot = self.ref_sq = self.out_sq = self.err_sq = 0.0
-        self.max_abs_error = 0.0
+        self.max_abs_error = self.abs_error_sum = 0.0
+        self.values = 0
         self.min_sample_cosine = 1.0
         self.top1_same = self.top1_total = 0
 
@@ -64,7 +67,10 @@ class _Accumulator:
         self.out_sq += float(np.sum(rows_out * rows_out))
         self.err_sq += float(np.sum(diff * diff))
         if diff.size:
-            self.max_abs_error = max(self.max_abs_error, float(np.max(np.abs(diff))))
+            abs_diff = np.abs(diff)
+            self.max_abs_error = max(self.max_abs_error, float(abs_diff.max()))
+            self.abs_error_sum += float(abs_diff.sum())
+            self.values += diff.size
         per_sample = _cosine(
             np.sum(rows_ref * rows_out, axis=1), np.sum(rows_ref**2, axis=1), np.sum(rows_out**2, axis=1)
         )
@@ -85,7 +91,9 @@ class _Accumulator:
         else:
             sqnr = 10.0 * math.log10(self.ref_sq / self.err_sq)
         top1 = self.top1_same / self.top1_total if self.top1_total else None
-        return OutputAgreement(name, self.samples, cosine, self.min_sample_cosine, sqnr, self.max_abs_error, top1)
+        mean_abs = self.abs_error_sum / self.values if self.values else 0.0
+        return OutputAgreement(name, self.samples, cosine, self.min_sample_cosine, sqnr, self.max_abs_error, top1,
+                               mean_abs)
 
 
 def _cosine(dot: np.ndarray, ref_sq: np.ndarray, out_sq: np.ndarray) -> np.ndarray:
@@ -97,16 +105,49 @@ def _cosine(dot: np.ndarray, ref_sq: np.ndarray, out_sq: np.ndarray) -> np.ndarr
     return np.where(both_zero, 1.0, value)
 
 
-def _session(model: onnx.ModelProto | bytes | str | os.PathLike):
+def fake_quant_session(model: onnx.ModelProto | bytes | str | os.PathLike):
+    """An onnxruntime session that computes Q/DQ arithmetic as written (no integer-kernel fusions)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # No Q/DQ rewrites at all: since onnxruntime 1.20 even the basic level quantizes a float Gemm/Conv bias
+    # behind Q/DQ inputs to int32 (WeightBiasQuantization), which TensorRT does not do (it adds the bias in float).
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.log_severity_level = 3
     payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     if isinstance(payload, os.PathLike):
         payload = os.fspath(payload)
     return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+
+
+Run = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]  # feed -> outputs, in the order of `names`
+Observer = Callable[[list[np.ndarray], dict[str, list[np.ndarray]]], None]
+
+
+def compare_runs(
+    reference: Run,
+    candidates: Mapping[str, Run],
+    names: list[str],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    observe: Observer | None = None,
+) -> dict[str, list[OutputAgreement]]:
+    """Compare several candidates with one reference on every feed: the reference runs once per
+    feed however many candidates there are. ``observe(reference_outputs, {candidate: outputs})``
+    sees each batch's outputs (e.g. to score them against labels). Returns candidate -> rows."""
+    accumulators = {key: {name: _Accumulator() for name in names} for key in candidates}
+    for feed in batches:
+        reference_outputs = reference(feed)
+        outputs = {}
+        for key, run in candidates.items():
+            outputs[key] = run(feed)
+            for name, ref, out in zip(names, reference_outputs, outputs[key], strict=True):
+                accumulators[key][name].add(ref, out)
+        if observe is not None:
+            observe(reference_outputs, outputs)
+    if not any(acc.samples for per_output in accumulators.values() for acc in per_output.values()):
+        raise TrtqError("no data to compare the models on: the data source yielded no batch")
+    return {key: [acc.result(name) for name, acc in per_output.items()] for key, per_output in accumulators.items()}
 
 
 def compare_outputs(
@@ -115,33 +156,30 @@ def compare_outputs(
     batches: Iterable[Mapping[str, np.ndarray]],
 ) -> list[OutputAgreement]:
     """Run both models on every feed dict of ``batches`` and measure how close their outputs are."""
-    ref_session, out_session = _session(reference), _session(exported)
+    ref_session, out_session = fake_quant_session(reference), fake_quant_session(exported)
     names = [o.name for o in ref_session.get_outputs()]
     exported_names = {o.name for o in out_session.get_outputs()}
     missing = [n for n in names if n not in exported_names]
     if missing:
         raise TrtqError(f"the exported model lacks output(s) {', '.join(missing)} of the float32 model")
     input_names = [i.name for i in ref_session.get_inputs()]
-    accumulators = {name: _Accumulator() for name in names}
-    for feed in batches:
-        inputs = {name: feed[name] for name in input_names if name in feed}
-        reference_outputs = ref_session.run(names, inputs)
-        exported_outputs = out_session.run(names, inputs)
-        for name, ref, out in zip(names, reference_outputs, exported_outputs, strict=True):
-            accumulators[name].add(ref, out)
-    if not any(acc.samples for acc in accumulators.values()):
-        raise TrtqError("no data to compare the models on: the data source yielded no batch")
-    return [acc.result(name) for name, acc in accumulators.items()]
+
+    def runner(session) -> Run:
+        return lambda feed: session.run(names, {name: feed[name] for name in input_names if name in feed})
+
+    return compare_runs(runner(ref_session), {"exported": runner(out_session)}, names, batches)["exported"]
 
 
-def format_agreement_table(rows: Iterable[OutputAgreement]) -> str:
-    """A short fixed-width table, one line per output."""
+def format_agreement_table(rows: Iterable[OutputAgreement], mean_abs: bool = False) -> str:
+    """A short fixed-width table, one line per output (``mean_abs`` adds a mean |err| column)."""
     rows = list(rows)
     width = max([len("output"), *(len(r.name) for r in rows)])
+    mean_head = f"  {'mean |err|':>10}" if mean_abs else ""
     lines = [f"{'output':<{width}}  {'samples':>7}  {'cosine':>8}  {'min cos':>8}  {'SQNR dB':>7}  "
-             f"{'max |err|':>10}  {'top-1 agree':>11}"]
+             f"{'max |err|':>10}{mean_head}  {'top-1 agree':>11}"]
     for r in rows:
         top1 = f"{100 * r.top1_agreement:.2f} %" if r.top1_agreement is not None else "-"
+        mean = f"  {r.mean_abs_error:>10.4g}" if mean_abs else ""
         lines.append(f"{r.name:<{width}}  {r.samples:>7}  {r.cosine:>8.5f}  {r.min_sample_cosine:>8.5f}  "
-                     f"{r.sqnr_db:>7.2f}  {r.max_abs_error:>10.4g}  {top1:>11}")
+                     f"{r.sqnr_db:>7.2f}  {r.max_abs_error:>10.4g}{mean}  {top1:>11}")
     return "\n".join(lines)

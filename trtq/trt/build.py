@@ -86,14 +86,17 @@ class BuildResult:
 
 
 def parse_keep_precision(values: Iterable[str]) -> dict[str, str]:
-    """``NAME=fp16|fp32`` entries (repeatable; ``@FILE`` holds one per line, ``#`` comments allowed)."""
+    """``NAME=fp16|fp32`` or a bare ``NAME`` (= fp16) entries, repeatable; ``@FILE`` holds one per line
+    (``#`` comments allowed), so the keep file of ``trtq sensitivity`` works here as with ``export --exclude``."""
     from trtq.export.ranges import read_name_list
 
     rules: dict[str, str] = {}
     for entry in read_name_list(values):
         name, sep, precision = entry.rpartition("=")
+        if not sep:
+            name, precision = entry, "fp16"
         precision = precision.strip().lower()
-        if not sep or not name.strip() or precision not in ("fp16", "fp32"):
+        if not name.strip() or precision not in ("fp16", "fp32"):
             raise TrtqError(f"--keep-precision '{entry}': expected LAYER_OR_TENSOR=fp16 or =fp32")
         rules[name.strip()] = precision
     return rules

@@ -1,0 +1,290 @@
+"""Simulated INT8 vs FP32 on held-out data: the Q/DQ export run in onnxruntime, measured per output.
+
+The INT8 model is exactly what ``trtq export --qdq`` writes (symmetric int8, per-tensor activation
+scales from the ranges, per-channel weight scales), run with the session options under which
+onnxruntime computes the plain fake-quantised arithmetic (see :mod:`trtq.export.compare`). The
+comparison loop is :func:`trtq.export.compare.compare_runs`: one FP32 run per batch serves any
+number of INT8 candidates (methods, sensitivity configurations). Labels, when given, add top-1/top-5
+accuracy of the FP32 model and of each candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from trtq.accuracy.labels import Labels, check_labels, labels_for_fed
+from trtq.capture import with_extra_outputs
+from trtq.data import BatchSource
+from trtq.errors import TrtqError
+from trtq.export import OutputAgreement, QdqExport, export_qdq
+from trtq.export.compare import Run, compare_runs, fake_quant_session
+from trtq.model import Model
+from trtq.stats import StatsCollector
+
+TOP_K = 5
+
+
+@dataclass
+class Outcome:
+    """How one INT8 candidate agrees with FP32 (and, with labels, how accurate it is)."""
+
+    rows: list[OutputAgreement]
+    accuracy: dict[str, float | None] | None = None  # {"top1", "top5"} as fractions
+    logits: str | None = None
+
+    @property
+    def sqnr_db(self) -> float:
+        """The worst output's SQNR (inf when every output is identical)."""
+        return min(r.sqnr_db for r in self.rows)
+
+    @property
+    def cosine(self) -> float:
+        return min(r.cosine for r in self.rows)
+
+    @property
+    def noise(self) -> float:
+        """Error power relative to signal power, averaged over the outputs (10^(-SQNR/10))."""
+        return float(np.mean([10.0 ** (-r.sqnr_db / 10.0) if math.isfinite(r.sqnr_db) else
+                              (0.0 if r.sqnr_db > 0 else math.inf) for r in self.rows]))
+
+    @property
+    def top1_agreement(self) -> float | None:
+        row = next((r for r in self.rows if r.name == self.logits), None)
+        return None if row is None else row.top1_agreement
+
+
+@dataclass
+class Comparison:
+    """FP32 vs several candidates on one pass over the data."""
+
+    samples: int
+    outcomes: dict[str, Outcome]
+    reference_accuracy: dict[str, float | None] | None = None
+    logits: str | None = None
+
+    def drop_points(self, key: str) -> float | None:
+        """FP32 top-1 minus the candidate's, in percentage points (None without labels)."""
+        if self.reference_accuracy is None:
+            return None
+        return 100.0 * (self.reference_accuracy["top1"] - self.outcomes[key].accuracy["top1"])
+
+
+class _Predictions:
+    """Top-k class indices of the logits output per sample, for the reference and every candidate."""
+
+    def __init__(self, index: int, name: str, keys: Iterable[str]):
+        self.index, self.name = index, name
+        self.top: dict[str | None, list[np.ndarray]] = {key: [] for key in [None, *keys]}
+        self.classes = 0
+
+    def _top(self, logits: np.ndarray) -> np.ndarray:
+        array = np.asarray(logits)
+        if array.ndim < 2:
+            raise TrtqError(f"output '{self.name}' has shape {list(array.shape)}; accuracy needs one row of class "
+                            "scores per sample ([batch, classes])")
+        rows = array.reshape(array.shape[0], -1)
+        self.classes = rows.shape[1]
+        order = np.argsort(-rows, axis=1, kind="stable")  # ties: the first index, as argmax
+        return order[:, :TOP_K]
+
+    def observe(self, reference: list[np.ndarray], outputs: dict[str, list[np.ndarray]]) -> None:
+        self.top[None].append(self._top(reference[self.index]))
+        for key, values in outputs.items():
+            self.top[key].append(self._top(values[self.index]))
+
+    @property
+    def samples(self) -> int:
+        return sum(len(t) for t in self.top[None])
+
+    def accuracy(self, labels: np.ndarray) -> dict[str | None, dict[str, float | None]]:
+        if labels.size and (labels.min() < 0 or labels.max() >= self.classes):
+            bad = int(labels[(labels < 0) | (labels >= self.classes)][0])
+            raise TrtqError(f"label {bad} is out of range for output '{self.name}' with {self.classes} classes")
+        result = {}
+        for key, parts in self.top.items():
+            top = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.int64)
+            hits = top == labels[:, None]
+            result[key] = {
+                "top1": float(hits[:, 0].mean()) if len(top) else 0.0,
+                "top5": float(hits[:, :TOP_K].any(axis=1).mean()) if self.classes >= TOP_K and len(top) else None,
+            }
+        return result
+
+
+def session_runner(session, names: Sequence[str], extra_feed: Mapping[str, np.ndarray] | None = None) -> Run:
+    """``feed -> outputs`` for ``names``; ``extra_feed`` adds fixed inputs (e.g. layer switches)."""
+    inputs = [i.name for i in session.get_inputs()]
+    extra = dict(extra_feed or {})
+
+    def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        values = {name: feed[name] for name in inputs if name in feed}
+        values.update(extra)
+        return session.run(list(names), values)
+
+    return run
+
+
+class CapturingRunner:
+    """Runs a float model and folds chosen tensors of each batch into |x| statistics on the way.
+
+    The tensors become extra outputs of the same run, so the statistics of the evaluation data cost
+    no extra pass; graph inputs are taken from the feed. ``extra_feed`` adds fixed inputs (the layer
+    switches of a switchable model, all off).
+    """
+
+    def __init__(self, proto: onnx.ModelProto, names: Sequence[str], tensors: Iterable[str],
+                 extra_feed: Mapping[str, np.ndarray] | None = None):
+        self.names = list(names)
+        self.tensors = list(dict.fromkeys(tensors))
+        self.input_names = {i.name for i in proto.graph.input}
+        self.fetched = [t for t in self.tensors if t not in self.input_names and t not in self.names]
+        self.session = fake_quant_session(with_extra_outputs(proto, self.fetched))
+        self.session_inputs = [i.name for i in self.session.get_inputs()]
+        self.extra_feed = dict(extra_feed or {})
+        self.stats = StatsCollector(self.tensors)
+
+    def __call__(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        values = {name: feed[name] for name in self.session_inputs if name in feed}
+        values.update(self.extra_feed)
+        results = self.session.run([*self.names, *self.fetched], values)
+        outputs = results[: len(self.names)]
+        captured = dict(zip(self.fetched, results[len(self.names):], strict=True))
+        for name in self.tensors:
+            if name in self.input_names:
+                captured[name] = np.asarray(feed[name])
+            elif name in self.names:
+                captured[name] = outputs[self.names.index(name)]
+        first = next(iter(feed.values()))
+        self.stats.update(captured, int(np.asarray(first).shape[0]) if np.ndim(first) else 1)
+        return outputs
+
+
+def logits_index(names: Sequence[str], logits: str | None) -> int:
+    """Which output holds the class scores: ``logits`` by name, else the first output."""
+    if logits is None:
+        return 0
+    if logits not in names:
+        raise TrtqError(f"--logits '{logits}' is not an output of the model (its outputs: {', '.join(names)})")
+    return list(names).index(logits)
+
+
+def compare_candidates(
+    reference: Run,
+    candidates: Mapping[str, Run],
+    names: Sequence[str],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    labels: Labels | None = None,
+    source: BatchSource | None = None,
+    logits: str | None = None,
+) -> Comparison:
+    """One pass over ``batches``: FP32 once per batch, every candidate after it, accuracy with labels."""
+    names = list(names)
+    index = logits_index(names, logits)
+    if labels is not None:
+        check_labels(labels, source)  # before the long part
+    predictions = _Predictions(index, names[index], candidates) if labels is not None else None
+    rows = compare_runs(reference, candidates, names, batches,
+                        observe=predictions.observe if predictions is not None else None)
+    samples = max((r.samples for per in rows.values() for r in per), default=0)
+    reference_accuracy = None
+    accuracy: dict = {}
+    if predictions is not None:
+        samples = predictions.samples
+        truth = labels_for_fed(labels, source if isinstance(source, BatchSource) else None, samples)
+        accuracy = predictions.accuracy(truth)
+        reference_accuracy = accuracy[None]
+    outcomes = {key: Outcome(per, accuracy.get(key), names[index]) for key, per in rows.items()}
+    return Comparison(samples, outcomes, reference_accuracy, names[index])
+
+
+@dataclass
+class Evaluation:
+    """``trtq evaluate``'s result: FP32 vs the simulated INT8 model on held-out data."""
+
+    comparison: Comparison
+    export: QdqExport
+    amax: dict[str, float]
+    stats: StatsCollector | None = None  # |x| statistics of the quantized activations on this data
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.comparison.outcomes["int8"]
+
+    @property
+    def samples(self) -> int:
+        return self.comparison.samples
+
+    def document(self) -> dict:
+        """The ``--json`` document (accuracy present with labels; SQNR null when outputs are identical)."""
+        outputs = {
+            r.name: {
+                "cosine": r.cosine,
+                "min_sample_cosine": r.min_sample_cosine,
+                "sqnr_db": r.sqnr_db if math.isfinite(r.sqnr_db) else None,
+                "max_abs": r.max_abs_error,
+                "mean_abs": r.mean_abs_error,
+                "top1_agreement": r.top1_agreement,
+            }
+            for r in self.outcome.rows
+        }
+        document: dict = {"samples": self.samples, "outputs": outputs}
+        if self.comparison.reference_accuracy is not None:
+            document["accuracy"] = {"fp32": self.comparison.reference_accuracy, "int8": self.outcome.accuracy}
+            document["accuracy_output"] = self.comparison.logits
+        document["quantized_nodes"] = list(self.export.plan.quantized_nodes)
+        return document
+
+
+def evaluate_int8(
+    model: Model,
+    amax: Mapping[str, float],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    exclude: Iterable[str] = (),
+    labels: Labels | None = None,
+    logits: str | None = None,
+    collect_stats: bool = False,
+    ranges_source: str = "the ranges",
+) -> Evaluation:
+    """Export the Q/DQ model from ``amax`` and compare it with ``model`` on ``batches``.
+
+    ``collect_stats`` also gathers the |x| statistics of every tensor that gets an activation
+    Q/DQ, on this data (for the histogram figures), during the same FP32 runs.
+    """
+    export = export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source)
+    names = list(model.output_names)
+    capture = None
+    if collect_stats:
+        capture = CapturingRunner(model.proto, names, export.activation_tensors)
+        reference = capture
+    else:
+        reference = session_runner(fake_quant_session(model.proto), names)
+    candidate = session_runner(fake_quant_session(export.model), names)
+    comparison = compare_candidates(reference, {"int8": candidate}, names, batches, labels=labels,
+                                    source=batches if isinstance(batches, BatchSource) else None, logits=logits)
+    return Evaluation(comparison, export, dict(amax), capture.stats if capture is not None else None)
+
+
+def format_accuracy(comparison: Comparison, keys: Sequence[str] = ("int8",)) -> list[str]:
+    """Accuracy lines: FP32, then each candidate with its drop in points."""
+    if comparison.reference_accuracy is None:
+        return []
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f} %"
+
+    ref = comparison.reference_accuracy
+    lines = [f"accuracy on {comparison.samples} labelled samples (output '{comparison.logits}'):",
+             f"  {'FP32':<10} top-1 {pct(ref['top1']):>8}  top-5 {pct(ref['top5']):>8}"]
+    for key in keys:
+        acc = comparison.outcomes[key].accuracy
+        drop = comparison.drop_points(key)
+        lines.append(f"  {key.upper() if key == 'int8' else key:<10} top-1 {pct(acc['top1']):>8}  "
+                     f"top-5 {pct(acc['top5']):>8}  drop {drop:+.2f} points")
+    return lines

@@ -1,0 +1,89 @@
+"""``trtq evaluate``: simulated INT8 (the Q/DQ export in onnxruntime) vs FP32 on held-out data."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from trtq.accuracy.options import label_options, ranges_options, report_options
+from trtq.data.options import data_options
+
+
+@click.command("evaluate")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@ranges_options
+@data_options
+@label_options
+@report_options
+def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits, json_path,
+             html_path, plot_dir, plot_tensor, quiet, **data_kwargs):
+    """Measure how far simulated INT8 lands from FP32 on held-out data, before building anything.
+
+    MODEL is quantized exactly as TensorRT quantizes it (symmetric int8, per-tensor activation
+    ranges from --cache/--ranges, per-channel weights): the Q/DQ model of `trtq export --qdq`,
+    run in onnxruntime next to the FP32 model. Per output: cosine similarity, SQNR, max and mean
+    absolute error, top-1 agreement; with labels also top-1/top-5 accuracy of both and the drop.
+    Use data the ranges were not calibrated on.
+
+    \b
+    Examples:
+      trtq evaluate calib_data/mnist-8.onnx --cache mnist-8.cache --data calib_data/mnist \\
+          --labels calib_data/mnist/labels.csv
+      trtq evaluate model.onnx --ranges ranges.json --data val/ --preset imagenet --labels-from-folders \\
+          --json eval.json --html eval.html
+      trtq evaluate model.onnx --cache m.cache --data val.npz --exclude @keep.txt
+    """
+    from trtq.accuracy.evaluate import evaluate_int8, format_accuracy
+    from trtq.accuracy.options import check_outputs, load_inputs, note, ranges_source, warn
+    from trtq.data.options import batches_from_options
+    from trtq.export import format_agreement_table
+    from trtq.fileio import atomic_write
+
+    figures_wanted = bool(html_path or plot_dir)
+    if plot_tensor and not figures_wanted:
+        raise click.UsageError("--plot-tensor draws into --html or --plot-dir; give one of them")
+    check_outputs(json_path, html_path, plot_dir)
+    model, amax, names, labels = load_inputs(model_path, cache_path, ranges_path, exclude, labels_path,
+                                             labels_from_folders)
+    batches = batches_from_options(model, warn=warn, **data_kwargs)
+    source = ranges_source(cache_path, ranges_path)
+    if not quiet:
+        click.echo(f"evaluating {model.name} (INT8 from {source}) on {batches.description}", err=True)
+    result = evaluate_int8(model, amax, batches, exclude=names, labels=labels, logits=logits,
+                           collect_stats=figures_wanted, ranges_source=source)
+    for line in result.export.warnings:
+        warn(line)
+    if not quiet:
+        for line in result.export.notes:
+            note(line)
+
+    figures = []
+    if figures_wanted:
+        from trtq.accuracy.report import histogram_figures
+
+        figures = histogram_figures(result.stats, result.amax, list(plot_tensor) or None)
+    # everything is computed: write the outputs, then print
+    if json_path:
+        document = {**result.document(), "model": model.name, "ranges": source,
+                    "data": batches.provenance() if hasattr(batches, "provenance") else {}}
+        atomic_write(json_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    if html_path:
+        from trtq.accuracy.report import evaluation_html
+
+        atomic_write(html_path, evaluation_html(result, model=model.name, data=batches.description,
+                                                ranges=source, figures=figures))
+    if plot_dir:
+        from trtq.accuracy.report import write_figures
+
+        write_figures(figures, plot_dir)
+    if quiet:
+        return
+    click.echo(f"FP32 vs simulated INT8 ({len(result.export.plan.quantized_nodes)} INT8 layers) "
+               f"on {result.samples} samples:")
+    click.echo(format_agreement_table(result.outcome.rows, mean_abs=True))
+    for line in format_accuracy(result.comparison):
+        click.echo(line)
+    for what, path in (("results", json_path), ("report", html_path), ("charts", plot_dir)):
+        if path:
+            click.echo(f"{what} written to {path}")

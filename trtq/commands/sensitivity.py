@@ -1,0 +1,119 @@
+"""``trtq sensitivity``: rank layers by how much INT8 hurts them, say why, and find the few to keep in FP16."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from trtq.accuracy.options import label_options, ranges_options, report_options
+from trtq.accuracy.sensitivity import MODES
+from trtq.data.options import data_options
+
+DEFAULT_SAMPLES = 500
+TOP_HISTOGRAMS = 8
+
+
+@click.command("sensitivity")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@ranges_options
+@data_options
+@label_options
+@click.option("--mode", type=click.Choice(MODES), default="alone", show_default=True,
+              help="alone: each layer the only one in INT8 (layers + 1 runs per batch); all-but-one: each layer the "
+                   "only one kept in float (layers + 2 runs per batch).")
+@click.option("--target-sqnr", type=float, metavar="DB",
+              help="Find a small set of layers to keep in higher precision so that the worst output's SQNR "
+                   "reaches DB (greedy down the ranking, each step verified).")
+@click.option("--max-drop", type=click.FloatRange(min=0), metavar="PCT",
+              help="Same, for a top-1 drop of at most PCT points: accuracy with --labels, otherwise the share of "
+                   "samples whose top-1 class changes.")
+@click.option("--keep-out", type=click.Path(dir_okay=False),
+              help="Write the layers to keep (one ONNX node name per line, # comments) for "
+                   "`trtq export --qdq --exclude @FILE`. Needs --target-sqnr or --max-drop.")
+@report_options
+def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits, mode,
+                target_sqnr, max_drop, keep_out, json_path, html_path, plot_dir, plot_tensor, quiet, **data_kwargs):
+    """Rank MODEL's INT8 layers by the output error each one causes, with its cause.
+
+    Every quantized layer (an ONNX node that gets Q/DQ) is switched between INT8 and float inside
+    one onnxruntime session, on a small evaluation set (the first 500 samples unless --max-samples
+    says otherwise, held in memory). The error type says whether the layer's INT8 inputs lose more
+    to clipping (data beyond the range) or to rounding (8-bit steps too coarse where the data is),
+    from their |x| statistics on the same data. With --target-sqnr or --max-drop, layers are taken
+    from the top of the ranking into a keep-in-float set until a real evaluation meets the target.
+
+    \b
+    Examples:
+      trtq sensitivity calib_data/mnist-8.onnx --cache mnist-8.cache --data calib_data/mnist
+      trtq sensitivity model.onnx --ranges r.json --data val.npz --target-sqnr 30 --keep-out keep.txt
+      trtq export model.onnx --qdq --ranges r.json --exclude @keep.txt -o model.qdq.onnx
+    """
+    from trtq.accuracy.options import check_outputs, load_inputs, note, ranges_source, warn
+    from trtq.accuracy.sensitivity import SensitivityAnalysis, format_ranking, format_steps, keep_file_text
+    from trtq.data.options import batches_from_options
+    from trtq.fileio import atomic_write
+
+    if keep_out and target_sqnr is None and max_drop is None:
+        raise click.UsageError("--keep-out needs a target: --target-sqnr DB and/or --max-drop PCT")
+    if plot_tensor and not (html_path or plot_dir):
+        raise click.UsageError("--plot-tensor draws into --html or --plot-dir; give one of them")
+    check_outputs(json_path, html_path, plot_dir, keep_out)
+    model, amax, names, labels = load_inputs(model_path, cache_path, ranges_path, exclude, labels_path,
+                                             labels_from_folders)
+    if data_kwargs.get("max_samples") is None:
+        data_kwargs["max_samples"] = DEFAULT_SAMPLES
+    batches = batches_from_options(model, warn=warn, **data_kwargs)
+    source = ranges_source(cache_path, ranges_path)
+    if not quiet:
+        click.echo(f"sensitivity of {model.name} (INT8 from {source}) on {batches.description}", err=True)
+    analysis = SensitivityAnalysis(model, amax, batches, exclude=names, labels=labels, logits=logits,
+                                   ranges_source=source)
+    for line in analysis.export.warnings:
+        warn(line)
+    if not quiet:
+        for line in analysis.export.notes:
+            note(line)
+        runs = len(analysis.layers) + (1 if mode == "alone" else 2)
+        click.echo(f"{len(analysis.layers)} INT8 layers, {runs} runs per batch", err=True)
+    result = analysis.rank(mode)
+    if target_sqnr is not None or max_drop is not None:
+        analysis.keep_set(result, target_sqnr=target_sqnr, max_drop=max_drop)
+
+    figures = []
+    if html_path or plot_dir:
+        from trtq.accuracy.report import histogram_figures, ranking_figure
+
+        tensors = list(plot_tensor) or list(dict.fromkeys(
+            t for entry in result.ranking[:TOP_HISTOGRAMS] for t in entry.layer.tensors))
+        figures = [ranking_figure(result), *histogram_figures(analysis.stats, analysis.amax, tensors)]
+    # everything is computed: write the outputs, then print
+    if keep_out:
+        atomic_write(keep_out, keep_file_text(result, model.name))
+    if json_path:
+        document = {**result.document(), "model": model.name, "ranges": source,
+                    "data": batches.provenance() if hasattr(batches, "provenance") else {}}
+        atomic_write(json_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    if html_path:
+        from trtq.accuracy.report import sensitivity_html
+
+        atomic_write(html_path, sensitivity_html(result, model=model.name, data=batches.description, ranges=source,
+                                                 figures=figures))
+    if plot_dir:
+        from trtq.accuracy.report import write_figures
+
+        write_figures(figures, plot_dir)
+    if quiet:
+        return
+    what = "each layer alone in INT8" if mode == "alone" else "all layers INT8 but one"
+    click.echo(f"INT8 sensitivity on {result.samples} samples ({what}); score = share of the output error:")
+    click.echo(format_ranking(result))
+    if result.keep is not None:
+        click.echo("keeping layers in higher precision, verified step by step:")
+        for line in format_steps(result):
+            click.echo(line)
+        kept = ", ".join(result.keep) if result.keep else "nothing (all INT8 meets the target)"
+        click.echo(f"keep in higher precision: {kept}")
+    for label, path in (("keep list", keep_out), ("results", json_path), ("report", html_path), ("charts", plot_dir)):
+        if path:
+            click.echo(f"{label} written to {path}")
