@@ -1,0 +1,308 @@
+"""``trtq run`` end to end on the bundled MNIST default, on a CPU machine: artifacts and manifest, GPU steps
+reported as skipped, gates, and incremental re-runs (reuse, --force, a changed option, a tampered file).
+
+The first run is the repository's own ``trtq.toml`` (300 digits). The other tests copy its output folder
+and run configs that differ from it in one thing, so each run only does what that change requires.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from trtq.cli import cli
+from trtq.fileio import sha256_file
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = REPO / "calib_data" / "mnist-8.onnx"
+DIGITS = REPO / "calib_data" / "mnist"
+LABELS = DIGITS / "labels.csv"
+CPU_STEPS = ("mnist/statistics", "mnist/int8-entropy2/calibrate", "mnist/int8-entropy2/export",
+             "mnist/fp16/export", "mnist/int8-entropy2/evaluate", "mnist/fp16/evaluate")
+GPU_STEPS = tuple(f"mnist/{v}/{k}" for v in ("int8-entropy2", "fp16") for k in ("build", "bench", "report"))
+
+
+def run_trtq(*args: str):
+    result = CliRunner().invoke(cli, ["run", *args], catch_exceptions=False)
+    return result
+
+
+def demo_config(folder: Path, *, calibrators=("entropy2",), gates: str | None = None, model_extra: str = "") -> Path:
+    """The repository's trtq.toml with absolute paths (so it can live in ``folder``) and optional changes."""
+    text = (REPO / "trtq.toml").read_text()
+    text = text.replace('"calib_data/', f'"{REPO}/calib_data/')
+    text = text.replace('calibrators = ["entropy2"]', f"calibrators = {json.dumps(list(calibrators))}")
+    if gates is not None:
+        start = text.index("[gates]")
+        end = text.index("[[models]]")
+        text = text[:start] + "[gates]\n" + gates + "\n\n" + text[end:]
+    if model_extra:
+        text = text.replace('path = "' + str(MODEL) + '"\n', 'path = "' + str(MODEL) + '"\n' + model_extra + "\n")
+    path = folder / "trtq.toml"
+    path.write_text(text)
+    return path
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def actions(out: Path) -> dict[str, str]:
+    return {step: record["action"] for step, record in manifest(out)["actions"].items()}
+
+
+def assert_consistent(out: Path) -> dict:
+    """Every listed file exists with its listed sha256 and size, every file in the folder is listed,
+    and nothing temporary is left."""
+    doc = manifest(out)
+    for rel, record in doc["files"].items():
+        path = out / rel
+        assert path.is_file(), rel
+        assert path.stat().st_size == record["bytes"], rel
+        assert sha256_file(path) == record["sha256"], rel
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert on_disk == set(doc["files"]) | {"manifest.json"}
+    assert not any(p.name.endswith(".tmp") or p.name.startswith(".") for p in out.rglob("*"))
+    for step_id, entry in doc["steps"].items():
+        if entry["status"] == "done":
+            assert all(doc["files"][rel]["step"] == step_id for rel in entry["files"])
+    return doc
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, object]:
+    """``trtq run trtq.toml`` (the bundled default) into a fresh folder."""
+    out = tmp_path_factory.mktemp("demo") / "artifacts"
+    result = run_trtq(str(REPO / "trtq.toml"), "--output", str(out))
+    return out, result
+
+
+@pytest.fixture
+def copy_of_demo(demo, tmp_path) -> Path:
+    out = tmp_path / "artifacts"
+    shutil.copytree(demo[0], out)
+    return out
+
+
+def reference_predictions(model_path: Path, images: np.ndarray) -> np.ndarray:
+    """argmax of a model run directly in onnxruntime, one digit at a time (the model's batch is 1)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.add_session_config_entry("session.disable_quant_qdq", "1")  # Q/DQ computed as written, no int8 kernels
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.array([int(np.argmax(session.run(None, {name: image[None, None]})[0])) for image in images])
+
+
+def test_demo_runs_the_cpu_steps_and_says_why_the_gpu_steps_are_skipped(demo):
+    out, result = demo
+    assert result.exit_code == 0, result.output
+    doc = assert_consistent(out)
+    assert doc["status"] == "complete" and doc["exit_code"] == 0
+    for step in CPU_STEPS:
+        assert doc["steps"][step]["status"] == "done" and doc["actions"][step]["action"] == "ran"
+    for step in GPU_STEPS:
+        assert doc["actions"][step]["action"] == "skipped"
+        assert "tensorrt" in doc["actions"][step]["reason"]
+        assert not doc["steps"][step]["files"]
+    assert doc["gpu_steps"]["available"] is False
+    assert "skipped build, bench, report of mnist/int8-entropy2, mnist/fp16" in result.stdout
+    assert "tensorrt" in result.stdout
+    versions = doc["versions"]
+    assert versions["tensorrt"] is None and versions["gpu"] is None and versions["driver"] is None
+    assert versions["onnxruntime"] == ort.__version__ and versions["onnx"] == onnx.__version__
+    inputs = doc["models"]["mnist"]
+    assert inputs["sha256"] == sha256_file(MODEL)
+    assert inputs["data"]["files"] == 301 and inputs["data"]["path"] == "calib_data/mnist"
+    assert inputs["eval_data"]["labels"]["sha256"] == sha256_file(LABELS)
+    variants = inputs["variants"]
+    assert set(variants) == {"int8-entropy2", "fp16"}
+    assert variants["int8-entropy2"]["files"] == sorted([
+        "mnist/int8-entropy2/evaluate.json", "mnist/int8-entropy2/mnist-8.cache",
+        "mnist/int8-entropy2/mnist-8.int8-entropy2.onnx", "mnist/int8-entropy2/mnist-8.ranges.json"])
+    for variant in variants.values():
+        assert [g["status"] for g in variant["gates"]] == ["pass", "pass"]
+    assert doc["gates"] == {"passed": True, "failed": []}
+    assert (out / "summary.md").read_text().startswith("## trtq run: `")
+
+
+def test_demo_artifacts_match_what_trtq_computes_on_its_own(demo, tmp_path):
+    """The cache is trtq calibrate's, byte for byte; the exported models are the ones evaluated, and the
+    accuracies in the manifest are what those models score, run directly in onnxruntime."""
+    out, _ = demo
+    doc = manifest(out)
+    from trtq.calibrate import calibrate, installed_trt_version
+    from trtq.data import open_batches
+    from trtq.model import load_model
+
+    model = load_model(MODEL)
+    expected = tmp_path / "expected.cache"
+    calibrate(model, open_batches(model, str(DIGITS)), "entropy2").write_cache(expected, installed_trt_version())
+    assert (out / "mnist/int8-entropy2/mnist-8.cache").read_bytes() == expected.read_bytes()
+
+    files = sorted(DIGITS.glob("*.png"))
+    images = np.stack([np.asarray(Image.open(f), dtype=np.float32) for f in files])
+    labels = np.array([int(f.stem.split("_")[1]) for f in files])
+    fp32 = reference_predictions(MODEL, images)
+    int8_model = out / "mnist/int8-entropy2/mnist-8.int8-entropy2.onnx"
+    fp16_model = out / "mnist/fp16/mnist-8.fp16.onnx"
+    proto = onnx.load(str(int8_model))
+    onnx.checker.check_model(proto)
+    assert sum(n.op_type == "QuantizeLinear" for n in proto.graph.node) >= 3
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in onnx.load(str(fp16_model)).graph.initializer)
+    for variant, path in (("int8-entropy2", int8_model), ("fp16", fp16_model)):
+        predictions = reference_predictions(path, images)
+        accuracy = doc["models"]["mnist"]["variants"][variant]["accuracy"]
+        assert accuracy["samples"] == 300
+        assert accuracy["top1_fp32"] == pytest.approx(np.mean(fp32 == labels))
+        assert accuracy["top1"] == pytest.approx(np.mean(predictions == labels))
+        assert accuracy["top1_agreement"] == pytest.approx(np.mean(predictions == fp32))
+        assert accuracy["top1_drop_points"] == pytest.approx(100 * (np.mean(fp32 == labels) - np.mean(
+            predictions == labels)))
+        evaluation = json.loads((out / f"mnist/{variant}/evaluate.json").read_text())
+        assert evaluation["accuracy"]["fp32"]["top1"] == accuracy["top1_fp32"]
+    assert np.mean(fp32 == labels) > 0.95
+
+
+def test_second_run_reuses_every_step_and_force_runs_them_again(copy_of_demo, tmp_path):
+    out = copy_of_demo
+    before = {rel: rec["sha256"] for rel, rec in manifest(out)["files"].items()}
+    config = demo_config(tmp_path)  # same content as trtq.toml, another folder: the fingerprints ignore paths
+    result = run_trtq(str(config), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    done = actions(out)
+    assert all(done[step] == "reused" for step in CPU_STEPS), done
+    assert all(done[step] == "skipped" for step in GPU_STEPS)
+    doc = assert_consistent(out)
+    assert {rel: doc["files"][rel]["sha256"] for rel in before if rel != "summary.md"} == \
+        {rel: sha for rel, sha in before.items() if rel != "summary.md"}
+
+    result = run_trtq(str(config), "--output", str(out), "--force")
+    assert result.exit_code == 0, result.output
+    assert all(actions(out)[step] == "ran" for step in CPU_STEPS)
+    doc = assert_consistent(out)
+    for rel in ("mnist/statistics.npz", "mnist/int8-entropy2/mnist-8.cache", "mnist/fp16/mnist-8.fp16.onnx",
+                "mnist/int8-entropy2/mnist-8.int8-entropy2.onnx"):
+        assert doc["files"][rel]["sha256"] == before[rel], rel  # the same inputs give the same bytes
+
+
+def test_a_changed_option_reruns_only_what_depends_on_it(copy_of_demo, tmp_path):
+    out = copy_of_demo
+    old_cache = out / "mnist/int8-entropy2/mnist-8.cache"
+    assert old_cache.is_file()
+    config = demo_config(tmp_path, calibrators=("minmax",))
+    result = run_trtq(str(config), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    done = actions(out)
+    assert done["mnist/statistics"] == "reused"  # the statistics serve every calibrator
+    assert done["mnist/fp16/export"] == done["mnist/fp16/evaluate"] == "reused"
+    assert [done[f"mnist/int8-minmax/{k}"] for k in ("calibrate", "export", "evaluate")] == ["ran"] * 3
+    doc = assert_consistent(out)
+    assert not any(step.startswith("mnist/int8-entropy2") for step in doc["steps"])
+    assert not (out / "mnist/int8-entropy2").exists() or not any((out / "mnist/int8-entropy2").iterdir())
+    assert "int8-minmax" in doc["models"]["mnist"]["variants"]
+
+    # keep_precision changes the exports (and what they are evaluated on), not the ranges
+    config = demo_config(tmp_path, calibrators=("minmax",), model_extra='keep_precision = ["Convolution110=fp32"]')
+    result = run_trtq(str(config), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    done = actions(out)
+    assert done["mnist/statistics"] == done["mnist/int8-minmax/calibrate"] == "reused"
+    assert done["mnist/int8-minmax/export"] == done["mnist/int8-minmax/evaluate"] == "ran"
+    assert done["mnist/fp16/export"] == done["mnist/fp16/evaluate"] == "ran"
+    proto = onnx.load(str(out / "mnist/int8-minmax/mnist-8.int8-minmax.onnx"))
+    conv = next(n for n in proto.graph.node if n.name == "Convolution110")
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    assert all(producers.get(name) != "DequantizeLinear" for name in conv.input)
+    assert_consistent(out)
+
+
+def test_a_tampered_artifact_is_made_again(copy_of_demo, tmp_path):
+    out = copy_of_demo
+    exported = out / "mnist/fp16/mnist-8.fp16.onnx"
+    original = exported.read_bytes()
+    exported.write_bytes(original + b"\0")
+    result = run_trtq(str(demo_config(tmp_path)), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    done = actions(out)
+    assert done["mnist/fp16/export"] == "ran"
+    assert done["mnist/fp16/evaluate"] == "reused"  # the re-export has the bytes the evaluation saw
+    assert exported.read_bytes() == original
+    assert_consistent(out)
+
+
+def test_a_failing_gate_exits_3_and_says_which(copy_of_demo, tmp_path):
+    out = copy_of_demo
+    config = demo_config(tmp_path, gates="min_sqnr_db = 40.0\nmax_top1_drop = 1.0")
+    result = run_trtq(str(config), "--output", str(out))
+    assert result.exit_code == 3, result.output
+    doc = assert_consistent(out)
+    assert all(actions(out)[step] == "reused" for step in CPU_STEPS)  # gates need no step to run again
+    assert doc["gates"] == {"passed": False, "failed": ["mnist/int8-entropy2: min_sqnr_db"]}
+    assert doc["exit_code"] == 3
+    int8 = {g["gate"]: g for g in doc["models"]["mnist"]["variants"]["int8-entropy2"]["gates"]}
+    assert int8["min_sqnr_db"]["status"] == "fail" and int8["min_sqnr_db"]["value"] < 40
+    assert int8["max_top1_drop"]["status"] == "pass"
+    fp16 = doc["models"]["mnist"]["variants"]["fp16"]["gates"]
+    assert [g["status"] for g in fp16] == ["pass", "pass"]
+    assert "gates: 1 of 4 FAILED" in result.stdout
+    assert "mnist/int8-entropy2: min_sqnr_db:" in result.stdout
+    assert "❌ FAIL 1/2" in (out / "summary.md").read_text()
+
+
+def test_latency_gate_is_not_evaluated_without_a_gpu(copy_of_demo, tmp_path):
+    out = copy_of_demo
+    config = demo_config(tmp_path, gates="max_latency_ms = 5.0")
+    result = run_trtq(str(config), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    gate = manifest(out)["models"]["mnist"]["variants"]["fp16"]["gates"][0]
+    assert gate["status"] == "not evaluated" and "bench" in gate["reason"]
+
+
+def test_steps_option_selects_steps_and_what_they_need(tmp_path):
+    out = tmp_path / "out"
+    config = demo_config(tmp_path)
+    result = run_trtq(str(config), "--output", str(out), "--steps", "export")
+    assert result.exit_code == 0, result.output
+    done = actions(out)
+    assert done["mnist/statistics"] == done["mnist/int8-entropy2/calibrate"] == done["mnist/fp16/export"] == "ran"
+    assert done["mnist/fp16/evaluate"] == "skipped"
+    assert "not selected" in manifest(out)["actions"]["mnist/fp16/evaluate"]["reason"]
+    assert not (out / "mnist/fp16/evaluate.json").exists()
+    assert_consistent(out)
+    result = run_trtq(str(config), "--output", str(out), "--steps", "nonsense")
+    assert result.exit_code == 2 and "unknown step 'nonsense'" in result.output
+
+
+def test_a_failing_step_exits_4_and_its_dependents_are_skipped(tmp_path):
+    """A data loader that breaks after its first batch (the one the config check reads): the statistics
+    step fails with the script's error; calibrate/export/evaluate of the INT8 variant cannot run; the FP16
+    export does not need the data and completes."""
+    (tmp_path / "broken.py").write_text(
+        "import numpy as np\n\n"
+        "def load_data():\n"
+        "    yield {'Input3': np.zeros((1, 1, 28, 28), np.float32)}\n"
+        "    raise OSError('the data share went away')\n")
+    config = tmp_path / "trtq.toml"
+    config.write_text(f'output = "out"\n[[models]]\nname = "mnist"\npath = "{MODEL}"\n'
+                      'data = { loader_script = "broken.py" }\n')
+    result = run_trtq(str(config))
+    assert result.exit_code == 4, result.output
+    out = tmp_path / "out"
+    doc = assert_consistent(out)
+    assert doc["exit_code"] == 4
+    failed = doc["steps"]["mnist/statistics"]
+    assert failed["status"] == "failed" and "the data share went away" in failed["reason"] and not failed["files"]
+    assert doc["actions"]["mnist/int8-entropy2/calibrate"] == {
+        "action": "skipped", "reason": "needs statistics (mnist/statistics), which failed"}
+    assert doc["actions"]["mnist/fp16/export"]["action"] == "ran"
+    assert doc["actions"]["mnist/fp16/evaluate"]["action"] == "failed"
+    assert "FAILED mnist/statistics: " in result.stdout
