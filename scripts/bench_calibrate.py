@@ -14,7 +14,9 @@ wall time from process start to exit (imports and model loading included) and pe
                      num_quantized_bins=128; Percentile: num_bins=2048, 99.99) + ``compute_data``
 * ``... x4``         the same with the batches repeated four times (peak RSS must not grow)
 
-Each contender runs ``--runs`` times (onnxruntime's entropy once: it takes minutes); medians are shown.
+Each contender runs ``--runs`` times, round-robin with the others so that drifts of the machine hit all
+alike (onnxruntime's entropy once: it takes minutes); medians are shown. trtq's modules are byte-compiled
+first and the children may load bytecode, as for any installed package.
 """
 
 from __future__ import annotations
@@ -84,24 +86,44 @@ def child(kind: str, model_path: str, batches_path: str, repeat: int) -> None:
         raise SystemExit(f"unknown contender {kind}")
 
 
-def measure(kind: str, model: str, batches: str, batch: int, repeat: int = 1, runs: int = 1) -> dict:
-    """Median wall time and peak RSS of ``runs`` fresh processes running contender ``kind``."""
+def run_once(kind: str, model: str, batches: str, batch: int, repeat: int) -> tuple[float, float] | str:
+    """Wall time (s) and peak RSS (MB) of one fresh process running contender ``kind``, or an error."""
     env = {**os.environ, "BENCH_BATCH": str(batch)}
-    walls, peaks = [], []
-    for _ in range(runs):
-        started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, __file__, "--child", kind, model, batches, str(repeat)], env=env)
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        except KeyboardInterrupt:
-            process.kill()
-            raise
-        if status != 0:
-            return {"kind": kind, "repeat": repeat, "error": f"exit status {status}"}
-        walls.append(time.perf_counter() - started)
-        peaks.append(usage.ru_maxrss / 1024)
-    return {"kind": kind, "repeat": repeat, "runs": runs, "wall_s": statistics.median(walls),
-            "peak_rss_mb": statistics.median(peaks), "wall_all_s": walls}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # load compiled modules, as an installed package does
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, __file__, "--child", kind, model, batches, str(repeat)], env=env)
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except KeyboardInterrupt:
+        process.kill()
+        raise
+    if status != 0:
+        return f"exit status {status}"
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def measure_all(contenders: list[tuple[str, int, int]], model: str, batches: str, batch: int) -> list[dict]:
+    """Run the contenders round-robin (so slow drifts of the machine hit all alike); report medians."""
+    results: dict[tuple[str, int], dict] = {}
+    rounds = max(runs for _, _, runs in contenders)
+    for round_index in range(rounds):
+        for kind, repeat, runs in contenders:
+            if round_index >= runs:
+                continue
+            row = results.setdefault((kind, repeat), {"kind": kind, "repeat": repeat, "walls": [], "peaks": []})
+            outcome = run_once(kind, model, batches, batch, repeat)
+            if isinstance(outcome, str):
+                row["error"] = outcome
+            else:
+                row["walls"].append(outcome[0])
+                row["peaks"].append(outcome[1])
+    rows = []
+    for row in results.values():
+        if row["walls"]:
+            row.update(runs=len(row["walls"]), wall_s=statistics.median(row["walls"]),
+                       peak_rss_mb=statistics.median(row["peaks"]))
+        rows.append(row)
+    return rows
 
 
 def prepare(model_path: str, data: str, batch: int, max_samples: int | None, out: Path) -> int:
@@ -133,18 +155,22 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
+    import compileall
+
+    import trtq
+
+    compileall.compile_dir(Path(trtq.__file__).parent, quiet=1)  # as pip does for an installed package
     with tempfile.TemporaryDirectory() as tmp:
         batches = str(Path(tmp) / "batches.npz")
         samples = prepare(args.model, args.data, args.batch_size, args.max_samples, Path(batches))
         print(f"{samples} samples in batches of {args.batch_size} from {args.data}; model {args.model}")
         kinds = ["bare", "trtq-minmax", "trtq-entropy2", "trtq-percentile", "trtq-mse", "ort-minmax",
                  "ort-percentile"]
+        contenders = [(k, 1, args.runs) for k in kinds]
+        contenders += [(k, 4, args.runs) for k in ("trtq-minmax", "trtq-entropy2")]
         if not args.skip_ort_entropy:
-            kinds.append("ort-entropy")
-        rows = [measure(k, args.model, batches, args.batch_size, runs=1 if k == "ort-entropy" else args.runs)
-                for k in kinds]
-        rows += [measure(k, args.model, batches, args.batch_size, repeat=4, runs=args.runs)
-                 for k in ("trtq-minmax", "trtq-entropy2")]
+            contenders.append(("ort-entropy", 1, 1))  # minutes per run
+        rows = measure_all(contenders, args.model, batches, args.batch_size)
 
     print(f"\n{'contender':<22}{'samples':>9}{'wall s':>10}{'peak RSS MB':>14}   (medians of {args.runs} processes)")
     by_kind = {}
