@@ -189,6 +189,6 @@ def _print_summary(result, written) -> None:
         click.echo("most clipped tensors (share of values beyond the range):")
         width = max(len(name) for name, *_ in clipped)
         for name, fraction, ratio in clipped:
-            click.echo(f"  {name:<{width}}  {fraction * 100:7.3f} %  (range = {ratio:.2f} x absmax)")
+            click.echo(f"  {name:<{width}}  {fraction * 100:7.3f} %  (range = {ratio:.3f} x absmax)")
     for what, path in written:
         click.echo(f"{what} written to {path}")
