@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_write
+from trtq.fileio import atomic_write, read_input_bytes
 
 DEFAULT_TRT_VERSION = "10.16.1"
 
@@ -124,12 +124,7 @@ def parse_cache(data: bytes | str, source: str = "cache") -> CalibrationCache:
 
 def read_cache(path: str | os.PathLike) -> CalibrationCache:
     cache_path = Path(path)
-    try:
-        data = cache_path.read_bytes()
-    except FileNotFoundError as exc:
-        raise TrtqError(f"calibration cache not found: {cache_path}") from exc
-    except (IsADirectoryError, PermissionError) as exc:
-        raise TrtqError(f"cannot read calibration cache {cache_path}: {exc.strerror}") from exc
+    data = read_input_bytes(cache_path, "calibration cache")
     try:
         return parse_cache(data, source=str(cache_path))
     except UnicodeDecodeError as exc:

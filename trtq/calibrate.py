@@ -28,7 +28,7 @@ from trtq import __version__
 from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax, write_cache
 from trtq.capture import ActivationCapture
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_write
+from trtq.fileio import atomic_write, read_input_text
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS, check_percentile, range_function
 from trtq.stats import StatsCollector
@@ -220,11 +220,10 @@ def ranges_from_stats(stats: StatsCollector, calibrator: str,
 
 def read_ranges_json(path: str | os.PathLike) -> dict[str, float]:
     """Tensor name -> amax from a ``trtq calibrate --json`` file."""
+    text = read_input_text(path, "ranges file")
     try:
-        document = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise TrtqError(f"ranges file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise TrtqError(f"{path} is not a trtq ranges JSON file ({type(exc).__name__})") from exc
     tensors = document.get("tensors") if isinstance(document, dict) else None
     if not isinstance(tensors, dict):

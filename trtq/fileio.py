@@ -62,3 +62,25 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_input_bytes(path: str | os.PathLike, what: str) -> bytes:
+    """Read a file the user named; missing or unreadable is a one-line error naming ``what``."""
+    source = Path(path)
+    try:
+        return source.read_bytes()
+    except FileNotFoundError as exc:
+        raise TrtqError(f"{what} not found: {source}") from exc
+    except IsADirectoryError as exc:
+        raise TrtqError(f"{what} {source} is a directory, not a file") from exc
+    except OSError as exc:
+        raise TrtqError(f"cannot read {what} {source}: {exc.strerror or exc}") from exc
+
+
+def read_input_text(path: str | os.PathLike, what: str, errors: str = "strict") -> str:
+    """:func:`read_input_bytes` decoded as UTF-8 (``errors="replace"`` for logs with stray bytes)."""
+    data = read_input_bytes(path, what)
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as exc:
+        raise TrtqError(f"{what} {path} is not UTF-8 text") from exc

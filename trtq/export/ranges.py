@@ -11,6 +11,7 @@ from pathlib import Path
 
 from trtq.cache import read_cache
 from trtq.errors import TrtqError
+from trtq.fileio import read_input_text
 
 _INLINE_COMMENT = re.compile(r"\s+#")
 
@@ -45,14 +46,7 @@ def read_name_list(values: Iterable[str]) -> list[str]:
             names.append(value)
             continue
         list_path = Path(value[1:])
-        try:
-            lines = list_path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError as exc:
-            raise TrtqError(f"exclude list not found: {list_path}") from exc
-        except (IsADirectoryError, PermissionError) as exc:
-            raise TrtqError(f"cannot read exclude list {list_path}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise TrtqError(f"exclude list {list_path} is not UTF-8 text") from exc
+        lines = read_input_text(list_path, "exclude list").splitlines()
         for line in lines:
             text = line.strip()
             if text and not text.startswith("#"):

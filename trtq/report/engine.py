@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trtq.errors import TrtqError
+from trtq.fileio import read_input_bytes
 from trtq.report.layers import EngineLayers, parse_layer_info
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -44,13 +45,7 @@ def deserialize_engine(trt: Any, path: str | os.PathLike, logger: Any | None = N
 
     The runtime is returned so the caller keeps it alive as long as the engine.
     """
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError as exc:
-        raise TrtqError(f"engine file not found: {p}") from exc
-    except OSError as exc:
-        raise TrtqError(f"cannot read engine {p}: {exc}") from exc
+    data = read_input_bytes(path, "engine file")
     try:
         runtime = trt.Runtime(logger or trt.Logger(trt.Logger.ERROR))
     except Exception as exc:  # pybind's "factory function returned nullptr": no usable CUDA/TensorRT library
@@ -58,10 +53,10 @@ def deserialize_engine(trt: Any, path: str | os.PathLike, logger: Any | None = N
     try:
         engine = runtime.deserialize_cuda_engine(data)
     except Exception as exc:  # the bindings raise plain RuntimeError/TypeError on CUDA or format problems
-        raise TrtqError(f"TensorRT could not load {p}: {_first_line(exc)}") from exc
+        raise TrtqError(f"TensorRT could not load {path}: {_first_line(exc)}") from exc
     if engine is None:
         raise TrtqError(
-            f"TensorRT could not load {p}: not an engine, or built by another TensorRT version or for another GPU"
+            f"TensorRT could not load {path}: not an engine, or built by another TensorRT version or for another GPU"
         )
     return runtime, engine
 

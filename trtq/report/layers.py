@@ -19,10 +19,10 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trtq.errors import TrtqError
+from trtq.fileio import read_input_text
 from trtq.report.precision import kernel_class, layer_precision, normalize_dtype
 
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: (.*?)\]")
@@ -226,11 +226,5 @@ def parse_layer_info_text(text: str, source: str = "layer information") -> Engin
 
 def load_layer_info(path: str | os.PathLike) -> EngineLayers:
     """Read a layer JSON file (trtexec ``--exportLayerInfo`` or a saved inspector dump)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise TrtqError(f"layer information file not found: {p}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrtqError(f"cannot read layer information {p}: {exc}") from exc
-    return parse_layer_info_text(text, source=str(p))
+    text = read_input_text(path, "layer information file")
+    return parse_layer_info_text(text, source=str(path))

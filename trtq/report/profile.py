@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from trtq.errors import TrtqError
+from trtq.fileio import read_input_text
 from trtq.report.layers import EngineLayers, Layer
 
 
@@ -92,12 +93,7 @@ def parse_profile_json(doc: Any, source: str = "profile") -> Profile:
 def load_profile(path: str | os.PathLike) -> Profile:
     """Read a profile: ``--exportProfile`` JSON, or a trtexec log with a ``--dumpProfile`` table."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError as exc:
-        raise TrtqError(f"profile file not found: {p}") from exc
-    except OSError as exc:
-        raise TrtqError(f"cannot read profile {p}: {exc}") from exc
+    text = read_input_text(p, "profile file", errors="replace")
     head = text.lstrip()[:1]
     if head in ("[", "{"):
         try:

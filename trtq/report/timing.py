@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trtq.errors import TrtqError
+from trtq.fileio import read_input_text
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (90.0, 95.0, 99.0)
 
@@ -263,14 +263,12 @@ def query_times_from_trace(records: Any, source: str = "times", warmup_ms: float
 
 def load_export_times(path: str | os.PathLike, warmup_ms: float | None = None) -> QueryTimes:
     """Read a trtexec ``--exportTimes`` JSON file."""
-    p = Path(path)
+    text = read_input_text(path, "times file")
     try:
-        records = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TrtqError(f"times file not found: {p}") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrtqError(f"cannot read times file {p}: {exc}") from exc
-    return query_times_from_trace(records, source=str(p), warmup_ms=warmup_ms)
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TrtqError(f"cannot read times file {path}: {exc}") from exc
+    return query_times_from_trace(records, source=str(path), warmup_ms=warmup_ms)
 
 
 def export_times_json(records: list[dict[str, float]]) -> str:

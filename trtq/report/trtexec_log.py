@@ -16,9 +16,8 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from trtq.errors import TrtqError
+from trtq.fileio import read_input_text
 from trtq.report.profile import LayerTiming, Profile
 from trtq.report.timing import BenchStats, percentile_key
 
@@ -259,11 +258,5 @@ def parse_trtexec_log(text: str, source: str = "trtexec log") -> TrtexecLog:
 
 def load_trtexec_log(path: str | os.PathLike) -> TrtexecLog:
     """Read and parse a trtexec log file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError as exc:
-        raise TrtqError(f"trtexec log not found: {p}") from exc
-    except OSError as exc:
-        raise TrtqError(f"cannot read trtexec log {p}: {exc}") from exc
-    return parse_trtexec_log(text, source=str(p))
+    text = read_input_text(path, "trtexec log", errors="replace")
+    return parse_trtexec_log(text, source=str(path))

@@ -25,7 +25,7 @@ import numpy as np
 from trtq import __version__
 from trtq.cache import HEADER_ALGORITHM, cache_from_amax, parse_cache, version_code
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_path, check_output_path, sha256_file
+from trtq.fileio import atomic_path, check_output_path, read_input_bytes, sha256_file
 from trtq.model import Model, resolve_shape
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.shapes import Shape
@@ -233,12 +233,7 @@ def trtq_ranges(model: Model, options: BuildOptions, batches: Iterable | None, e
 
 def _read_ranges_file(path: Path) -> dict[str, float]:
     """A TensorRT-format cache or a ``trtq calibrate --json`` document, told apart by content."""
-    try:
-        head = path.read_bytes()[:4]
-    except FileNotFoundError as exc:
-        raise TrtqError(f"ranges file not found: {path}") from exc
-    except OSError as exc:
-        raise TrtqError(f"cannot read ranges file {path}: {exc.strerror}") from exc
+    head = read_input_bytes(path, "ranges file")[:4]
     if head == b"TRT-":
         from trtq.cache import read_cache
 
