@@ -231,13 +231,12 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> Model:
     if model_path.is_dir():
         raise TrtqError(f"model path is a directory, not an ONNX file: {model_path}")
     try:
-        proto = onnx.load(str(model_path), load_external_data=True)
+        proto = onnx.load(str(model_path), load_external_data=False)
     except PermissionError as exc:
         raise TrtqError(f"cannot read model {model_path}: permission denied") from exc
-    except FileNotFoundError as exc:
-        raise TrtqError(f"model {model_path} refers to external data that is missing: {exc.filename}") from exc
     except Exception as exc:
         raise TrtqError(f"{model_path} is not an ONNX model ({type(exc).__name__})") from exc
+    _load_external_data(proto, model_path)
     if not proto.graph.node and not proto.graph.input:
         raise TrtqError(f"{model_path} is not an ONNX model (no graph found)")
     if check:
@@ -253,6 +252,38 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> Model:
     if not model.inputs:
         raise TrtqError(f"{model_path} has no data inputs")
     return model
+
+
+def _load_external_data(proto: onnx.ModelProto, model_path: Path) -> None:
+    """Read weights stored beside the model (models over 2 GiB); a missing file is named."""
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+
+    locations = sorted({ExternalDataInfo(t).location for t in _all_tensors(proto.graph) if uses_external_data(t)})
+    if not locations:
+        return
+    missing = [loc for loc in locations if not (model_path.parent / loc).is_file()]
+    if missing:
+        raise TrtqError(f"{model_path} keeps its weights in external data that is missing: "
+                        f"{', '.join(missing)} (expected beside the model)")
+    try:
+        load_external_data_for_model(proto, str(model_path.parent))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TrtqError(f"cannot read the external data of {model_path}: {first}") from exc
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Initializers and attribute tensors (Constant values) of a graph and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
 
 
 def resolve_shape(spec: InputSpec, override: Shape | None, batch_size: int | None) -> tuple[int | None, ...]:
