@@ -171,3 +171,15 @@ def test_engine_file_without_tensorrt(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "tensorrt" in result.output and "--exportLayerInfo" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_onnx_model_is_pointed_to_the_engine_or_to_sensitivity(tmp_path):
+    from click.testing import CliRunner
+
+    from trtq.cli import cli
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\x08\x07")  # never parsed: the suffix says what it is
+    result = CliRunner().invoke(cli, ["report", str(model)])
+    assert result.exit_code == 2
+    assert "is an ONNX model" in result.output and "trtq sensitivity" in result.output

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from trtq.errors import TrtqError
+
 
 def _note(message: str) -> None:
     click.echo(f"trtq: note: {message}", err=True)
@@ -16,6 +18,10 @@ def _load_layers(path: str):
     from trtq.report.engine import layer_info_from_engine, looks_like_engine
     from trtq.report.layers import load_layer_info
 
+    if Path(path).suffix.lower() == ".onnx":
+        raise TrtqError(f"{path} is an ONNX model: its layers get their precision only when TensorRT builds it; "
+                        "report on the engine (trtq build, then trtq report ENGINE) or on trtexec --exportLayerInfo "
+                        "JSON, or see the simulated INT8 error per layer with trtq sensitivity")
     return layer_info_from_engine(path) if looks_like_engine(path) else load_layer_info(path)
 
 
