@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from trtq.errors import TrtqError
+from trtq.errors import TrtqError, first_line
 from trtq.model import Model
 
 _PROTO_LIMIT = 2**31 - 1
@@ -74,8 +74,7 @@ class ActivationCapture:
             self.session = ort.InferenceSession(source, options, providers=providers or default_providers())
         except Exception as exc:
             self.close()
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrtqError(f"onnxruntime cannot load {model.name}: {message}") from exc
+            raise TrtqError(f"onnxruntime cannot load {model.name}: {first_line(exc)}") from exc
         finally:
             del augmented
 
@@ -93,8 +92,7 @@ class ActivationCapture:
         try:
             results = self.session.run(self._captured, feed)
         except Exception as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrtqError(f"onnxruntime failed to run {self.model.name} on a batch: {message}") from exc
+            raise TrtqError(f"onnxruntime failed to run {self.model.name} on a batch: {first_line(exc)}") from exc
         # inputs are copied: the statistics may be folded in while the caller prepares the next batch
         captured = {name: np.array(feed[name], copy=True) for name in self._input_tensors}
         captured.update(zip(self._captured, results, strict=True))

@@ -20,3 +20,10 @@ class MissingDependencyError(TrtqError):
         )
         self.package = package
         self.extra = extra
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """The first non-empty line of an exception's message (libraries put long dumps after it),
+    else ``default``, else the exception's type name: what a one-line error shows of a cause."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (default or type(exc).__name__)

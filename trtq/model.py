@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from trtq.errors import TrtqError
+from trtq.errors import TrtqError, first_line
 from trtq.fileio import sha256_file
 from trtq.shapes import Shape
 
@@ -246,8 +246,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> Model:
             else:
                 onnx.checker.check_model(proto)
         except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-            raise TrtqError(f"{model_path} fails the ONNX checker: {first}") from exc
+            raise TrtqError(f"{model_path} fails the ONNX checker: {first_line(exc, 'invalid model')}") from exc
     model = Model(proto, model_path)
     if not model.inputs:
         raise TrtqError(f"{model_path} has no data inputs")
@@ -268,8 +267,7 @@ def _load_external_data(proto: onnx.ModelProto, model_path: Path) -> None:
     try:
         load_external_data_for_model(proto, str(model_path.parent))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TrtqError(f"cannot read the external data of {model_path}: {first}") from exc
+        raise TrtqError(f"cannot read the external data of {model_path}: {first_line(exc)}") from exc
 
 
 def _all_tensors(graph: onnx.GraphProto):
