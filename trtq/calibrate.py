@@ -19,7 +19,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from trtq.capture import ActivationCapture
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_write, read_input_text
 from trtq.model import Model
-from trtq.ranges import DEFAULT_PERCENTILE, METHODS, check_percentile, range_function
+from trtq.ranges import DEFAULT_PERCENTILE, ENTROPY_ALIAS_NOTE, METHODS, check_percentile, range_function
 from trtq.stats import StatsCollector
 
 RANGES_FORMAT = "trtq-ranges-1"
@@ -42,12 +42,7 @@ _TRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu
 
 def installed_trt_version() -> str | None:
     """Version of the installed tensorrt package, read from its metadata (nothing is imported)."""
-    for dist in _TRT_DISTRIBUTIONS:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    return next((version for dist in _TRT_DISTRIBUTIONS if (version := _version_of(dist))), None)
 
 
 def default_workers() -> int:
@@ -65,6 +60,7 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
     Batch k's tensors are folded in by a thread pool, one task per tensor (numpy releases the GIL),
     while onnxruntime runs batch k+1 (it releases the GIL too); at most two batches of activations
     are alive, however many batches there are. ``progress`` gets the sample count of each finished batch.
+    The data source's ``provenance()`` (when it has one) is recorded in the statistics' ``meta["data"]``.
     """
     tensors = model.calibration_tensors()
     aliases = model.value_aliases(tensors)
@@ -89,19 +85,22 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
         raise TrtqError("the data source produced no batch: nothing to calibrate")
     captured = set(capture.tensor_names)
     ordered = {}
-    for name in tensors:  # graph order; aliases share their source's statistics
+    for name in tensors:  # graph order; an alias gets a copy of its source's statistics
         source = aliases.get(name, name)
         if source in captured:
-            ordered[name] = collector.tensors[source] if source == name else \
-                dataclasses.replace(collector.tensors[source], name=name)
+            ordered[name] = collector.tensors[source] if source == name else dataclasses.replace(
+                collector.tensors[source], name=name, hist=collector.tensors[source].hist.copy())
     collector.tensors = ordered
     collector.meta["tensors"] = list(ordered)
+    collector.meta["data"] = batches.provenance() if hasattr(batches, "provenance") else {}
     return collector
 
 
 def compute_ranges(stats: StatsCollector, calibrator: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
     """Tensor name -> amax with ``calibrator``'s method, from statistics already collected."""
     method = range_function(calibrator, percentile)
+    if calibrator == "entropy":
+        warnings.warn(ENTROPY_ALIAS_NOTE, UserWarning, stacklevel=2)
     with ThreadPoolExecutor(max_workers=default_workers(), thread_name_prefix="trtq-ranges") as pool:
         values = list(pool.map(method, stats))  # each search is numpy work that releases the GIL
     return {s.name: float(v) for s, v in zip(stats, values, strict=True)}
@@ -115,12 +114,16 @@ class CalibrationResult:
     amax: dict[str, float]
     stats: StatsCollector
     percentile: float = DEFAULT_PERCENTILE
-    data: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
     def samples(self) -> int:
         return self.stats.samples
+
+    @property
+    def data(self) -> dict:
+        """Where the calibration data came from (the data source's provenance)."""
+        return self.stats.meta.get("data", {})
 
     def problems(self) -> list[str]:
         """One line per tensor whose range needs the user's attention (zeros, NaN/Inf)."""
@@ -178,7 +181,7 @@ class CalibrationResult:
                 "onnxruntime": _version_of("onnxruntime"),
                 "numpy": np.__version__,
                 "model_sha256": self.stats.meta.get("model_sha256"),
-                "data": self.data or self.stats.meta.get("data", {}),
+                "data": self.data,
                 "batches": self.stats.batches,
                 "options": options,
             },
@@ -199,23 +202,16 @@ def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator
         check_percentile(percentile)  # before the long part
     started = time.perf_counter()
     stats = collect_statistics(model, batches, providers=providers, progress=progress)
-    data = batches.provenance() if hasattr(batches, "provenance") else {}
-    stats.meta["data"] = data
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the CLI warns about 'entropy' itself, once
-        amax = compute_ranges(stats, calibrator, percentile)
-    return CalibrationResult(calibrator, amax, stats, percentile, data, time.perf_counter() - started)
+    amax = compute_ranges(stats, calibrator, percentile)
+    return CalibrationResult(calibrator, amax, stats, percentile, time.perf_counter() - started)
 
 
 def ranges_from_stats(stats: StatsCollector, calibrator: str,
                       percentile: float = DEFAULT_PERCENTILE) -> CalibrationResult:
     """Re-derive ranges with any method from saved statistics, without running the model."""
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        amax = compute_ranges(stats, calibrator, percentile)
-    return CalibrationResult(calibrator, amax, stats, percentile, stats.meta.get("data", {}),
-                             time.perf_counter() - started)
+    amax = compute_ranges(stats, calibrator, percentile)
+    return CalibrationResult(calibrator, amax, stats, percentile, time.perf_counter() - started)
 
 
 def read_ranges_json(path: str | os.PathLike) -> dict[str, float]:

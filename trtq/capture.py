@@ -2,7 +2,7 @@
 
 Graph optimisations are off so that every ONNX tensor keeps its name (TensorRT keys its cache by
 the ONNX names, and fused-away tensors would otherwise vanish). Each batch's tensors are handed
-to the caller and dropped before the next batch, so memory does not grow with the batch count.
+to the caller, who drops them once counted, so memory does not grow with the batch count.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import numpy as np
 import onnx
 
 from trtq.errors import TrtqError, first_line
-from trtq.model import Model
-
-_PROTO_LIMIT = 2**31 - 1
+from trtq.model import PROTO_LIMIT, Model
 
 
 def default_providers() -> list[str]:
@@ -43,8 +41,7 @@ def with_extra_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelPr
 class ActivationCapture:
     """Runs a model and returns the float tensors to calibrate, batch by batch."""
 
-    def __init__(self, model: Model, tensors: list[str] | None = None, providers: list[str] | None = None,
-                 threads: int | None = None):
+    def __init__(self, model: Model, tensors: list[str] | None = None, providers: list[str] | None = None):
         import onnxruntime as ort
 
         self.model = model
@@ -59,11 +56,9 @@ class ActivationCapture:
         options.log_severity_level = 3
         # every captured tensor is a fresh output; without the arena its memory goes back once freed
         options.enable_cpu_mem_arena = False
-        if threads:
-            options.intra_op_num_threads = threads
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         try:
-            if augmented.ByteSize() > _PROTO_LIMIT:
+            if augmented.ByteSize() > PROTO_LIMIT:
                 # over 2 GiB: onnxruntime must read it from a file with external data
                 self._tmpdir = tempfile.TemporaryDirectory(prefix="trtq-capture-")
                 path = Path(self._tmpdir.name) / "augmented.onnx"
@@ -80,7 +75,6 @@ class ActivationCapture:
 
         outputs = self.session.get_outputs()
         wanted = set(node_tensors)
-        self._output_names = [o.name for o in outputs if o.name in wanted]
         # tensors whose type onnx could not infer show up typed here; keep the float ones
         float_types = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
         float_outputs = {o.name for o in outputs if o.name in wanted and o.type in float_types}

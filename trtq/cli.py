@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -52,6 +53,11 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except TrtqError as exc:
@@ -71,6 +77,11 @@ class LazyGroup(click.Group):
                 err=True,
             )
             ctx.exit(1)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (``warnings.warn``) reach the user as one line, like trtq's own."""
+    click.echo(f"trtq: warning: {message}", err=True)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

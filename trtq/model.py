@@ -21,7 +21,7 @@ from trtq.shapes import Shape
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 
 # ONNX tensors are limited to 2 GiB when serialised in one piece; bigger models use external data.
-_PROTO_LIMIT = 2**31 - 1
+PROTO_LIMIT = 2**31 - 1
 
 
 def numpy_dtype(elem_type: int) -> np.dtype:
@@ -241,7 +241,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> Model:
         raise TrtqError(f"{model_path} is not an ONNX model (no graph found)")
     if check:
         try:
-            if proto.ByteSize() > _PROTO_LIMIT:
+            if proto.ByteSize() > PROTO_LIMIT:
                 onnx.checker.check_model(str(model_path))
             else:
                 onnx.checker.check_model(proto)

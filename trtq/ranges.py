@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -220,17 +219,15 @@ def check_percentile(percentile: float) -> None:
         raise TrtqError(f"percentile must be in (0, 100], got {percentile}")
 
 
+ENTROPY_ALIAS_NOTE = (
+    "TensorRT does not document how its legacy EntropyCalibrator differs from EntropyCalibrator2 (only that it "
+    "calibrates after layer fusion); trtq computes the entropy2 search and labels the cache EntropyCalibration"
+)
+
+
 def range_function(method: str, percentile: float = DEFAULT_PERCENTILE) -> Callable[[TensorStats], float]:
-    """The amax function for a method name (``entropy`` warns: it is computed as ``entropy2``)."""
-    if method == "entropy2":
-        return entropy2_amax
-    if method == "entropy":
-        warnings.warn(
-            "TensorRT does not document how its legacy EntropyCalibrator differs from EntropyCalibrator2 "
-            "(only that it calibrates after layer fusion); trtq computes the entropy2 search and labels "
-            "the cache EntropyCalibration",
-            stacklevel=2,
-        )
+    """The amax function for a method name (``entropy`` is computed as ``entropy2``: ENTROPY_ALIAS_NOTE)."""
+    if method in ("entropy2", "entropy"):  # entropy: see ENTROPY_ALIAS_NOTE
         return entropy2_amax
     if method == "minmax":
         return minmax_amax

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,32 +184,27 @@ class StatsCollector:
 
     def update(self, activations: dict[str, np.ndarray], samples: int) -> None:
         """Fold one batch in. The dict is emptied as it goes, so each tensor is freed once counted."""
-        for future in self.submit(activations, samples, None):
-            future.result()
+        for stats, values in self._claim(activations, samples):
+            stats.update(values)
 
-    def submit(self, activations: dict[str, np.ndarray], samples: int, pool: Executor | None) -> list[Future]:
+    def submit(self, activations: dict[str, np.ndarray], samples: int, pool: Executor) -> list[Future]:
         """Fold one batch in on ``pool`` (one task per tensor; numpy releases the GIL in the heavy parts).
 
         The caller must wait for the returned futures before submitting the next batch, so that each
         tensor's statistics are only ever touched by one task. ``activations`` is emptied.
         """
-        futures = []
+        return [pool.submit(stats.update, values) for stats, values in self._claim(activations, samples)]
+
+    def _claim(self, activations: dict[str, np.ndarray], samples: int) -> Iterator[tuple[TensorStats, np.ndarray]]:
+        """Count the batch, then hand out each tensor with its statistics, emptying ``activations``."""
+        self.samples += samples
+        self.batches += 1
         while activations:
             name, values = activations.popitem()
             stats = self.tensors.get(name)
             if stats is None:
                 stats = self.tensors[name] = TensorStats(name)
-            if pool is None:
-                future: Future = Future()
-                stats.update(values)
-                future.set_result(None)
-            else:
-                future = pool.submit(stats.update, values)
-            futures.append(future)
-            del values
-        self.samples += samples
-        self.batches += 1
-        return futures
+            yield stats, values
 
     def __getitem__(self, name: str) -> TensorStats:
         return self.tensors[name]

@@ -86,9 +86,6 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         if out:
             check_output_path(out)
     version = trt_version or api.installed_trt_version() or DEFAULT_TRT_VERSION
-    if calibrator == "entropy":
-        _warn("TensorRT does not document how the legacy EntropyCalibrator differs from EntropyCalibrator2; "
-              "trtq computes the entropy2 search and labels the cache EntropyCalibration")
 
     if from_stats:
         stats = StatsCollector.load(from_stats)
