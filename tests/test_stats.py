@@ -92,16 +92,6 @@ def test_extreme_magnitudes_do_not_overflow():
     assert huge.absmax == pytest.approx(3e38) and huge.hist.sum() == 2
 
 
-def test_merge_equals_collecting_together():
-    rng = np.random.default_rng(2)
-    a, b = rng.normal(0, 1, 5000), rng.normal(0, 30, 5000)
-    left, right = collect([a]), collect([b])
-    left.merge(right)
-    together = collect([a, b])
-    np.testing.assert_array_equal(left.hist, together.hist)
-    assert (left.count, left.min, left.max) == (together.count, together.min, together.max)
-
-
 def test_fraction_above():
     stats = collect([np.arange(1, 101, dtype=np.float32)])
     assert stats.fraction_above(50.0) == pytest.approx(0.5, abs=0.011)

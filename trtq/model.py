@@ -59,11 +59,6 @@ class InputSpec:
     def is_static(self) -> bool:
         return all(d is not None for d in self.dims)
 
-    @property
-    def static_batch(self) -> int | None:
-        """The fixed leading (batch) dimension, or None when it is dynamic or there is none."""
-        return self.dims[0] if self.dims else None
-
     def describe(self) -> str:
         names = self.dim_names or (None,) * len(self.dims)
         shown = [str(d) if d is not None else (n or "?") for d, n in zip(self.dims, names, strict=True)]

@@ -125,29 +125,6 @@ class TensorStats:
         self.hist = merged
         self.exponent = exponent
 
-    def merge(self, other: TensorStats) -> None:
-        """Add another collector's statistics of the same tensor (e.g. from a parallel worker)."""
-        if other.count == 0 and other.nonfinite == 0:
-            return
-        if other.exponent is not None:
-            if self.exponent is None:
-                self.exponent = other.exponent
-            elif other.exponent > self.exponent:
-                self._grow(other.exponent)
-            theirs = other.hist
-            if other.exponent < self.exponent:
-                theirs = TensorStats(other.name, exponent=other.exponent, hist=other.hist.copy())
-                theirs._grow(self.exponent)
-                theirs = theirs.hist
-            self.hist += theirs
-        else:
-            self.hist[0] += other.hist[0]
-        self.count += other.count
-        self.nonfinite += other.nonfinite
-        self.zeros += other.zeros
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
-
     def histogram(self, bins: int = HIST_BINS) -> tuple[np.ndarray, float]:
         """The |x| histogram as ``bins`` bins spanning the data, and the bin width.
 
