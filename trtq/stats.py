@@ -115,12 +115,11 @@ class TensorStats:
     def _grow(self, exponent: int) -> None:
         """Widen the range to [0, 2**exponent): neighbouring bins merge exactly."""
         factor_log2 = exponent - self.exponent
-        if factor_log2 >= _FINE_LOG2:
-            merged = np.zeros(FINE_BINS, dtype=np.int64)
+        merged = np.zeros(FINE_BINS, dtype=np.int64)
+        if factor_log2 >= _FINE_LOG2:  # everything seen so far fits in the new first bin
             merged[0] = self.hist.sum()
         else:
             factor = 1 << factor_log2
-            merged = np.zeros(FINE_BINS, dtype=np.int64)
             merged[: FINE_BINS // factor] = self.hist.reshape(-1, factor).sum(axis=1)
         self.hist = merged
         self.exponent = exponent

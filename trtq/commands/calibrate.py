@@ -108,7 +108,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         if not quiet:
             click.echo(f"calibrating {model.name} on {batches.description}", err=True)
         result = _run_with_progress(api, model, batches, calibrator, percentile, device_providers, quiet)
-        if getattr(batches, "skipped", 0):
+        if batches.skipped:
             _warn(f"{batches.skipped} file(s) could not be decoded and were skipped")
 
     for line in result.problems():
@@ -143,7 +143,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
 def _run_with_progress(api, model, batches, calibrator, percentile, providers, quiet):
     if quiet:
         return api.calibrate(model, batches, calibrator, percentile=percentile, providers=providers)
-    total = getattr(batches, "total_samples", None)
+    total = batches.total_samples
     started = time.perf_counter()
     done = 0
 
