@@ -446,11 +446,13 @@ def test_undecodable_image_is_skipped_warned_and_counted(tmp_path):
     assert [b["x"].shape[0] for b in batches] == [2, 1]
     assert source.skipped == 1
     assert any("00001_5.png" in w and "cannot decode" in w for w in warned)
+    assert not any("BytesIO" in w for w in warned)  # Pillow's message names its in-memory file, not the image
     got = np.concatenate([b["x"] for b in batches])[:, 0]
     for g, digit in zip(got, digits, strict=True):
         np.testing.assert_array_equal(g, np.asarray(Image.open(digit)).astype(np.float32))
     list(source)  # a second pass counts again without repeating the warning
     assert source.skipped == 1 and sum("00001_5.png" in w for w in warned) == 1
+    assert source.skipped_files == {"00001_5.png"}
 
 
 def test_folder_of_only_bad_images_fails_before_iteration(tmp_path):
@@ -633,6 +635,64 @@ def test_folder_of_arrays_is_concatenated_in_sorted_order(tmp_path):
     with pytest.raises(TrtqError, match=r"input 'x'.*part03\.npy has shape \[2,3\] but the model expects \[\?,2\]"):
         open_batches(model, str(folder))
 
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc/self/fd (Linux)")
+def test_folder_of_many_arrays_keeps_only_a_few_files_open(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    parts = []
+    for i in range(150):  # each file mapped or streamed at once would hold 150+ descriptors
+        part = np.full((2, 3), i, dtype=np.float32)
+        part[1] += 0.5
+        parts.append(part)
+        if i % 3 == 0:
+            np.save(folder / f"s{i:03d}.npy", part)
+        else:
+            (np.savez if i % 3 == 1 else np.savez_compressed)(folder / f"s{i:03d}.npz", x=part)
+    model = make_model(tmp_path, [("x", TensorProto.FLOAT, ["N", 3])])
+    for max_samples, seed in ((None, None), (101, 4)):
+        before = _open_fds()
+        source = open_batches(model, str(folder), batch_size=7, max_samples=max_samples, seed=seed)
+        fed, most = [], 0
+        for batch in source:
+            fed.append(batch["x"])
+            most = max(most, _open_fds() - before)
+        assert most <= 4
+        assert _open_fds() == before  # everything is closed after the iteration
+        np.testing.assert_array_equal(np.concatenate(fed), np.concatenate(parts)[source.selected])
+
+
+def test_corrupt_array_files_are_one_line_errors(tmp_path):
+    model = make_model(tmp_path, [("x", TensorProto.FLOAT, ["N", 4])])
+    (tmp_path / "text.npy").write_bytes(b"not an array at all")
+    with pytest.raises(TrtqError, match=r"cannot read .*text\.npy as a \.npy file \(ValueError: the magic string"):
+        open_batches(model, str(tmp_path / "text.npy"))
+    np.save(tmp_path / "full.npy", np.ones((10, 4), np.float32))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "full.npy").read_bytes()[:-20])
+    with pytest.raises(TrtqError, match=r"cut\.npy is truncated: it holds 140 bytes of its \[10,4\] float32 data"):
+        open_batches(model, str(tmp_path / "cut.npy"))
+    np.savez(tmp_path / "a.npz", x=np.ones((3, 4), np.float32))
+    (tmp_path / "a_named.npy").write_bytes((tmp_path / "a.npz").read_bytes())
+    with pytest.raises(TrtqError, match=r"a_named\.npy is an \.npz archive"):
+        open_batches(model, str(tmp_path / "a_named.npy"))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (5, 4)})
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as archive:  # the header promises 5 rows, 3 are there
+        archive.writestr("x.npy", header.getvalue() + np.ones((3, 4), np.float32).tobytes())
+    with pytest.raises(TrtqError, match=r"short\.npz: array 'x' is truncated: it holds 48 bytes"):
+        open_batches(model, str(tmp_path / "short.npz"))
+    np.savez_compressed(tmp_path / "z.npz", x=np.random.default_rng(0).standard_normal((2000, 4)).astype(np.float32))
+    damaged = bytearray((tmp_path / "z.npz").read_bytes())
+    damaged[3000:3100] = bytes(100)  # the header survives, the compressed data does not
+    (tmp_path / "z.npz").write_bytes(bytes(damaged))
+    source = open_batches(model, str(tmp_path / "z.npz"), batch_size=500)
+    with pytest.raises(TrtqError, match=r"cannot read the data for input 'x' from .*z\.npz \("):
+        list(source)
 
 def test_array_errors_name_the_problem(tmp_path):
     model = two_input_model(tmp_path)

@@ -109,8 +109,9 @@ def open_batches(
         )
     if not path.is_dir():
         raise TrtqError(f"cannot use {path} as data: not a file or a folder")
-    images = list_files(path, IMAGE_EXTENSIONS)
-    arrays = list_files(path, ARRAY_EXTENSIONS)
+    found = list_files(path, IMAGE_EXTENSIONS + ARRAY_EXTENSIONS)
+    arrays = [f for f in found if f.lower().endswith(ARRAY_EXTENSIONS)]
+    images = [f for f in found if not f.lower().endswith(ARRAY_EXTENSIONS)]
     if images and arrays:
         raise TrtqError(
             f"{path} holds both images ({images[0]}, ...) and arrays ({arrays[0]}, ...); "

@@ -2,15 +2,20 @@
 them (sorted by relative path, samples concatenated in that order).
 
 Samples are stacked on axis 0 of every array, and axis 0 becomes the model's batch axis, so an
-array for a ``[batch,3,224,224]`` input has shape ``[N,3,224,224]``. Nothing is read whole:
+array for a ``[batch,3,224,224]`` input has shape ``[N,3,224,224]``. Opening reads only the
+headers; an iteration reads rows batch by batch:
 
-* ``.npy`` files are memory-mapped (``np.load(mmap_mode="r")``);
-* uncompressed ``.npz`` members (``np.savez``) are memory-mapped at their offset in the zip file;
+* ``.npy`` files and uncompressed ``.npz`` members (``np.savez``) are memory-mapped at the offset
+  of their data;
 * compressed members (``np.savez_compressed``) are decompressed as a stream, one batch of rows at
-  a time (a random ``--seed`` subset still decompresses the skipped rows, but never holds them).
+  a time (a random ``--seed`` subset still decompresses the skipped rows, but never holds them);
+  only a column-major (Fortran-order) compressed member, whose rows cannot be streamed, is
+  decompressed whole while its rows are fed.
 
-Everything is loaded with ``allow_pickle=False``. ``.npz`` arrays that are not model inputs
-(labels, say) are ignored, with a warning naming them.
+A file is opened (mapped) when an iteration first reads from it and closed as soon as the
+iteration has passed its last sample, so a folder of thousands of files never holds more than a
+couple open. Object arrays are refused (trtq never unpickles). ``.npz`` arrays that are not model
+inputs (labels, say) are ignored, with a warning naming them.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import struct
 import zipfile
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,28 +49,37 @@ _SKIP_CHUNK = 8 << 20
 
 
 class _Reader:
-    """Rows of one array; ``read`` takes sorted row indices."""
+    """Rows of one array; ``read`` takes sorted row indices. Nothing is held open between ``close``
+    and the next ``read``."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
 
-    def open(self) -> None:
-        """Called at the start of every iteration."""
-
-    def close(self) -> None:
-        """Called at the end of every iteration, also when it stops early."""
-
     def read(self, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Called when an iteration is done with the array (also when it stops early)."""
+
 
 class _MappedReader(_Reader):
-    """A memory-mapped (or, rarely, in-memory) array: reading rows touches only their pages."""
+    """An array that ``load`` gives whole -- a memory map (reading rows touches only their pages) or,
+    for a column-major compressed member, the decompressed array -- got on the first read and
+    dropped on ``close``."""
 
-    def __init__(self, array: np.ndarray):
-        self.array = array
-        self.shape = tuple(array.shape)
-        self.dtype = array.dtype
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, load: Callable[[], np.ndarray]):
+        self.shape, self.dtype = tuple(shape), dtype
+        self._load = load
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = self._load()
+        return self._array
+
+    def close(self) -> None:
+        self._array = None
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         first, last = int(rows[0]), int(rows[-1])
@@ -72,18 +88,29 @@ class _MappedReader(_Reader):
         return np.array(self.array[rows], order="C")
 
 
+def _memory_map(path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, fortran: bool) -> _MappedReader:
+    """A reader of the array stored uncompressed at byte ``offset`` of ``path``."""
+
+    def load() -> np.ndarray:
+        if _data_bytes(shape, dtype) == 0:  # nothing to map
+            return np.empty(shape, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+    return _MappedReader(shape, dtype, load)
+
+
 class _ZipStreamReader(_Reader):
     """A compressed ``.npz`` member, decompressed front to back as rows are asked for."""
 
     def __init__(self, path: Path, member: str, shape: tuple[int, ...], dtype: np.dtype, header_len: int):
         self.path, self.member, self.shape, self.dtype = path, member, shape, dtype
         self.header_len = header_len
-        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self.row_bytes = _data_bytes(shape[1:], dtype)
         self._zip: zipfile.ZipFile | None = None
         self._stream = None
         self._row = 0
 
-    def open(self) -> None:
+    def _open(self) -> None:
         self.close()
         self._zip = zipfile.ZipFile(self.path)
         self._stream = self._zip.open(self.member)
@@ -118,7 +145,7 @@ class _ZipStreamReader(_Reader):
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         if self._stream is None or int(rows[0]) < self._row:
-            self.open()
+            self._open()
         # Split the sorted rows into contiguous runs: skip to each run, read it.
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         parts = []
@@ -136,6 +163,10 @@ def _read_npy_header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
     return np.lib.format.read_array_header_2_0(stream)
 
 
+def _data_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 def _stored_member_offset(path: Path, info: zipfile.ZipInfo) -> int:
     """Byte offset of an uncompressed zip member's data (after its local header)."""
     with open(path, "rb") as fh:
@@ -148,21 +179,22 @@ def _stored_member_offset(path: Path, info: zipfile.ZipInfo) -> int:
 
 
 def open_npy(path: Path) -> _Reader:
+    """A reader of the ``.npy`` file (its header read, its data mapped when first read)."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        if "object" in str(exc).lower() or "pickle" in str(exc).lower():
-            raise TrtqError(f"{path} holds Python objects, which trtq does not load (allow_pickle=False)") from exc
-        try:  # an empty array cannot be memory-mapped
-            array = np.load(path, allow_pickle=False)
-        except Exception as exc2:
-            raise TrtqError(f"cannot read {path} as a .npy file ({one_line(exc2)})") from exc2
-    except OSError as exc:
+        with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":
+                raise TrtqError(f"{path} is an .npz archive; name it .npz")
+            fh.seek(0)
+            shape, fortran, dtype = _read_npy_header(fh)
+            offset = fh.tell()
+            size = fh.seek(0, 2)
+    except (OSError, ValueError) as exc:  # ValueError: not a .npy header
         raise TrtqError(f"cannot read {path} as a .npy file ({one_line(exc)})") from exc
-    if isinstance(array, np.lib.npyio.NpzFile):
-        array.close()
-        raise TrtqError(f"{path} is an .npz archive; name it .npz")
-    return _MappedReader(array)
+    if dtype.hasobject:
+        raise TrtqError(f"{path} holds Python objects, which trtq does not load (allow_pickle=False)")
+    if size - offset < _data_bytes(shape, dtype):
+        raise TrtqError(f"{path} is truncated: it holds {size - offset} bytes of its {format_dims(shape)} {dtype} data")
+    return _memory_map(path, offset, tuple(shape), dtype, fortran)
 
 
 def open_npz(path: Path) -> dict[str, _Reader]:
@@ -186,17 +218,16 @@ def open_npz(path: Path) -> dict[str, _Reader]:
                             f"{path}: array '{key}' holds Python objects, which trtq does not load "
                             "(allow_pickle=False)"
                         )
+                    if info.file_size - header_len < _data_bytes(shape, dtype):
+                        raise TrtqError(
+                            f"{path}: array '{key}' is truncated: it holds {info.file_size - header_len} bytes "
+                            f"of its {format_dims(shape)} {dtype} data"
+                        )
                     if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
                         offset = _stored_member_offset(path, info) + header_len
-                        if int(np.prod(shape, dtype=np.int64)) == 0:
-                            array = np.empty(shape, dtype=dtype)
-                        else:
-                            order = "F" if fortran else "C"
-                            array = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
-                        readers[key] = _MappedReader(array)
+                        readers[key] = _memory_map(path, offset, tuple(shape), dtype, fortran)
                     elif fortran:  # column-major rows cannot be streamed: the member is read whole
-                        stream.seek(0)
-                        readers[key] = _MappedReader(np.lib.format.read_array(stream, allow_pickle=False))
+                        readers[key] = _MappedReader(tuple(shape), dtype, partial(_read_member, path, info.filename))
                     else:
                         readers[key] = _ZipStreamReader(path, info.filename, tuple(shape), dtype, header_len)
             except TrtqError:
@@ -204,6 +235,11 @@ def open_npz(path: Path) -> dict[str, _Reader]:
             except Exception as exc:
                 raise TrtqError(f"cannot read array '{key}' of {path} ({one_line(exc)})") from exc
     return readers
+
+
+def _read_member(path: Path, member: str) -> np.ndarray:
+    with zipfile.ZipFile(path) as archive, archive.open(member) as stream:
+        return np.lib.format.read_array(stream, allow_pickle=False)
 
 
 @dataclass
@@ -215,6 +251,18 @@ class _Shard:
     count: int
     readers: dict[str, _Reader]
     coercers: dict[str, DtypeCoercer]
+
+    def read(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows (sorted, local to this file) of input ``name``, in the model's dtype."""
+        try:
+            array = self.readers[name].read(rows)
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:  # changed or corrupt data
+            raise TrtqError(f"cannot read the data for input '{name}' from {self.path} ({one_line(exc)})") from exc
+        return self.coercers[name](array)
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
 
 
 class ArraySource(BatchSource):
@@ -237,7 +285,6 @@ class ArraySource(BatchSource):
         self.drop_last = drop_last
         self.total_samples = len(selected)
         self.samples_found = sum(s.count for s in shards)
-        self.skipped = 0
         first = shards[0]
         self.input_shapes = {s.name: (batch_size, *first.readers[s.name].shape[1:]) for s in self.specs}
         self._offsets = np.cumsum([0] + [s.count for s in shards])
@@ -256,18 +303,22 @@ class ArraySource(BatchSource):
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        readers = [r for shard in self.shards for r in shard.readers.values()]
-        for reader in readers:
-            reader.open()
+        done = 0  # the shards before this one are closed: the iteration has passed them
         try:
             for start in range(0, len(self.selected), self.batch_size):
                 rows = self.selected[start : start + self.batch_size]
                 if len(rows) < self.batch_size and self.drop_last:
                     break
-                yield self._batch(rows)
+                batch = self._batch(rows)
+                end = start + self.batch_size
+                next_row = self.selected[end] if end < len(self.selected) else self.samples_found
+                while done < len(self.shards) and self._offsets[done + 1] <= next_row:
+                    self.shards[done].close()
+                    done += 1
+                yield batch
         finally:
-            for reader in readers:
-                reader.close()
+            for shard in self.shards:
+                shard.close()
 
     def _batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         shard_of = np.searchsorted(self._offsets, rows, side="right") - 1
@@ -277,7 +328,7 @@ class ArraySource(BatchSource):
             pieces.append((shard, rows[shard_of == shard_index] - self._offsets[shard_index]))
         batch = {}
         for spec in self.specs:
-            parts = [shard.coercers[spec.name](shard.readers[spec.name].read(local)) for shard, local in pieces]
+            parts = [shard.read(spec.name, local) for shard, local in pieces]
             batch[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return batch
 
@@ -352,15 +403,14 @@ def open_array_source(
     total = sum(s.count for s in shards)
     selected = select_indices(total, max_samples, seed)
     kind = "array_folder" if files is not None else path.suffix.lower().lstrip(".")
-    source = ArraySource(kind, path, shards, specs, selected, batch_size, drop_last, options)
-    rest = len(selected) % batch_size
-    if drop_last and rest:
-        warn(f"dropping the last {rest} sample(s): the model fixes the batch size to {batch_size}")
     if drop_last and len(selected) < batch_size:
         raise TrtqError(
             f"{path} gives {len(selected)} sample(s), fewer than the model's fixed batch of {batch_size}"
         )
-    return source
+    rest = len(selected) % batch_size
+    if drop_last and rest:
+        warn(f"dropping the last {rest} sample(s): the model fixes the batch size to {batch_size}")
+    return ArraySource(kind, path, shards, specs, selected, batch_size, drop_last, options)
 
 
 def _validate_shard(
@@ -375,7 +425,7 @@ def _validate_shard(
     coercers = {}
     for spec in specs:
         reader = readers[spec.name]
-        where = file.name if len(readers) == 1 and file.suffix.lower() == ".npy" else f"{file.name}['{spec.name}']"
+        where = file.name if file.suffix.lower() == ".npy" else f"{file.name}['{spec.name}']"
         if len(reader.shape) == 0 or reader.shape[0] == 0:
             raise TrtqError(f"input '{spec.name}': {where} holds no samples (shape {format_dims(reader.shape)})")
         check_sample_dims(spec, expected_dims[spec.name], reader.shape, where, check_batch=False)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import click
 import numpy as np
 
-from trtq.errors import TrtqError
+from trtq.errors import TrtqError, first_line
 from trtq.model import InputSpec
 
 Warn = Callable[[str], None]
@@ -50,10 +50,6 @@ class BatchSource(abc.ABC):
     def provenance(self) -> dict:
         """JSON-serialisable record of what was fed (kind, path, hashes, options)."""
 
-    @property
-    def input_names(self) -> list[str]:
-        return list(self.input_shapes)
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.description}>"
 
@@ -65,8 +61,6 @@ def format_dims(dims: Sequence[int | None]) -> str:
 
 def select_indices(total: int, max_samples: int | None, seed: int | None) -> np.ndarray:
     """Indices (sorted) of the samples to feed, out of ``total``."""
-    if max_samples is not None and max_samples < 1:
-        raise TrtqError(f"--max-samples must be at least 1 (got {max_samples})")
     if max_samples is None or max_samples >= total:
         return np.arange(total, dtype=np.int64)
     if seed is None:
@@ -83,8 +77,6 @@ def resolve_batch_size(
     Precedence: ``--batch-size``, then the model's fixed batch, then the batch in ``--shapes``, then 1.
     All of them must agree where more than one is given.
     """
-    if batch_size is not None and batch_size < 1:
-        raise TrtqError(f"--batch-size must be at least 1 (got {batch_size})")
     fixed = {s.name: s.dims[0] for s in fed if s.dims and s.dims[0] is not None}
     from_shapes = {name: shapes[name][0] for name in (s.name for s in fed) if shapes.get(name)}
     if len(set(fixed.values())) > 1:
@@ -188,5 +180,5 @@ def check_sample_dims(
 
 def one_line(exc: BaseException) -> str:
     """``ValueError: first line of the message`` for error messages that must stay one line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name

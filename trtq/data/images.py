@@ -82,23 +82,26 @@ class ImageFolderSource(BatchSource):
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.total_samples = len(files)
-        self.skipped = 0
         self.skipped_files: set[str] = set()  # relative paths not decoded in the last iteration
         self.input_shapes = {plan.input_name: (batch_size, *plan.sample_shape)}
         self._options = options
         self._warn = warn
-        self._warned_files: set[str] = set()
+        self._warned_files: set[str] = set()  # over all iterations: each file is warned about once
         self._drop_warned = False
         self._summary_warned = False
         self._content_sha256: str | None = None
         of = f" of {files_found}" if len(files) != files_found else ""
         self.description = f"{len(files)}{of} images from {root} ({plan.describe()})"
 
+    @property
+    def skipped(self) -> int:
+        """How many files the last iteration could not decode."""
+        return len(self.skipped_files)
+
     def _workers(self) -> int:
         return max(1, min(4, os.cpu_count() or 1))
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        self.skipped = 0
         self.skipped_files = set()
         name, plan, batch = self.plan.input_name, self.plan, self.batch_size
         window = max(2 * batch, 4 * self._workers())
@@ -150,7 +153,6 @@ class ImageFolderSource(BatchSource):
         self._content_sha256 = content.hexdigest()
 
     def _skip(self, rel: str, reason: str | None) -> None:
-        self.skipped += 1
         self.skipped_files.add(rel)
         if rel in self._warned_files:
             return

@@ -1,4 +1,4 @@
-"""The data options shared by ``trtq calibrate``, ``build`` and ``evaluate``.
+"""The data options shared by ``trtq calibrate``, ``evaluate``, ``sensitivity``, ``export`` and ``build``.
 
 ``@data_options`` adds them to a click command; ``batches_from_options(model, **kwargs)`` turns
 the parsed values into :func:`trtq.data.open_batches`. Keeping both here means an option means
@@ -8,6 +8,7 @@ the same thing in every command.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from fractions import Fraction
 from typing import Any, TypeVar
 
@@ -20,25 +21,6 @@ from trtq.model import Model
 from trtq.shapes import parse_shape_spec
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-DATA_OPTION_NAMES = (
-    "data",
-    "data_loader_script",
-    "shapes",
-    "batch_size",
-    "max_samples",
-    "seed",
-    "preset",
-    "resize",
-    "crop",
-    "interpolation",
-    "scale",
-    "mean",
-    "std",
-    "channel_order",
-    "layout",
-    "input_name",
-)
 
 
 class SizeType(click.ParamType):
@@ -208,43 +190,17 @@ def data_options(func: F) -> F:
 def batches_from_options(model: Model, *, warn: Warn | None = None, **kwargs: Any) -> BatchSource:
     """``open_batches`` from the values ``@data_options`` parsed; other keyword arguments are ignored,
     so a command can pass its whole ``**kwargs``."""
-    values = {name: kwargs.get(name) for name in DATA_OPTION_NAMES}
-    if not values["data"] and not values["data_loader_script"]:
+    if not kwargs.get("data") and not kwargs.get("data_loader_script"):
         raise click.UsageError("give --data PATH or --data-loader-script FILE.py[:FUNC]")
-    if values["data"] and values["data_loader_script"]:
-        raise click.UsageError("give either --data or --data-loader-script, not both")
-    shapes = values["shapes"]
-    if isinstance(shapes, str):
-        shapes = parse_shape_spec(shapes)
-    resize = values["resize"]
-    crop = values["crop"]
-    if isinstance(resize, str):
-        resize = SizeType(single_is_square=False).convert(resize, None, None)
-    if isinstance(crop, str):
-        crop = SizeType(single_is_square=True).convert(crop, None, None)
-    for key, type_ in (("mean", FloatListType()), ("std", FloatListType()), ("scale", ScaleType())):
-        if isinstance(values[key], str):
-            values[key] = type_.convert(values[key], None, None)
-    preprocess = Preprocess(
-        preset=values["preset"],
-        resize=resize,
-        crop=crop,
-        interpolation=values["interpolation"],
-        scale=values["scale"],
-        mean=values["mean"],
-        std=values["std"],
-        channel_order=values["channel_order"],
-        layout=values["layout"],
-    )
     return open_batches(
         model,
-        values["data"],
-        loader_script=values["data_loader_script"],
-        shapes=shapes,
-        batch_size=values["batch_size"],
-        max_samples=values["max_samples"],
-        seed=values["seed"],
-        preprocess=preprocess,
-        input_name=values["input_name"],
+        kwargs.get("data"),
+        loader_script=kwargs.get("data_loader_script"),
+        shapes=parse_shape_spec(kwargs.get("shapes")),
+        batch_size=kwargs.get("batch_size"),
+        max_samples=kwargs.get("max_samples"),
+        seed=kwargs.get("seed"),
+        preprocess=Preprocess(**{f.name: kwargs.get(f.name) for f in fields(Preprocess)}),
+        input_name=kwargs.get("input_name"),
         warn=warn,
     )

@@ -29,10 +29,10 @@ import io
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from trtq.data.base import Warn, format_dims
-from trtq.errors import TrtqError
+from trtq.errors import TrtqError, first_line
 from trtq.model import InputSpec, resolve_shape
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -419,9 +419,10 @@ def decode_image(data: bytes, plan: ImagePlan) -> np.ndarray:
             except Exception:  # a malformed EXIF block: the pixels are fine, the orientation unknown
                 image = opened.copy()
             image = _to_working_mode(image, plan.channels)
+    except UnidentifiedImageError as exc:  # its message names the BytesIO object, not the file
+        raise UndecodableImage("Pillow does not recognise it as an image") from exc
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
-        text = str(exc).strip().splitlines()
-        raise UndecodableImage(text[0] if text else type(exc).__name__) from exc
+        raise UndecodableImage(first_line(exc)) from exc
 
     image = _geometry(image, plan)
     compute = np.float64 if plan.dtype == np.float64 else np.float32

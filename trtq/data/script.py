@@ -86,7 +86,6 @@ class ScriptSource(BatchSource):
         self.expected_dims = expected_dims
         self.max_samples = max_samples
         self.total_samples = None
-        self.skipped = 0
         self._options = options
         self._warn = warn
         self._coercers: dict[tuple[str, np.dtype], DtypeCoercer] = {}
@@ -98,11 +97,10 @@ class ScriptSource(BatchSource):
         if first is None:
             raise TrtqError(f"data loader script {self.label} yields no batches")
         first = self._check(first, 0)
-        lead = self.specs[0].name
-        self.batch_size = int(first[lead].shape[0]) if first[lead].ndim else 1
+        self.batch_size = self._samples(first)
         if batch_size is not None and batch_size != self.batch_size:
             raise TrtqError(
-                f"--batch-size {batch_size} does not match the script's batches, whose input '{lead}' "
+                f"--batch-size {batch_size} does not match the script's batches, whose input '{self.specs[0].name}' "
                 f"has {self.batch_size} sample(s); the script decides its batch size"
             )
         self.input_shapes = {name: tuple(array.shape) for name, array in first.items()}
@@ -182,7 +180,7 @@ class ScriptSource(BatchSource):
         fed = 0
         dynamic = not (self.specs[0].dims and self.specs[0].dims[0] is not None)
         for batch in batches:
-            count = int(batch[self.specs[0].name].shape[0]) if batch[self.specs[0].name].ndim else 1
+            count = self._samples(batch)
             if self.max_samples is not None and fed + count > self.max_samples:
                 room = self.max_samples - fed
                 if room > 0 and dynamic:
@@ -196,6 +194,11 @@ class ScriptSource(BatchSource):
             yield batch
             if self.max_samples is not None and fed >= self.max_samples:
                 return
+
+    def _samples(self, batch: dict[str, np.ndarray]) -> int:
+        """Samples in a batch: the first input's leading dimension."""
+        lead = batch[self.specs[0].name]
+        return int(lead.shape[0]) if lead.ndim else 1
 
     def _checked(self, iterator: Iterator, start: int) -> Iterator[dict[str, np.ndarray]]:
         for index in itertools.count(start):
