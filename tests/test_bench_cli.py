@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.conftest import DATA
+from tests.report_data import HANDMADE, TRTEXEC
 from trtq.cli import cli
 from trtq.errors import TrtqError
 from trtq.report import engine as engine_module
@@ -25,9 +27,6 @@ from trtq.report.trtexec_cmd import (
 )
 from trtq.report.trtexec_log import load_trtexec_log
 
-DATA = Path(__file__).resolve().parent / "data" / "report"
-TRTEXEC = DATA / "trtexec-10.16"
-HANDMADE = DATA / "handmade"
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
@@ -214,7 +213,7 @@ def test_resolve_input_shape() -> None:
 def test_trt_api_used_exists_in_both_versions() -> None:
     """Names recorded from the real bindings (tests/data/trt-api/, see PROVENANCE.md)."""
     for version in ("10.16.1.11", "11.4.0.106"):
-        api = json.loads((DATA.parent / "trt-api" / f"tensorrt-{version}.json").read_text())["module"]
+        api = json.loads((DATA / "trt-api" / f"tensorrt-{version}.json").read_text())["module"]
         for owner, names in TRT_API_USED.items():
             if owner == "module":
                 missing = [n for n in names if n not in api]
@@ -294,3 +293,106 @@ def test_bench_runs_trtexec_with_matching_flags(tmp_path: Path) -> None:
     # row, "conv", matches none of the replayed file's layers: it is kept and counted)
     assert "Engine   trtexec --exportProfile/--exportLayerInfo  (9 layers" in result.output
     assert "1 profile rows match no layer" in result.output
+
+
+# --- the command around trtq's own measurement (run_gpu_bench replaced by a stand-in; no GPU) -----
+
+
+def _stand_in_result(settings):
+    """What run_gpu_bench returns, built from real pieces: hand-made query records (compute 2, 1, 3, 4 ms),
+    the real 10.16 layer information and a two-layer IProfiler run over two iterations."""
+    from trtq.report.gpu_bench import GpuBenchResult
+    from trtq.report.layers import load_layer_info
+    from trtq.report.profile import LayerTimeCollector
+    from trtq.report.timing import query_times_from_trace, summarize
+
+    trace = [{"startEnqMs": 10.0 * k, "endEnqMs": 10.0 * k + 0.5, "startH2dMs": 10.0 * k, "endH2dMs": 10.0 * k,
+              "startComputeMs": 10.0 * k, "endComputeMs": 10.0 * k + c, "startD2hMs": 10.0 * k + c,
+              "endD2hMs": 10.0 * k + c, "h2dMs": 0.0, "computeMs": c, "d2hMs": 0.0, "latencyMs": c}
+             for k, c in enumerate([2.0, 1.0, 3.0, 4.0])]
+    collector = LayerTimeCollector()
+    for ms in (0.5, 0.25, 0.7, 0.25):
+        collector.report_layer_time("node_conv2d + node_relu" if ms != 0.25 else "node_max_pool2d", ms)
+    return GpuBenchResult(stats=summarize(query_times_from_trace(trace), settings.percentiles), trace=trace,
+                          profile=collector.profile(source="stand-in"),
+                          layers=load_layer_info(TRTEXEC / "exportLayerInfo.json"), device={"name": "stand-in GPU"},
+                          trt_version="10.16.1.11", warmup_queries=3, shapes={})
+
+
+@pytest.fixture
+def stand_in_gpu(monkeypatch):
+    """TensorRT 10.16 "imported" and run_gpu_bench replaced; ``calls`` records the settings it was given and
+    ``fail`` (an exception) makes it raise instead."""
+    import types
+
+    import trtq.trt
+    from trtq.report import gpu_bench as gpu_bench_module
+
+    state = types.SimpleNamespace(calls=[], fail=None)
+
+    def run_gpu_bench(engine_path, settings, **kwargs):
+        state.calls.append((settings.cuda_graph, settings.data_transfers, kwargs["profile_iterations"]))
+        if state.fail is not None:
+            raise state.fail
+        return _stand_in_result(settings)
+
+    monkeypatch.setattr(trtq.trt, "import_tensorrt", lambda purpose="": types.SimpleNamespace(__version__="10.16.1.11"))
+    monkeypatch.setattr(gpu_bench_module, "run_gpu_bench", run_gpu_bench)
+    return state
+
+
+def test_bench_writes_json_and_exports_of_its_own_measurement(tmp_path: Path, stand_in_gpu) -> None:
+    from trtq.report.profile import load_profile
+    from trtq.report.timing import load_export_times, summarize
+
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0engine")
+    out, prof, times = tmp_path / "b.json", tmp_path / "p.json", tmp_path / "t.json"
+    result = _run("bench", str(engine), "--json", str(out), "--export-profile", str(prof), "--export-times", str(times))
+    assert result.exit_code == 0, result.output
+    assert stand_in_gpu.calls == [(False, True, 50)]  # trtexec 10.x defaults: no CUDA graph, transfers on
+    trtq_stats = json.loads(out.read_text())["trtq"]
+    assert trtq_stats["settings"]["device"] == "stand-in GPU" and trtq_stats["settings"]["warmup_queries"] == 3
+    assert trtq_stats["gpu_compute"]["median"] == 2.5 and trtq_stats["queries"] == 4
+    again = summarize(load_export_times(times))  # the exported per-query times give the same statistics
+    assert again.metrics["gpu_compute"] == trtq_stats["gpu_compute"] and again.throughput_qps == trtq_stats[
+        "throughput_qps"]
+    profile = load_profile(prof)
+    assert profile.iterations == 2 and [(r.name, r.average_ms) for r in profile.rows] == [
+        ("node_conv2d + node_relu", 0.6), ("node_max_pool2d", 0.25)]
+    assert "Engine   trtq IProfiler run  (9 layers" in result.output
+    for what, path in (("JSON", out), ("per-layer profile", prof), ("per-query times", times)):
+        assert f"trtq: wrote {what} to {path}" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "model.engine", "p.json", "t.json"]
+
+
+def test_bench_falls_back_only_when_the_machine_cannot_measure(tmp_path: Path, stand_in_gpu) -> None:
+    from trtq.report.engine import EngineLoadError
+
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0engine")
+    stale = tmp_path / "t.json"
+    stale.write_text("[]")  # from an earlier run: must not be reported as written now
+    log = str(TRTEXEC / "result-03.log")
+    stand_in_gpu.fail = EngineLoadError("TensorRT could not load model.engine: built for another GPU")
+    result = _run("bench", str(engine), "--trtexec-log", log, "--export-times", str(stale))
+    assert result.exit_code == 0, result.output
+    assert "own measurement skipped: TensorRT could not load" in result.output and "24896.9" in result.output
+    assert "wrote" not in result.output and stale.read_text() == "[]"
+    # the logged run's settings were adopted (result-03: CUDA graph on, transfers off)
+    assert stand_in_gpu.calls == [(True, False, 50)]
+    # without a log to fall back on, the same failure is the error, pointing at --trtexec-log
+    result = CliRunner().invoke(cli, ["bench", str(engine)])
+    assert result.exit_code == 2 and "built for another GPU" in result.output and "--trtexec-log" in result.output
+    # a mistake in the arguments is never skipped, with or without a log
+    stand_in_gpu.fail = TrtqError("--shapes names unknown input(s) y; the engine has x")
+    result = CliRunner().invoke(cli, ["bench", str(engine), "--trtexec-log", log])
+    assert result.exit_code == 2 and "unknown input(s) y" in result.output
+
+
+def test_bench_refuses_export_profile_without_the_layer_run(tmp_path: Path, stand_in_gpu) -> None:
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\0engine")
+    result = CliRunner().invoke(cli, ["bench", str(engine), "--no-layers", "--export-profile", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "drop --no-layers" in result.output
+    assert stand_in_gpu.calls == []  # refused before any measurement

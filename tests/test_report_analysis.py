@@ -7,10 +7,10 @@ trtq's parser), and the key ones are also written out: they were read off the fi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.report_data import A100, HANDMADE, TRTEXEC
 from trtq.report.analysis import build_report, compare_reports
 from trtq.report.layers import load_layer_info, parse_layer_info
 from trtq.report.profile import (
@@ -22,11 +22,6 @@ from trtq.report.profile import (
     parse_profile_json,
 )
 from trtq.report.trtexec_log import load_trtexec_log
-
-DATA = Path(__file__).resolve().parent / "data" / "report"
-A100 = DATA / "a100-resnet"
-TRTEXEC = DATA / "trtexec-10.16"
-HANDMADE = DATA / "handmade"
 
 
 def _report(variant: str, **kwargs):
@@ -66,6 +61,18 @@ def test_parse_export_profile_without_median() -> None:
     profile = parse_profile_json(doc)
     assert profile.iterations == 50 and [r.median_ms for r in profile.rows] == [None, None]
     assert profile.total_ms == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [[{"count": "x"}, {"name": "a", "timeMs": 1}], [{"name": "a", "timeMs": 1, "medianMs": "z"}],
+     [{"name": "a"}], [{"timeMs": 1.0}], [{"name": "a", "timeMs": None}]],
+)
+def test_profile_entries_with_wrong_types_are_one_line_errors(doc: list) -> None:
+    from trtq.errors import TrtqError
+
+    with pytest.raises(TrtqError, match=r"p\.json: not an --exportProfile entry"):
+        parse_profile_json(doc, source="p.json")
 
 
 def test_profile_from_dump_profile_log_table() -> None:

@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.report_data import A100, HANDMADE, TRTEXEC
 from trtq.cli import cli
 
-DATA = Path(__file__).resolve().parent / "data" / "report"
-A100 = DATA / "a100-resnet"
-TRTEXEC = DATA / "trtexec-10.16"
-HANDMADE = DATA / "handmade"
 LAYER_KEYS = {"name", "type", "precision", "kernel_class", "time_ms", "time_pct", "onnx_nodes"}
 
 
@@ -173,11 +170,7 @@ def test_engine_file_without_tensorrt(tmp_path: Path) -> None:
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_an_onnx_model_is_pointed_to_the_engine_or_to_sensitivity(tmp_path):
-    from click.testing import CliRunner
-
-    from trtq.cli import cli
-
+def test_an_onnx_model_is_pointed_to_the_engine_or_to_sensitivity(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(b"\x08\x07")  # never parsed: the suffix says what it is
     result = CliRunner().invoke(cli, ["report", str(model)])

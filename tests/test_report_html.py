@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
+from tests.report_data import A100
 from trtq.report.analysis import build_report, compare_reports
 from trtq.report.html import PRECISION_COLORS, donut_svg, render_html
 from trtq.report.layers import load_layer_info
 from trtq.report.profile import load_profile
 
-REPO = Path(__file__).resolve().parent.parent
-A100 = REPO / "tests" / "data" / "report" / "a100-resnet"
 SCRIPT = REPO / "scripts" / "render_report_screenshot.py"
 _spec = importlib.util.spec_from_file_location("render_report_screenshot", SCRIPT)
 screenshot_script = importlib.util.module_from_spec(_spec)

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.report_data import A100, HANDMADE, TRTEXEC
 from trtq.errors import TrtqError
 from trtq.report.layers import load_layer_info, onnx_nodes_from_metadata, parse_layer_info, parse_layer_info_text
 from trtq.report.precision import kernel_class, normalize_dtype
-
-DATA = Path(__file__).resolve().parent / "data" / "report"
-A100 = DATA / "a100-resnet"
-TRTEXEC = DATA / "trtexec-10.16"
-HANDMADE = DATA / "handmade"
 
 
 def _raw(path: Path) -> dict:
@@ -249,3 +245,12 @@ def test_bad_documents_give_one_line_errors(tmp_path: Path) -> None:
         parse_layer_info({"Layers": [{"LayerType": "Reformat"}]})
     with pytest.raises(TrtqError, match="not found"):
         load_layer_info(tmp_path / "missing.json")
+    # well-formed JSON with the wrong types in it: one-line errors, or the value ignored where it is optional
+    with pytest.raises(TrtqError, match="'Inputs' is not a list"):
+        parse_layer_info({"Layers": [{"Name": "a", "Inputs": 5}]})
+    damaged = parse_layer_info({"Layers": [{"Name": "a", "LayerType": 1, "Origin": 2, "Metadata": 3, "TacticName": 4,
+                                            "Outputs": [{"Name": "y", "Location": 5, "Format/Datatype": 6}]}]})
+    layer = damaged.layers[0]
+    assert (layer.type, layer.origin, layer.onnx_nodes, layer.tactic, layer.precision) == (
+        None, None, [], None, "UNKNOWN")
+    assert not layer.is_qdq and not layer.is_reformat and layer.outputs[0].location is None

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from tests.report_data import HANDMADE, TRTEXEC
 from trtq.report.timing import throughput_qps
 from trtq.report.trtexec_log import load_trtexec_log, parse_metric_line, parse_trtexec_log, version_from_code
-
-DATA = Path(__file__).resolve().parent / "data" / "report"
-TRTEXEC = DATA / "trtexec-10.16"
-HANDMADE = DATA / "handmade"
 
 
 def test_result_01_performance_summary() -> None:

@@ -25,15 +25,49 @@ def _parse_percentiles(text: str) -> tuple[float, ...]:
     return values
 
 
-def _environment_error(exc: Exception) -> bool:
-    """TensorRT, a CUDA binding or a GPU is missing (as opposed to a mistake in the arguments)."""
-    from trtq.errors import MissingDependencyError
+def _with_trtexec_defaults(settings, major: int, cuda_graph: bool | None, transfers: bool | None) -> None:
+    """CUDA graph and data transfers as given, else as trtexec of TensorRT ``major`` does by default."""
+    from trtq.report.trtexec_cmd import trtexec_defaults
+
+    default_graph, default_transfers = trtexec_defaults(major)
+    settings.cuda_graph = default_graph if cuda_graph is None else cuda_graph
+    settings.data_transfers = default_transfers if transfers is None else transfers
+
+
+def _measure(engine_path: str, settings, cuda_graph: bool | None, transfers: bool | None, *, backend: str | None,
+             profile_iterations: int, quiet: bool, fallback: bool):
+    """trtq's own GPU measurement; ``None`` (with a note) when TensorRT, a CUDA binding or a GPU that can load the
+    engine is missing here and ``fallback`` (a trtexec log or run) provides the other column."""
+    from trtq.errors import MissingDependencyError, TrtqError
+    from trtq.report.engine import EngineLoadError
+    from trtq.report.gpu_bench import run_gpu_bench
+    from trtq.trt import import_tensorrt
     from trtq.trt.cuda import CudaError
 
-    text = str(exc)
-    if isinstance(exc, (MissingDependencyError, CudaError)):
-        return True
-    return any(part in text for part in ("cannot be loaded", "could not load", "cannot create a runtime"))
+    trt = None
+    try:
+        trt = import_tensorrt("trtq bench's own GPU measurement")
+        _with_trtexec_defaults(settings, int(str(trt.__version__).split(".")[0]), cuda_graph, transfers)
+        ours = run_gpu_bench(
+            engine_path,
+            settings,
+            backend_name=backend,
+            profile_iterations=profile_iterations,
+            echo=None if quiet else (lambda text: click.echo(text, err=True)),
+        )
+    except TrtqError as exc:
+        # Every failure to import TensorRT is the machine's; after it, only these types are.
+        if trt is not None and not isinstance(exc, (MissingDependencyError, CudaError, EngineLoadError)):
+            raise
+        if not fallback:
+            raise TrtqError(f"{exc}; `trtq bench --trtexec-log FILE` reads a trtexec log without it") from exc
+        if not quiet:
+            _note(f"trtq's own measurement skipped: {exc}")
+        return None
+    ours.stats.settings.update(
+        {"device": ours.device.get("name"), "tensorrt_version": ours.trt_version, "warmup_queries": ours.warmup_queries}
+    )
+    return ours
 
 
 def _trtexec_stats(log, source: str):
@@ -112,7 +146,8 @@ def _trtexec_stats(log, source: str):
 @click.option(
     "--export-profile",
     type=click.Path(dir_okay=False),
-    help="Write per-layer times in trtexec --exportProfile format (input of trtq report --profile).",
+    help="Write per-layer times of the --layers run in trtexec --exportProfile format (input of trtq report "
+    "--profile).",
 )
 @click.option(
     "--export-times", type=click.Path(dir_okay=False), help="Write per-query times in trtexec --exportTimes format."
@@ -182,7 +217,7 @@ def bench(
     from trtq.errors import TrtqError
     from trtq.fileio import atomic_write, check_output_path
     from trtq.report.render_text import render_bench_text
-    from trtq.report.trtexec_cmd import BenchSettings, trtexec_defaults
+    from trtq.report.trtexec_cmd import BenchSettings
     from trtq.report.trtexec_log import load_trtexec_log, parse_trtexec_log
     from trtq.shapes import format_shape_spec, parse_shape_spec
 
@@ -200,7 +235,11 @@ def bench(
             raise TrtqError(f"file not found: {path}")
     if (export_profile or export_times) and engine_path is None:
         raise TrtqError("--export-profile/--export-times need an ENGINE to measure")
+    if export_profile and not layers:
+        raise TrtqError("--export-profile needs the per-layer profiling run: drop --no-layers")
     log_from_file = load_trtexec_log(trtexec_log_path) if trtexec_log_path else None
+    if log_from_file is not None and log_from_file.summary is None and log_from_file.profile is None:
+        raise TrtqError(f"{trtexec_log_path} has no performance summary and no --dumpProfile table")
     if log_from_file is not None and engine_path is not None:
         # Unless told otherwise, measure the way the logged run did, so the two columns compare like with like.
         from trtq.report.trtexec_cmd import settings_from_log
@@ -226,72 +265,49 @@ def bench(
         shapes=parse_shape_spec(shapes) if shapes else {},
         percentiles=_parse_percentiles(percentiles),
     )
-    exe = None
+    exe = exe_major = None
     if trtexec_path:
-        from trtq.report.trtexec_cmd import find_trtexec
+        from trtq.report.trtexec_cmd import find_trtexec, trtexec_version
 
         exe = find_trtexec(trtexec_path)  # before the measurement: a wrong path fails fast
-    if log_from_file is not None and log_from_file.summary is None and log_from_file.profile is None:
-        raise TrtqError(f"{trtexec_log_path} has no performance summary and no --dumpProfile table")
+        version = trtexec_version(exe)
+        exe_major = int(version.split(".")[0]) if version else None
 
     columns = {}
+    written = []
     ours = None
-    trt_major = None
     if engine_path is not None:
-        from trtq.report.gpu_bench import run_gpu_bench
-
-        try:
-            from trtq.trt import import_tensorrt
-
-            trt = import_tensorrt("trtq bench's own GPU measurement")
-            trt_major = int(str(trt.__version__).split(".")[0])
-            default_graph, default_transfers = trtexec_defaults(trt_major)
-            settings.cuda_graph = default_graph if cuda_graph is None else cuda_graph
-            settings.data_transfers = default_transfers if transfers is None else transfers
-            say = None if quiet else (lambda text: click.echo(text, err=True))
-            ours = run_gpu_bench(
-                engine_path,
-                settings,
-                backend_name=backend,
-                profile_iterations=profile_iterations if layers else 0,
-                echo=say,
-            )
-        except TrtqError as exc:
-            if not _environment_error(exc):
-                raise
-            if log_from_file is None and exe is None:
-                raise TrtqError(f"{exc}; `trtq bench --trtexec-log FILE` reads a trtexec log without it") from exc
-            if not quiet:
-                _note(f"trtq's own measurement skipped: {exc}")
+        ours = _measure(
+            engine_path,
+            settings,
+            cuda_graph,
+            transfers,
+            backend=backend,
+            profile_iterations=profile_iterations if layers else 0,
+            quiet=quiet,
+            fallback=log_from_file is not None or exe is not None,
+        )
         if ours is not None:
-            ours.stats.settings.update(
-                {
-                    "device": ours.device.get("name"),
-                    "tensorrt_version": ours.trt_version,
-                    "warmup_queries": ours.warmup_queries,
-                }
-            )
             columns["trtq"] = ours.stats
-            if export_profile and ours.profile is not None:
+            if export_profile:  # ours.profile is there: --no-layers was refused above
                 atomic_write(export_profile, ours.profile.to_export_json())
+                written.append((export_profile, "per-layer profile"))
             if export_times:
                 from trtq.report.timing import export_times_json
 
                 atomic_write(export_times, export_times_json(ours.trace))
+                written.append((export_times, "per-query times"))
 
     trtexec_profile = trtexec_layers = None
     if exe is not None:
         from trtq.report.timing import load_export_times, summarize
-        from trtq.report.trtexec_cmd import run_trtexec, trtexec_command, trtexec_version
+        from trtq.report.trtexec_cmd import run_trtexec, trtexec_command
 
-        version = trtexec_version(exe)
-        major = int(version.split(".")[0]) if version else trt_major
+        major = exe_major if exe_major is not None else int(ours.trt_version.split(".")[0]) if ours else None
         if major is None:
             raise TrtqError(f"cannot tell which TensorRT {exe} belongs to (its --help printed no version)")
         if ours is None:
-            default_graph, default_transfers = trtexec_defaults(major)
-            settings.cuda_graph = default_graph if cuda_graph is None else cuda_graph
-            settings.data_transfers = default_transfers if transfers is None else transfers
+            _with_trtexec_defaults(settings, major, cuda_graph, transfers)
         with tempfile.TemporaryDirectory(prefix="trtq-bench-") as tmp:
             paths = {k: Path(tmp) / f"{k}.json" for k in ("profile", "layers", "times")}
             cmd = trtexec_command(
@@ -344,6 +360,7 @@ def bench(
 
     if json_path:
         atomic_write(json_path, json.dumps({k: v.to_dict() for k, v in columns.items()}, indent=1) + "\n")
+        written.insert(0, (json_path, "JSON"))
     if quiet:
         return
     if columns:
@@ -353,30 +370,29 @@ def bench(
     else:
         _note("no performance summary to show (the log has only a per-layer profile)")
     _show_layers(ours, trtexec_profile, trtexec_layers, markdown)
-    for out, what in ((json_path, "JSON"), (export_profile, "per-layer profile"), (export_times, "per-query times")):
-        if out and Path(out).is_file():
-            click.echo(f"trtq: wrote {what} to {out}", err=True)
+    for out, what in written:
+        click.echo(f"trtq: wrote {what} to {out}", err=True)
 
 
 def _show_layers(ours, trtexec_profile, trtexec_layers, markdown: bool) -> None:
-    """The slowest layers: trtq's IProfiler run joined to the engine's layers (precision, lints), else a profile."""
+    """The slowest layers: trtq's IProfiler run joined to the engine's layers (precision, lints), else trtexec's
+    profile joined to its detailed layer information; a profile alone where there are no layers."""
     from trtq.report.analysis import build_report
     from trtq.report.render_text import render_profile_text, render_report_markdown, render_report_text
 
     click.echo("")
-    if ours is not None and ours.profile is not None and ours.layers is not None:
-        report = build_report(ours.layers, ours.profile, label="trtq IProfiler run")
-        if markdown:
-            click.echo(render_report_markdown(report, top=10), nl=False)
-        else:
-            click.echo(render_report_text(report, sort="time", top=10), nl=False)
-    elif ours is not None and ours.profile is not None:
-        click.echo(render_profile_text(ours.profile, markdown=markdown), nl=False)
-    elif trtexec_profile is not None and trtexec_layers is not None and trtexec_layers.detailed:
-        report = build_report(trtexec_layers, trtexec_profile, label="trtexec --exportProfile/--exportLayerInfo")
-        if markdown:
-            click.echo(render_report_markdown(report, top=10), nl=False)
-        else:
-            click.echo(render_report_text(report, sort="time", top=10), nl=False)
+    if ours is not None and ours.profile is not None:
+        profile, layers, label, title = ours.profile, ours.layers, "trtq IProfiler run", "Slowest layers"
     elif trtexec_profile is not None:
-        click.echo(render_profile_text(trtexec_profile, markdown=markdown, title="Slowest layers (trtexec)"), nl=False)
+        profile, label, title = trtexec_profile, "trtexec --exportProfile/--exportLayerInfo", "Slowest layers (trtexec)"
+        layers = trtexec_layers if trtexec_layers is not None and trtexec_layers.detailed else None
+    else:
+        return
+    if layers is None:
+        click.echo(render_profile_text(profile, markdown=markdown, title=title), nl=False)
+        return
+    report = build_report(layers, profile, label=label)
+    if markdown:
+        click.echo(render_report_markdown(report, top=10), nl=False)
+    else:
+        click.echo(render_report_text(report, sort="time", top=10), nl=False)

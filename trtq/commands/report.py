@@ -14,17 +14,6 @@ def _note(message: str) -> None:
     click.echo(f"trtq: note: {message}", err=True)
 
 
-def _load_layers(path: str):
-    from trtq.report.engine import layer_info_from_engine, looks_like_engine
-    from trtq.report.layers import load_layer_info
-
-    if Path(path).suffix.lower() == ".onnx":
-        raise TrtqError(f"{path} is an ONNX model: its layers get their precision only when TensorRT builds it; "
-                        "report on the engine (trtq build, then trtq report ENGINE) or on trtexec --exportLayerInfo "
-                        "JSON, or see the simulated INT8 error per layer with trtq sensitivity")
-    return layer_info_from_engine(path) if looks_like_engine(path) else load_layer_info(path)
-
-
 def _sibling_profile(path: str) -> Path | None:
     """trex's naming: ``NAME.graph.json`` beside ``NAME.profile.json``."""
     p = Path(path)
@@ -50,13 +39,9 @@ def _load_profile(explicit: str | None, layers_path: str, quiet: bool):
 
 def _load_ranges(path: str) -> set[str]:
     """Tensor names with a range: a trtq ranges JSON or a TensorRT calibration cache."""
-    from trtq.errors import TrtqError
+    from trtq.fileio import read_input_bytes
 
-    try:
-        head = Path(path).read_bytes()[:64].lstrip()
-    except OSError as exc:
-        raise TrtqError(f"cannot read ranges file {path}: {exc}") from exc
-    if head.startswith(b"{"):
+    if read_input_bytes(path, "ranges file").lstrip().startswith(b"{"):
         from trtq.calibrate import read_ranges_json
 
         return set(read_ranges_json(path))
@@ -95,9 +80,9 @@ def report(source, profile_path, compare_path, compare_profile_path, ranges_path
            json_path, html_path, markdown, sort, top, wide, reformat_threshold, quiet):
     """Per-layer precision, kernel class and latency of a TensorRT engine, with lints.
 
-    ENGINE is a serialized engine (.engine/.plan; needs TensorRT and a GPU) or LAYERS.json, the
-    layer information from trtexec --exportLayerInfo (build with --profilingVerbosity=detailed)
-    or the engine inspector; JSON works on any machine.
+    ENGINE is a serialized engine (.engine/.plan/.trt or another binary file; needs TensorRT and a
+    GPU) or LAYERS.json, the layer information from trtexec --exportLayerInfo (build with
+    --profilingVerbosity=detailed) or the engine inspector; JSON works on any machine.
 
     \b
     Examples:
@@ -105,9 +90,9 @@ def report(source, profile_path, compare_path, compare_profile_path, ranges_path
       trtq report fp16.graph.json --compare int8.graph.json --html report.html
       trtq report model.engine --markdown >> "$GITHUB_STEP_SUMMARY"
     """
-    from trtq.errors import TrtqError
     from trtq.fileio import atomic_write, check_output_path
     from trtq.report.analysis import build_report, compare_reports
+    from trtq.report.engine import load_layers
     from trtq.report.html import render_html
     from trtq.report.render_text import render_compare_text, render_report_markdown, render_report_text
     from trtq.report.trtexec_log import load_trtexec_log
@@ -135,11 +120,11 @@ def report(source, profile_path, compare_path, compare_profile_path, ranges_path
         build_precision=build_precision,
         reformat_threshold_pct=reformat_threshold,
     )
-    main = build_report(_load_layers(source), _load_profile(profile_path, source, quiet), label=source, **lint_options)
+    main = build_report(load_layers(source), _load_profile(profile_path, source, quiet), label=source, **lint_options)
     comparison = None
     if compare_path:
         other = build_report(
-            _load_layers(compare_path), _load_profile(compare_profile_path, compare_path, quiet), label=compare_path,
+            load_layers(compare_path), _load_profile(compare_profile_path, compare_path, quiet), label=compare_path,
             **lint_options,
         )
         comparison = compare_reports(main, other)

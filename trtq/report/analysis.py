@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,11 @@ class Lint:
             "time_pct": self.time_pct,
         }
 
+    @classmethod
+    def of_row(cls, kind: str, row: ReportRow, message: str) -> Lint:
+        """A lint about one layer, carrying that layer's time."""
+        return cls(kind=kind, message=message, layer=row.layer.name, time_ms=row.time_ms, time_pct=row.time_pct)
+
 
 @dataclass
 class EngineReport:
@@ -123,22 +129,16 @@ class EngineReport:
 
     def precision_summary(self) -> dict[str, dict[str, float]]:
         """``{"INT8": {"layers": N, "time_ms": T, "time_pct": P}, ...}`` over engine layers only."""
-        out: dict[str, dict[str, float]] = {}
-        for row in self.rows:
-            entry = out.setdefault(row.precision, {"layers": 0, "time_ms": 0.0, "time_pct": 0.0})
-            entry["layers"] += 1
-            entry["time_ms"] += row.time_ms or 0.0
-            entry["time_pct"] += row.time_pct or 0.0
-        return {p: out[p] for p in PRECISIONS if p in out}
+        return self._grouped_by(lambda r: r.precision, PRECISIONS)
 
     def kernel_class_summary(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
+        return self._grouped_by(lambda r: r.kernel_class, KERNEL_CLASS_LABELS)
+
+    def _grouped_by(self, key: Callable[[ReportRow], str], order: Iterable[str]) -> dict[str, dict[str, float]]:
+        groups: dict[str, list[ReportRow]] = {}
         for row in self.rows:
-            entry = out.setdefault(row.kernel_class, {"layers": 0, "time_ms": 0.0, "time_pct": 0.0})
-            entry["layers"] += 1
-            entry["time_ms"] += row.time_ms or 0.0
-            entry["time_pct"] += row.time_pct or 0.0
-        return {k: out[k] for k in KERNEL_CLASS_LABELS if k in out}
+            groups.setdefault(key(row), []).append(row)
+        return {k: self._group(groups[k]) for k in order if k in groups}
 
     def _group(self, rows: list[ReportRow]) -> dict[str, float]:
         return {
@@ -235,16 +235,12 @@ def _int8_fallback_lints(report: EngineReport) -> list[Lint]:
             layer = row.layer
             cost = f", {_ms(row.time_ms)} ({_pct(row.time_pct)})" if row.time_ms is not None else ""
             lints.append(
-                Lint(
-                    kind="int8-fallback",
-                    layer=layer.name,
-                    time_ms=row.time_ms,
-                    time_pct=row.time_pct,
-                    message=(
-                        f"'{layer.name}' ({layer.type}) ran in {row.precision} although INT8 was requested{cost}: "
-                        "its input has no Q/DQ (explicit quantization) or no dynamic range (calibration), "
-                        "or TensorRT found no faster INT8 kernel"
-                    ),
+                Lint.of_row(
+                    "int8-fallback",
+                    row,
+                    f"'{layer.name}' ({layer.type}) ran in {row.precision} although INT8 was requested{cost}: "
+                    "its input has no Q/DQ (explicit quantization) or no dynamic range (calibration), "
+                    "or TensorRT found no faster INT8 kernel",
                 )
             )
     return lints
@@ -267,15 +263,10 @@ def _reformat_lints(report: EngineReport, threshold_pct: float) -> list[Lint]:
         else:
             why = "changes only the memory layout between kernels that want different formats"
         lints.append(
-            Lint(
-                kind="reformat-cost",
-                layer=layer.name,
-                time_ms=row.time_ms,
-                time_pct=row.time_pct,
-                message=(
-                    f"reformat '{layer.name}' costs {_pct(row.time_pct)} ({_ms(row.time_ms)}) "
-                    f"> {threshold_pct:g} %: {why}"
-                ),
+            Lint.of_row(
+                "reformat-cost",
+                row,
+                f"reformat '{layer.name}' costs {_pct(row.time_pct)} ({_ms(row.time_ms)}) > {threshold_pct:g} %: {why}",
             )
         )
     return lints
@@ -338,15 +329,11 @@ def _unfused_qdq_lints(report: EngineReport) -> list[Lint]:
         else:
             why = "TensorRT found no neighbouring layer to fuse it into"
         lints.append(
-            Lint(
-                kind="unfused-qdq",
-                layer=layer.name,
-                time_ms=row.time_ms,
-                time_pct=row.time_pct,
-                message=(
-                    f"unfused {role} layer '{layer.name}' "
-                    f"({src.dtype if src else '?'} -> {dst.dtype if dst else '?'}){cost}: {why}"
-                ),
+            Lint.of_row(
+                "unfused-qdq",
+                row,
+                f"unfused {role} layer '{layer.name}' "
+                f"({src.dtype if src else '?'} -> {dst.dtype if dst else '?'}){cost}: {why}",
             )
         )
     return lints

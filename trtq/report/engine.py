@@ -13,11 +13,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trtq.errors import TrtqError
+from trtq.errors import TrtqError, first_line
 from trtq.fileio import read_input_bytes
-from trtq.report.layers import EngineLayers, parse_layer_info
+from trtq.report.layers import EngineLayers, load_layer_info, parse_layer_info
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+class EngineLoadError(TrtqError):
+    """TensorRT cannot create a runtime here, or cannot deserialize the engine (no GPU, another TensorRT
+    version or GPU, not an engine): what ``trtq bench`` falls back to a trtexec log or run for."""
 
 
 def looks_like_engine(path: str | os.PathLike) -> bool:
@@ -36,10 +41,6 @@ def looks_like_engine(path: str | os.PathLike) -> bool:
     return b"\0" in head
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def deserialize_engine(trt: Any, path: str | os.PathLike, logger: Any | None = None) -> tuple[Any, Any]:
     """``(runtime, ICudaEngine)`` from a file, with one-line errors for the usual failures.
 
@@ -49,13 +50,15 @@ def deserialize_engine(trt: Any, path: str | os.PathLike, logger: Any | None = N
     try:
         runtime = trt.Runtime(logger or trt.Logger(trt.Logger.ERROR))
     except Exception as exc:  # pybind's "factory function returned nullptr": no usable CUDA/TensorRT library
-        raise TrtqError(f"TensorRT cannot create a runtime here (no GPU or CUDA driver?): {_first_line(exc)}") from exc
+        raise EngineLoadError(
+            f"TensorRT cannot create a runtime here (no GPU or CUDA driver?): {first_line(exc)}"
+        ) from exc
     try:
         engine = runtime.deserialize_cuda_engine(data)
     except Exception as exc:  # the bindings raise plain RuntimeError/TypeError on CUDA or format problems
-        raise TrtqError(f"TensorRT could not load {path}: {_first_line(exc)}") from exc
+        raise EngineLoadError(f"TensorRT could not load {path}: {first_line(exc)}") from exc
     if engine is None:
-        raise TrtqError(
+        raise EngineLoadError(
             f"TensorRT could not load {path}: not an engine, or built by another TensorRT version or for another GPU"
         )
     return runtime, engine
@@ -86,3 +89,18 @@ def layer_info_from_engine(path: str | os.PathLike) -> EngineLayers:
     )
     _runtime, engine = deserialize_engine(trt, path)
     return inspect_engine(trt, engine, source=str(path))
+
+
+def load_layers(path: str | os.PathLike) -> EngineLayers:
+    """Layer information from an engine file (through TensorRT) or from layer JSON (anywhere).
+
+    Which of the two a file is, is decided here alone (:func:`looks_like_engine`); an ONNX model,
+    which has no layer precisions before TensorRT builds it, is an error saying what to use instead.
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        raise TrtqError(
+            f"{path} is an ONNX model: its layers get their precision only when TensorRT builds it; report on "
+            "the engine (trtq build, then trtq report ENGINE) or on trtexec --exportLayerInfo JSON, or see the "
+            "simulated INT8 error per layer with trtq sensitivity"
+        )
+    return layer_info_from_engine(path) if looks_like_engine(path) else load_layer_info(path)

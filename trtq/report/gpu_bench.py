@@ -116,7 +116,6 @@ def resolve_input_shape(
 @dataclass
 class GpuBenchResult:
     stats: BenchStats
-    times: QueryTimes
     trace: list[dict[str, float]]
     profile: Profile | None
     layers: EngineLayers | None
@@ -154,7 +153,6 @@ def run_gpu_bench(
     *,
     backend_name: str | None = None,
     profile_iterations: int = 0,
-    inspect: bool = True,
     echo: Callable[[str], None] | None = None,
 ) -> GpuBenchResult:
     """Measure ``engine_path`` on the GPU; see the module docstring for the exact procedure."""
@@ -298,27 +296,26 @@ def run_gpu_bench(
                 }
             )
 
+        def finish(slot: dict[str, Any], record: bool) -> None:
+            """Wait for the slot's query in flight, if any, and record its times."""
+            if slot["busy"]:
+                wait(slot["events"]["d2h_e"])
+                if record:
+                    collect(slot)
+                slot["busy"] = False
+
         def run_phase(min_queries: int, min_seconds: float, record: bool) -> int:
             start = time.perf_counter()
             count = 0
             while True:
                 slot = slots[count % 2]
-                if slot["busy"]:
-                    wait(slot["events"]["d2h_e"])
-                    if record:
-                        collect(slot)
-                    slot["busy"] = False
+                finish(slot, record)
                 enqueue(slot)
                 count += 1
                 if count >= min_queries and time.perf_counter() - start >= min_seconds:
                     break
             for k in (count, count + 1):  # drain the two in-flight queries, oldest first
-                slot = slots[k % 2]
-                if slot["busy"]:
-                    wait(slot["events"]["d2h_e"])
-                    if record:
-                        collect(slot)
-                    slot["busy"] = False
+                finish(slots[k % 2], record)
             return count
 
         say(f"trtq: warming up for {settings.warmup_ms:g} ms")
@@ -357,17 +354,15 @@ def run_gpu_bench(
             profile = collector.profile(source="trtq bench (IProfiler)")
 
         layers = None
-        if inspect:
-            try:
-                layers = inspect_engine(trt, engine, context, source=str(engine_path))
-            except TrtqError as exc:
-                notes.append(f"layer information unavailable: {exc}")
+        try:
+            layers = inspect_engine(trt, engine, context, source=str(engine_path))
+        except TrtqError as exc:
+            notes.append(f"layer information unavailable: {exc}")
         device = backend.device_info()
         backend.stream_synchronize(stream)
     del runtime  # kept alive until the engine's resources above are released
     return GpuBenchResult(
         stats=stats,
-        times=times,
         trace=trace,
         profile=profile,
         layers=layers,

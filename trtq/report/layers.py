@@ -57,7 +57,6 @@ class Layer:
     origin: str | None = None  # "QDQ", "REFORMAT" or None
     onnx_nodes: list[str] = field(default_factory=list)
     parameter_type: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kernel_class(self) -> str:
@@ -111,35 +110,31 @@ def _dims(value: Any) -> tuple[int, ...] | None:
     return None
 
 
+def _text(obj: dict[str, Any], *keys: str) -> str | None:
+    """The value of the first of ``keys`` that holds a string (any other type counts as absent)."""
+    return next((obj[k] for k in keys if isinstance(obj.get(k), str)), None)
+
+
 def _tensor(obj: Any) -> TensorInfo:
     if isinstance(obj, str):
         return TensorInfo(name=obj)
     if not isinstance(obj, dict):
         raise TrtqError(f"unexpected tensor entry in layer information: {obj!r:.80}")
-    raw_type = ""
-    for key in _COMBINED_KEYS:
-        if isinstance(obj.get(key), str):
-            raw_type = obj[key]
-            break
-    else:
-        dtype_text = next((obj[k] for k in _DTYPE_KEYS if isinstance(obj.get(k), str)), "")
-        format_text = next((obj[k] for k in _FORMAT_KEYS if isinstance(obj.get(k), str)), "")
+    raw_type = _text(obj, *_COMBINED_KEYS)
+    if raw_type is None:
+        dtype_text = _text(obj, *_DTYPE_KEYS) or ""
+        format_text = _text(obj, *_FORMAT_KEYS) or ""
         raw_type = " ".join(part for part in (format_text, dtype_text) if part)
-        if dtype_text:
-            # The split 11.x form names the type on its own; a format word must not override it.
-            return TensorInfo(
-                name=str(obj.get("Name", "")),
-                dims=_dims(obj.get("Dimensions")),
-                dtype=normalize_dtype(dtype_text),
-                raw_type=raw_type,
-                location=obj.get("Location"),
-            )
+        # The split 11.x form names the type on its own; a format word must not override it.
+        dtype = normalize_dtype(dtype_text or format_text)
+    else:
+        dtype = normalize_dtype(raw_type)
     return TensorInfo(
         name=str(obj.get("Name", "")),
         dims=_dims(obj.get("Dimensions")),
-        dtype=normalize_dtype(raw_type),
+        dtype=dtype,
         raw_type=raw_type,
-        location=obj.get("Location"),
+        location=_text(obj, "Location"),
     )
 
 
@@ -160,17 +155,22 @@ def _layer(obj: Any) -> Layer:
         return Layer(name=obj)
     if not isinstance(obj, dict) or "Name" not in obj:
         raise TrtqError(f"unexpected layer entry in layer information (no 'Name'): {str(obj)[:80]}")
-    tactic = obj.get("TacticName")
+    name = str(obj["Name"])
+    tensors = {}
+    for key in ("Inputs", "Outputs"):
+        entries = obj.get(key) or []
+        if not isinstance(entries, list):
+            raise TrtqError(f"layer '{name}' in layer information: '{key}' is not a list")
+        tensors[key] = [_tensor(t) for t in entries]
     return Layer(
-        name=str(obj["Name"]),
-        type=obj.get("LayerType"),
-        inputs=[_tensor(t) for t in obj.get("Inputs", []) or []],
-        outputs=[_tensor(t) for t in obj.get("Outputs", []) or []],
-        tactic=tactic if isinstance(tactic, str) and tactic else None,
-        origin=obj.get("Origin"),
-        onnx_nodes=onnx_nodes_from_metadata(obj.get("Metadata")),
-        parameter_type=obj.get("ParameterType"),
-        raw=obj,
+        name=name,
+        type=_text(obj, "LayerType"),
+        inputs=tensors["Inputs"],
+        outputs=tensors["Outputs"],
+        tactic=_text(obj, "TacticName") or None,
+        origin=_text(obj, "Origin"),
+        onnx_nodes=onnx_nodes_from_metadata(_text(obj, "Metadata")),
+        parameter_type=_text(obj, "ParameterType"),
     )
 
 

@@ -26,19 +26,19 @@ _DTYPE_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+def _first_rule(rules: tuple[tuple[str, re.Pattern[str]], ...], text: str | None, default: str) -> str:
+    """The name of the first rule whose pattern is found in the lower-cased ``text``, else ``default``."""
+    lowered = (text or "").lower()
+    return next((name for name, pattern in rules if pattern.search(lowered)), default)
+
+
 def normalize_dtype(text: str | None) -> str:
     """Map any TensorRT data-type/format string to a precision name (``UNKNOWN`` if none fits).
 
     INT64, BOOL, UINT8, INT4 and FP4 are reported as ``UNKNOWN``: the report's precision
     vocabulary is fixed (see ``PRECISIONS``); the raw string stays on the tensor.
     """
-    if not text:
-        return "UNKNOWN"
-    lowered = text.strip().lower()
-    for name, pattern in _DTYPE_RULES:
-        if pattern.search(lowered):
-            return name
-    return "UNKNOWN"
+    return _first_rule(_DTYPE_RULES, text, "UNKNOWN")
 
 
 # Kernel classes, in the order they are tested. The first rule whose pattern is found in the
@@ -71,13 +71,7 @@ KERNEL_CLASS_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 def kernel_class(tactic: str | None) -> str:
     """Heuristic kernel class of a tactic name; ``unknown`` when no token is present."""
-    if not tactic:
-        return "unknown"
-    lowered = tactic.lower()
-    for name, pattern in KERNEL_CLASS_RULES:
-        if pattern.search(lowered):
-            return name
-    return "unknown"
+    return _first_rule(KERNEL_CLASS_RULES, tactic, "unknown")
 
 
 def layer_precision(input_dtypes: list[str], output_dtypes: list[str], klass: str) -> str:

@@ -67,26 +67,23 @@ def parse_profile_json(doc: Any, source: str = "profile") -> Profile:
     for entry in doc:
         if not isinstance(entry, dict):
             raise TrtqError(f"{source}: unexpected entry {entry!r:.80}")
-        if "count" in entry and "name" not in entry:
-            iterations = int(entry["count"])
-            continue
         try:
-            name = str(entry["name"])
+            if "count" in entry and "name" not in entry:
+                iterations = int(entry["count"])
+                continue
             total = float(entry["timeMs"])
-            average = float(entry.get("averageMs", total / max(iterations, 1)))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TrtqError(f"{source}: profile entry without name/timeMs: {entry!r:.80}") from exc
-        median = entry.get("medianMs")
-        pct = entry.get("percentage")
-        rows.append(
-            LayerTiming(
-                name=name,
-                total_ms=total,
-                average_ms=average,
-                median_ms=float(median) if median is not None else None,
-                percentage=float(pct) if pct is not None else None,
+            median, pct = entry.get("medianMs"), entry.get("percentage")
+            rows.append(
+                LayerTiming(
+                    name=str(entry["name"]),
+                    total_ms=total,
+                    average_ms=float(entry.get("averageMs", total / max(iterations, 1))),
+                    median_ms=float(median) if median is not None else None,
+                    percentage=float(pct) if pct is not None else None,
+                )
             )
-        )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TrtqError(f"{source}: not an --exportProfile entry (name, timeMs, numbers): {entry!r:.80}") from exc
     return Profile(iterations=iterations, rows=rows, source=source)
 
 

@@ -194,7 +194,7 @@ def performance_warnings(
     return out
 
 
-def summarize(times: QueryTimes, percentiles: tuple[float, ...] = DEFAULT_PERCENTILES, batch: int = 1) -> BenchStats:
+def summarize(times: QueryTimes, percentiles: tuple[float, ...] = DEFAULT_PERCENTILES) -> BenchStats:
     """trtexec's ``printEpilog`` numbers for the given per-query times."""
     if times.count == 0:
         raise TrtqError("no timed queries to summarise")
@@ -210,7 +210,7 @@ def summarize(times: QueryTimes, percentiles: tuple[float, ...] = DEFAULT_PERCEN
     walltime = _F32(times.walltime_ms)
     compute = per_metric["gpu_compute"]
     return BenchStats(
-        throughput_qps=throughput_qps(times.count, times.walltime_ms, batch),
+        throughput_qps=throughput_qps(times.count, times.walltime_ms),
         metrics={k: v.to_dict() for k, v in per_metric.items()},
         queries=times.count,
         walltime_s=float(walltime / _F32(1000)),

@@ -9,15 +9,14 @@ express one setting depend on the trtexec version, and trtq states every setting
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 
 from trtq.errors import TrtqError
 from trtq.report.timing import DEFAULT_PERCENTILES
-from trtq.report.trtexec_log import version_from_code
-from trtq.shapes import Shape, format_shape_spec
+from trtq.report.trtexec_log import parse_trtexec_log
+from trtq.shapes import Shape, format_shape_spec, parse_shape_spec
 
 
 @dataclass
@@ -101,35 +100,33 @@ def trtexec_command(
     return cmd
 
 
+# The measurement settings trtexec logs under "=== Inference Options ===": (log key, BenchSettings field, label).
+_LOGGED_SETTINGS = (
+    ("CUDA Graph", "cuda_graph", "CUDA graph"),
+    ("Data transfers", "data_transfers", "data transfers"),
+    ("Spin-wait", "spin_wait", "spin-wait"),
+)
+
+
 def settings_from_log(inference_options: dict[str, str], command: str | None) -> dict[str, object]:
     """The measurement settings a trtexec log records: CUDA graph, transfers, spin-wait, and ``--shapes``."""
     out: dict[str, object] = {}
-    for key, field_name in (
-        ("CUDA Graph", "cuda_graph"),
-        ("Data transfers", "data_transfers"),
-        ("Spin-wait", "spin_wait"),
-    ):
+    for key, field_name, _label in _LOGGED_SETTINGS:
         value = inference_options.get(key)
         if value in ("Enabled", "Disabled"):
             out[field_name] = value == "Enabled"
     for arg in (command or "").split():
         if arg.startswith("--shapes="):
-            from trtq.shapes import parse_shape_spec
-
             out["shapes"] = parse_shape_spec(arg.split("=", 1)[1])
     return out
 
 
 def settings_mismatch(inference_options: dict[str, str], settings: BenchSettings) -> list[str]:
     """Settings in a trtexec log's "Inference Options" that differ from trtq's (numbers not comparable)."""
-    checks = (
-        ("CUDA Graph", "CUDA graph", settings.cuda_graph),
-        ("Data transfers", "data transfers", settings.data_transfers),
-        ("Spin-wait", "spin-wait", settings.spin_wait),
-    )
     out = []
-    for key, label, ours in checks:
+    for key, field_name, label in _LOGGED_SETTINGS:
         value = inference_options.get(key)
+        ours = getattr(settings, field_name)
         if value in ("Enabled", "Disabled") and (value == "Enabled") != ours:
             out.append(f"{label}: trtexec {value.lower()}, trtq {'enabled' if ours else 'disabled'}")
     return out
@@ -154,8 +151,7 @@ def trtexec_version(trtexec: str, timeout_s: float = 120.0) -> str | None:
         proc = subprocess.run([trtexec, "--help"], capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    match = re.search(r"\[TensorRT v(\d+)\]", proc.stdout + proc.stderr)
-    return version_from_code(match.group(1)) if match else None
+    return parse_trtexec_log(proc.stdout + "\n" + proc.stderr, source=trtexec).version
 
 
 def run_trtexec(cmd: list[str], timeout_s: float) -> str:

@@ -83,7 +83,6 @@ class TrtexecLog:
     command: str | None = None
     summary: BenchStats | None = None
     sections: dict[str, dict[str, str]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)  # summary warnings, "* " bullets joined
     warmup_queries: int | None = None
     warmup_ms: float | None = None
     profile: Profile | None = None
@@ -113,7 +112,7 @@ def _metric_key(name: str) -> str:
     return _METRIC_KEYS.get(name, re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_"))
 
 
-def _parse_profile_table(header: str, rows: list[str], iterations: int) -> tuple[list[LayerTiming], float | None]:
+def _parse_profile_table(header: str, rows: list[str]) -> tuple[list[LayerTiming], float | None]:
     """Rows of a ``--dumpProfile`` table; the column order is read from the header."""
     name_first = header.strip().startswith("Layer")
     n_numbers = 4 if "Median" in header else 3
@@ -182,7 +181,7 @@ def parse_trtexec_log(text: str, source: str = "trtexec log") -> TrtexecLog:
             while j < len(lines) and lines[j][0].strip():
                 rows.append(lines[j][0])
                 j += 1
-            timings, total = _parse_profile_table(header, rows, iterations)
+            timings, total = _parse_profile_table(header, rows)
             log.profile = Profile(iterations=iterations, rows=timings, source=f"{source} (--dumpProfile)")
             log.profile_total_ms = total
             i = j
@@ -250,9 +249,8 @@ def parse_trtexec_log(text: str, source: str = "trtexec log") -> TrtexecLog:
             walltime_s=walltime,
             total_gpu_compute_s=gpu_total,
             gpu_coeff_var_pct=coeff,
-            warnings=list(warning_lines),
+            warnings=warning_lines,
         )
-    log.warnings = warning_lines
     return log
 
 
