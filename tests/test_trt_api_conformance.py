@@ -174,6 +174,9 @@ def test_builder_failure_is_one_clean_line_and_leaves_no_file(trt_api_report):
         assert builder[case]["echo"][0].startswith(f"trtq: TensorRT {short}: "), case  # the path, said first
     if not _is_10(trt_api_report):
         assert "no built-in calibrators" in builder["int8_tensorrt_source"]["error"]
+    ranges_only = builder["int8_ranges_only"]  # a ranges file alone means trtq's ranges, also on 10.x
+    assert ranges_only["files_left"] == [] and ranges_only["error"].startswith(f"TensorRT {short} {NO_BUILDER}")
+    assert ranges_only["echo"] == builder["int8_trtq_ranges"]["echo"]
     no_data = builder["int8_no_data"]  # a user error is reported before the GPU is needed
     assert no_data["files_left"] == [] and NO_BUILDER not in no_data["error"]
     assert no_data["error"].startswith("INT8 calibration needs data: give --data, or a --cache holding "

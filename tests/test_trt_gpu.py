@@ -3,12 +3,12 @@
 These tests build MNIST engines from ``calib_data/`` and run them on held-out real digits against
 onnxruntime. They are marked ``gpu`` and skip, saying what is missing, everywhere else. They exercise
 whichever path the installed TensorRT takes (10.x: TensorRT's own calibrator fed through device
-buffers; 11.x: trtq's ranges as Q/DQ) and check the manifest against what happened.
+buffers; 11.x: trtq's ranges as Q/DQ) and check the manifest against what happened. TensorRT and the
+CUDA backend come from the ``tensorrt_gpu`` fixture (tests/trt_api_env.py, shared by every GPU test).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,32 +16,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from trtq.errors import TrtqError
-
 pytestmark = pytest.mark.gpu
 
 REPO = Path(__file__).resolve().parent.parent
 CALIB_IMAGES = REPO / "calib_data" / "mnist"  # the first 300 MNIST test digits
 HELD_OUT = slice(300, 800)  # digits of mnist-test-first1000.npz that calibration never saw
-
-
-@pytest.fixture(scope="module")
-def gpu():
-    """(tensorrt module, CUDA backend) or a skip that says what is missing."""
-    if importlib.util.find_spec("tensorrt") is None:
-        pytest.skip("TensorRT is not installed (pip install 'trtq[trt]')")
-    from trtq.trt import import_tensorrt
-    from trtq.trt.cuda import get_backend
-    from trtq.trt.engine import create_builder, logger_class
-
-    try:
-        trt = import_tensorrt()
-        backend = get_backend()
-        backend.device_info()
-        create_builder(trt, logger_class(trt)(echo=lambda text: None))
-    except TrtqError as exc:
-        pytest.skip(f"no usable TensorRT/GPU here: {exc}")
-    return trt, backend
 
 
 class EngineRunner:
@@ -99,8 +78,8 @@ def _build(args: list[str], engine: Path) -> dict:
     return manifest
 
 
-def _check_engine(gpu, engine: Path, model: Path, digits) -> tuple[float, float]:
-    trt, backend = gpu
+def _check_engine(tensorrt_gpu, engine: Path, model: Path, digits) -> tuple[float, float]:
+    trt, backend = tensorrt_gpu
     images, labels = digits
     runner = EngineRunner(trt, backend, engine)
     try:
@@ -111,9 +90,9 @@ def _check_engine(gpu, engine: Path, model: Path, digits) -> tuple[float, float]
     return float((predicted == reference).mean()), float((predicted == labels[HELD_OUT]).mean())
 
 
-def test_mnist_int8_entropy2_engine_agrees_with_onnxruntime_and_reuses_its_cache(gpu, tmp_path, mnist_model_path,
-                                                                               mnist_digits):
-    trt, _ = gpu
+def test_mnist_int8_entropy2_engine_agrees_with_onnxruntime_and_reuses_its_cache(tensorrt_gpu, tmp_path,
+                                                                               mnist_model_path, mnist_digits):
+    trt, _ = tensorrt_gpu
     engine, cache = tmp_path / "mnist-int8.engine", tmp_path / "mnist.cache"
     manifest = _build([str(mnist_model_path), "--int8", "--calibrator", "entropy2", "--data", str(CALIB_IMAGES),
                        "--cache", str(cache)], engine)
@@ -128,7 +107,7 @@ def test_mnist_int8_entropy2_engine_agrees_with_onnxruntime_and_reuses_its_cache
         assert cache.read_text().splitlines()[0] == manifest["calibration"]["cache_header"]
     else:  # trtq calibrated and the engine was built from the Q/DQ model
         assert manifest["onnx"]["built_from"]["variant"] == "qdq"
-    agreement, accuracy = _check_engine(gpu, engine, mnist_model_path, mnist_digits)
+    agreement, accuracy = _check_engine(tensorrt_gpu, engine, mnist_model_path, mnist_digits)
     assert agreement >= 0.97 and accuracy >= 0.95
 
     again = _build([str(mnist_model_path), "--int8", "--data", str(CALIB_IMAGES), "--cache", str(cache)],
@@ -139,18 +118,18 @@ def test_mnist_int8_entropy2_engine_agrees_with_onnxruntime_and_reuses_its_cache
         assert again["calibration"]["ranges"].startswith(f"calibration cache {cache}")
 
 
-def test_mnist_fp16_engine_agrees_with_onnxruntime(gpu, tmp_path, mnist_model_path, mnist_digits):
+def test_mnist_fp16_engine_agrees_with_onnxruntime(tensorrt_gpu, tmp_path, mnist_model_path, mnist_digits):
     engine = tmp_path / "mnist-fp16.engine"
     manifest = _build([str(mnist_model_path), "--fp16"], engine)
     assert manifest["precisions"] == ["fp32", "fp16"] and manifest["calibration"] is None
-    agreement, accuracy = _check_engine(gpu, engine, mnist_model_path, mnist_digits)
+    agreement, accuracy = _check_engine(tensorrt_gpu, engine, mnist_model_path, mnist_digits)
     assert agreement >= 0.99 and accuracy >= 0.97
 
 
-def test_mnist_int8_percentile_ranges_come_from_trtq(gpu, tmp_path, mnist_model_path, mnist_digits):
+def test_mnist_int8_percentile_ranges_come_from_trtq(tensorrt_gpu, tmp_path, mnist_model_path, mnist_digits):
     engine = tmp_path / "mnist-p.engine"
     manifest = _build([str(mnist_model_path), "--int8", "--calibrator", "percentile", "--percentile", "99.99",
                        "--data", str(CALIB_IMAGES)], engine)
     assert manifest["calibration"]["source"] == "trtq" and manifest["calibration"]["percentile"] == 99.99
-    agreement, accuracy = _check_engine(gpu, engine, mnist_model_path, mnist_digits)
+    agreement, accuracy = _check_engine(tensorrt_gpu, engine, mnist_model_path, mnist_digits)
     assert agreement >= 0.97 and accuracy >= 0.95

@@ -314,6 +314,10 @@ def test_keep_precision_entries_and_files(tmp_path):
     sensitivity_file = tmp_path / "keep_fp16.txt"
     sensitivity_file.write_text("# kept by trtq sensitivity\nPooling66\nTimes212\n")
     assert parse_keep_precision([f"@{sensitivity_file}"]) == {"Pooling66": "fp16", "Times212": "fp16"}
+    # in a build without FP16 (--int8 alone) a bare name keeps the layer out of INT8 in FP32; explicit
+    # =fp16 entries stay as written (and build_engine rejects them there)
+    assert parse_keep_precision([f"@{sensitivity_file}", "Conv1=fp16"], fp16=False) == {
+        "Pooling66": "fp32", "Times212": "fp32", "Conv1": "fp16"}
 
 
 def test_workspace_sizes():
@@ -366,6 +370,115 @@ def test_dynamic_inputs_get_a_profile_from_options_or_data():
         resolve_shapes(model, {}, {"images": (8, 3, 8, 8), "ids": (8, 16)}, {"images": (4, 3, 8, 8)})
     with pytest.raises(TrtqError, match="--max-shapes names 'image'"):
         resolve_shapes(model, {}, {"images": (8, 3, 8, 8), "ids": (8, 16)}, {"image": (4, 3, 8, 8)})
+
+
+# -- trtq's ranges, the model TensorRT parses, the output files ----------------------------------------
+
+
+def _int8_options(tmp_path: Path, **kwargs):
+    from trtq.trt.build import BuildOptions
+
+    return BuildOptions(engine_path=tmp_path / "m.engine", int8=True, **kwargs)
+
+
+def test_stored_ranges_come_from_a_ranges_file_or_a_cache_that_says_it_holds_them(tmp_path, mnist_model_path,
+                                                                                  mnist_digits):
+    from trtq.trt import probe
+    from trtq.trt.build import NEEDS_RANGES, calibrate_ranges, stored_ranges
+
+    images, _ = mnist_digits
+    batches = [{"Input3": images[i:i + 1]} for i in range(20)]
+    cache = tmp_path / "m.cache"
+    lines: list[str] = []
+    computed = calibrate_ranges(load_model(mnist_model_path), _int8_options(tmp_path, cache_path=cache), batches,
+                                probe(_Surface(TRT11, "11.4.0.106")), lines.append)
+    assert computed.computed and cache.read_text().startswith("TRT-110400-EntropyCalibration2\n")  # written at once
+    reused = stored_ranges(_int8_options(tmp_path, cache_path=cache), True, lines.append)
+    assert not reused.computed and reused.origin.startswith(f"calibration cache {cache}")
+    assert reused.amax == pytest.approx(computed.amax, rel=1e-6)
+    assert lines == ["trtq: calibrating with trtq's entropy2 on the CPU ..."]
+
+    # another method's cache: calibrate again with data, an error without
+    lines.clear()
+    assert stored_ranges(_int8_options(tmp_path, cache_path=cache, calibrator="minmax"), True, lines.append) is None
+    assert lines == [f"trtq: warning: ignoring {cache}: not a MinMaxCalibration cache; calibrating again"]
+    with pytest.raises(TrtqError, match="does not hold MinMaxCalibration ranges and no --data"):
+        stored_ranges(_int8_options(tmp_path, cache_path=cache, calibrator="minmax"), False, lines.append)
+
+    # percentile and mse share entropy2's header: such a cache cannot prove what it holds
+    for method in ("percentile", "mse"):
+        lines.clear()
+        assert stored_ranges(_int8_options(tmp_path, cache_path=cache, calibrator=method), True, lines.append) is None
+        assert lines[0].startswith(f"trtq: warning: not reusing {cache}: {method} ranges are cached under entropy2's")
+        unverified = stored_ranges(_int8_options(tmp_path, cache_path=cache, calibrator=method), False, lines.append)
+        assert unverified.amax == reused.amax and "unverified" in lines[1]
+
+    ranges = tmp_path / "ranges.json"
+    ranges.write_text(json.dumps({"tensors": {"Input3": {"amax": 255.0}}}))
+    from_file = stored_ranges(_int8_options(tmp_path, ranges_path=ranges, cache_path=cache), False, lines.append)
+    assert from_file.amax == {"Input3": 255.0} and from_file.origin == f"ranges file {ranges}"
+    with pytest.raises(TrtqError) as info:
+        stored_ranges(_int8_options(tmp_path, cache_path=tmp_path / "none.cache"), False, lines.append)
+    assert str(info.value) == NEEDS_RANGES
+
+
+def test_a_ranges_file_means_trtq_ranges_and_is_read_before_tensorrt_builds(tmp_path, mnist_model_path):
+    """On the recorded 10.16 surface (names only: anything past planning would fail): ``ranges_path``
+    alone selects trtq's ranges, and a bad file is reported before the builder is needed."""
+    from trtq.trt.build import build_engine
+
+    bad = tmp_path / "ranges.json"
+    bad.write_text("{}")
+    lines: list[str] = []
+    with pytest.raises(TrtqError, match="is not a trtq ranges JSON file"):
+        build_engine(load_model(mnist_model_path), _int8_options(tmp_path, ranges_path=bad),
+                     trt=_Surface(TRT10, "10.16.1.11"), echo=lines.append)
+    assert "serving trtq's entropy2 ranges to TensorRT" in lines[0]
+    with pytest.raises(TrtqError, match="cannot be combined with --calibration-source tensorrt"):
+        build_engine(load_model(mnist_model_path),
+                     _int8_options(tmp_path, ranges_path=bad, calibration_source="tensorrt"),
+                     trt=_Surface(TRT10, "10.16.1.11"), echo=lines.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ranges.json"]
+
+
+def test_a_model_without_a_file_is_parsed_from_the_work_folder(tmp_path, mnist_model_path):
+    from trtq.trt import probe
+    from trtq.trt.build import BuildOptions, _model_to_parse
+    from trtq.trt.plan import plan_build
+
+    model = Model(load_model(mnist_model_path).proto)  # built in memory: no path
+    options = BuildOptions(engine_path=tmp_path / "m.engine", fp16=True)
+    for surface, version, name, variant in ((TRT11, "11.4.0.106", "model.fp16.onnx", "fp16"),
+                                            (TRT10, "10.16.1.11", "model.onnx", None)):
+        plan = plan_build(probe(_Surface(surface, version)), fp16=True)
+        path, derived = _model_to_parse(model, plan, options, None, tmp_path, lambda text: None)
+        assert path == tmp_path / name and (derived or {}).get("variant") == variant
+        onnx.checker.check_model(onnx.load(path))
+
+
+def test_engine_and_manifest_land_manifest_last(tmp_path, monkeypatch):
+    """A manifest on disk always describes the engine beside it: when the engine cannot be replaced,
+    the old manifest is gone rather than left describing another engine; no temporary file stays."""
+    import os
+
+    from trtq.trt.build import _write_outputs
+
+    engine, manifest = tmp_path / "m.engine", tmp_path / "m.engine.json"
+    _write_outputs(engine, manifest, b"old", {"engine": "old"})
+    _write_outputs(engine, manifest, b"new", {"engine": "new"})
+    assert engine.read_bytes() == b"new" and json.loads(manifest.read_text()) == {"engine": "new"}
+    real_replace = os.replace
+
+    def disk_full_for_the_engine(src, dst):
+        if Path(dst) == engine:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", disk_full_for_the_engine)
+    with pytest.raises(OSError, match="No space left"):
+        _write_outputs(engine, manifest, b"newer", {"engine": "newer"})
+    assert engine.read_bytes() == b"new" and not manifest.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine"]
 
 
 # -- progress --------------------------------------------------------------------------------------

@@ -356,6 +356,8 @@ def check_builder(trt, model_path: Path, workdir: Path) -> dict:
         "fp16": BuildOptions(engine_path=workdir / "out-fp16" / "m.engine", fp16=True),
         "int8_trtq_ranges": BuildOptions(engine_path=workdir / "out-int8r" / "m.engine", int8=True,
                                          calibration_source="trtq", ranges_path=ranges),
+        "int8_ranges_only": BuildOptions(engine_path=workdir / "out-int8ro" / "m.engine", int8=True,
+                                         ranges_path=ranges),
         "int8_default": BuildOptions(engine_path=workdir / "out-int8" / "m.engine", int8=True,
                                      cache_path=workdir / "out-int8" / "m.cache"),
         "int8_tensorrt_source": BuildOptions(engine_path=workdir / "out-src" / "m.engine", int8=True,

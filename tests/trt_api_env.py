@@ -12,7 +12,8 @@ few exported entry points return NULL. Then:
 * anything that needs the library (``trt.Builder``, ``trt.Runtime``) fails exactly as on a machine
   without a usable GPU: ``TypeError: pybind11::init(): factory function returned nullptr``.
 
-Nothing here can build or run an engine; tests marked ``gpu`` do that on a real machine.
+Nothing here can build or run an engine; tests marked ``gpu`` do that on a real machine, and get
+TensorRT and a CUDA backend from the :func:`tensorrt_gpu` fixture at the end of this module.
 
 One process can import one tensorrt version, so checks run in subprocesses
 (:func:`run_checks`). The environment is cached under ``.cache/trt-api/`` in the repository
@@ -23,6 +24,7 @@ skipped with the reason; ``TRTQ_REQUIRE_TRT_API=1`` turns that skip into a failu
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -207,3 +209,24 @@ def trt_api_report(trt_api_env: TrtApiEnv, tmp_path_factory) -> dict:
     report = run_checks(trt_api_env, workdir)
     report["_env"] = {"package": trt_api_env.package, "wheel": trt_api_env.wheel, "root": str(trt_api_env.root)}
     return report
+
+
+@pytest.fixture(scope="session")
+def tensorrt_gpu():
+    """``(tensorrt module, CUDA backend)`` where TensorRT can create a builder on a GPU, else a skip that
+    says what is missing: the one probe for every test marked ``gpu``."""
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("TensorRT is not installed (pip install 'trtq[trt]')")
+    from trtq.errors import TrtqError
+    from trtq.trt import import_tensorrt
+    from trtq.trt.cuda import get_backend
+    from trtq.trt.engine import create_builder, logger_class
+
+    try:
+        trt = import_tensorrt()
+        backend = get_backend()
+        backend.device_info()
+        create_builder(trt, logger_class(trt)(echo=lambda text: None))
+    except TrtqError as exc:
+        pytest.skip(f"no usable TensorRT/GPU here: {exc}")
+    return trt, backend

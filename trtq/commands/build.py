@@ -33,8 +33,9 @@ def _echo(message: str) -> None:
               help="Who computes INT8 ranges: TensorRT's calibrator fed with --data (10.x default), or trtq on "
                    "the CPU (11.x, percentile, mse), served to 10.x as a cache and to 11.x as Q/DQ.")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
-              help="Calibration cache: used when it matches this TensorRT version and calibrator, otherwise "
-                   "(re)computed from --data and written here.")
+              help="Calibration cache: reused when it holds this calibrator's ranges (when TensorRT calibrates: "
+                   "written by this TensorRT version; percentile/mse, whose header is entropy2's: only without "
+                   "--data), otherwise computed from --data and written here.")
 @click.option("--ranges", "ranges_path", type=click.Path(dir_okay=False, exists=True),
               help="trtq ranges to use (a trtq calibrate --json file or a cache); implies trtq's ranges.")
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
@@ -43,7 +44,8 @@ def _echo(message: str) -> None:
               help="The legacy calibrator's regression cutoff (fraction of the maximum).")
 @click.option("--keep-precision", multiple=True, metavar="NAME=fp16|fp32",
               help="Keep a layer (ONNX node name) or the layer producing a tensor in FP16 or FP32. Repeatable; "
-                   "@FILE reads one entry per line. Wildcards * and ? work.")
+                   "@FILE reads one entry per line (e.g. trtq sensitivity's --keep-out file). Wildcards * and ? "
+                   "work. A bare NAME means fp16 with --fp16/--best, else fp32.")
 @click.option("--precision-constraints", type=click.Choice(["prefer", "obey"]), default="prefer",
               show_default=True, help="TensorRT 10.x: how strictly --keep-precision is enforced.")
 @click.option("--workspace", help="Workspace memory pool limit, e.g. 1024MiB or 4G [default: TensorRT's].")
@@ -80,19 +82,18 @@ def build(model_path, engine_path, fp16, int8, best, calibrator, calibration_sou
     from trtq.shapes import parse_shape_spec
     from trtq.trt.build import BuildOptions, build_engine, parse_keep_precision, parse_size
 
-    if ranges_path and calibration_source == "tensorrt":
-        raise click.UsageError("--ranges gives trtq's ranges; it cannot be combined with --calibration-source tensorrt")
+    fp16, int8 = fp16 or best, int8 or best
     options = BuildOptions(
         engine_path=Path(engine_path or Path(model_path).with_suffix(".engine").name),
-        fp16=fp16 or best,
-        int8=int8 or best,
+        fp16=fp16,
+        int8=int8,
         calibrator=calibrator,
-        calibration_source="trtq" if ranges_path else calibration_source,
+        calibration_source=calibration_source,
         cache_path=Path(cache_path) if cache_path else None,
         ranges_path=Path(ranges_path) if ranges_path else None,
         percentile=percentile,
         regression_cutoff=regression_cutoff,
-        keep_precision=parse_keep_precision(keep_precision),
+        keep_precision=parse_keep_precision(keep_precision, fp16=fp16),
         precision_constraints=precision_constraints,
         workspace_bytes=parse_size(workspace) if workspace else None,
         timing_cache=Path(timing_cache) if timing_cache else None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from types import ModuleType
 
-from trtq.errors import MissingDependencyError, TrtqError
+from trtq.errors import MissingDependencyError, TrtqError, first_line
 
 # trtq calibrator name -> the TensorRT 10.x class implementing it (all removed in TensorRT 11).
 CALIBRATOR_CLASSES = {
@@ -47,9 +47,8 @@ class TensorRTMissingError(MissingDependencyError):
 
 
 def _unloadable(exc: BaseException) -> TrtqError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return TrtqError(
-        f"the tensorrt package is installed but cannot be loaded ({first}); its native libraries "
+        f"the tensorrt package is installed but cannot be loaded ({first_line(exc)}); its native libraries "
         f"(libnvinfer) are missing or do not match; {NO_GPU_HINT}"
     )
 

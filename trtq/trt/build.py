@@ -1,10 +1,12 @@
 """``build_engine``: ONNX model + options (+ data) -> a TensorRT engine and its ``ENGINE.json`` manifest.
 
 Order of work, chosen so that the user learns about a problem before the long part:
-outputs checked -> TensorRT imported and probed -> path planned (and printed) -> shapes resolved ->
-builder created (fails here without a GPU) -> the model TensorRT parses prepared (11.x: Q/DQ/FP16
-export, from trtq's ranges) -> network parsed and configured -> build with progress ->
-engine and manifest written atomically, together.
+outputs and options checked -> shapes resolved -> TensorRT imported and probed -> path planned (and
+printed) -> stored ranges read (``--ranges``, a reusable ``--cache``) or the CUDA binding for TensorRT's
+calibrator found -> builder created (fails here without a GPU) -> trtq calibrates if it must (``--cache``
+written at once) -> the model TensorRT parses prepared (11.x: Q/DQ/FP16 export, from trtq's ranges) ->
+network parsed and configured -> build with progress -> engine and manifest written atomically, the
+manifest last.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from types import ModuleType
 import numpy as np
 
 from trtq import __version__
-from trtq.cache import HEADER_ALGORITHM, cache_from_amax, parse_cache, version_code
+from trtq.cache import HEADER_ALGORITHM, cache_from_amax, parse_cache, write_cache
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, check_output_path, read_input_bytes, sha256_file
 from trtq.model import Model, resolve_shape
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.shapes import Shape
 from trtq.trt import TensorRTInfo, import_tensorrt, probe
-from trtq.trt.plan import IMPLICIT, BuildPlan, plan_build
+from trtq.trt.plan import IMPLICIT, TRTQ_ONLY_CALIBRATORS, BuildPlan, plan_build
 
 Echo = Callable[[str], None]
 MANIFEST_FORMAT = "trtq-engine-1"
@@ -49,7 +51,7 @@ class BuildOptions:
     fp16: bool = False
     int8: bool = False
     calibrator: str = "entropy2"
-    calibration_source: str | None = None  # None: TensorRT's calibrator where it exists, else trtq
+    calibration_source: str | None = None  # None: trtq with ranges_path, else TensorRT's calibrator where it exists
     cache_path: Path | None = None
     ranges_path: Path | None = None
     percentile: float = DEFAULT_PERCENTILE
@@ -66,12 +68,8 @@ class BuildOptions:
 
     @property
     def manifest_path(self) -> Path:
-        return manifest_path_for(self.engine_path)
-
-
-def manifest_path_for(engine_path: Path) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    return Path(f"{engine_path}.json")
+        """``model.engine`` -> ``model.engine.json``."""
+        return Path(f"{self.engine_path}.json")
 
 
 @dataclass
@@ -85,19 +83,22 @@ class BuildResult:
 # -- option parsing that the CLI and the API share ------------------------------------------------------
 
 
-def parse_keep_precision(values: Iterable[str]) -> dict[str, str]:
-    """``NAME=fp16|fp32`` or a bare ``NAME`` (= fp16) entries, repeatable; ``@FILE`` holds one per line
-    (``#`` comments allowed), so the keep file of ``trtq sensitivity`` works here as with ``export --exclude``."""
+def parse_keep_precision(values: Iterable[str], *, fp16: bool = True) -> dict[str, str]:
+    """``NAME=fp16|fp32`` or bare ``NAME`` entries, repeatable; ``@FILE`` holds one per line (``#``
+    comments allowed), so the keep file of ``trtq sensitivity`` works here as with ``export --exclude``.
+    A bare name keeps the layer out of INT8 in the best float precision the build has: fp16 when it
+    allows FP16 (``fp16``: --fp16/--best), else fp32 (an INT8-only build has no FP16 to keep it in)."""
     from trtq.export.ranges import read_name_list
 
     rules: dict[str, str] = {}
     for entry in read_name_list(values):
         name, sep, precision = entry.rpartition("=")
         if not sep:
-            name, precision = entry, "fp16"
+            name, precision = entry, "fp16" if fp16 else "fp32"
         precision = precision.strip().lower()
         if not name.strip() or precision not in ("fp16", "fp32"):
-            raise TrtqError(f"--keep-precision '{entry}': expected LAYER_OR_TENSOR=fp16 or =fp32")
+            raise TrtqError(f"--keep-precision '{entry}': expected LAYER_OR_TENSOR=fp16 or =fp32 "
+                            "(or a bare LAYER_OR_TENSOR)")
         rules[name.strip()] = precision
     return rules
 
@@ -204,30 +205,58 @@ class TrtqRanges:
     computed: bool  # True when calibrated now from the data (then --cache is written)
 
 
-def trtq_ranges(model: Model, options: BuildOptions, batches: Iterable | None, echo: Echo) -> TrtqRanges:
-    """trtq's ranges, from ``--ranges``, a reusable ``--cache``, or by calibrating on the data now."""
+NEEDS_RANGES = ("INT8 needs ranges: give --data (trtq calibrates on it), --ranges RANGES.json "
+                "(from trtq calibrate --json) or an existing --cache")
+
+
+def stored_ranges(options: BuildOptions, have_data: bool, echo: Echo) -> TrtqRanges | None:
+    """trtq's ranges from ``--ranges`` or a reusable ``--cache``; ``None`` when they are to be computed
+    from the data (an error when there is none). It reads one file, so it runs before TensorRT does anything."""
     if options.ranges_path is not None:
         return TrtqRanges(_read_ranges_file(options.ranges_path), f"ranges file {options.ranges_path}", False)
-    if options.cache_path is not None and options.cache_path.is_file():
-        wanted = HEADER_ALGORITHM[options.calibrator]
+    path = options.cache_path
+    if path is not None and path.is_file():
+        data = read_input_bytes(path, "calibration cache")
         try:
-            cache = parse_cache(options.cache_path.read_bytes(), source=str(options.cache_path))
+            cache = parse_cache(data, source=str(path))
         except (TrtqError, UnicodeDecodeError):
             cache = None
+        wanted = HEADER_ALGORITHM[options.calibrator]
         if cache is not None and cache.algorithm == wanted:
-            return TrtqRanges(cache.amax(), f"calibration cache {options.cache_path} ({cache.header})", False)
-        if batches is None:
+            origin = f"calibration cache {path} ({cache.header})"
+            if options.calibrator not in TRTQ_ONLY_CALIBRATORS:
+                return TrtqRanges(cache.amax(), origin, False)
+            # percentile and mse ranges are cached under entropy2's header: the file cannot say which
+            # method (or which percentile) made them, so it is reused only when nothing else is possible
+            ambiguous = (f"{options.calibrator} ranges are cached under entropy2's header ({cache.header}), "
+                         "which does not say which method wrote them")
+            if not have_data:
+                echo(f"trtq: warning: using {path} as {options.calibrator} ranges, unverified: {ambiguous}")
+                return TrtqRanges(cache.amax(), origin, False)
+            echo(f"trtq: warning: not reusing {path}: {ambiguous}; calibrating again "
+                 f"(--ranges {path} builds from the file as it is)")
+        elif not have_data:
             header = cache.header if cache is not None else "not a calibration cache"
-            raise TrtqError(f"calibration cache {options.cache_path} ({header}) does not hold {wanted} ranges "
+            raise TrtqError(f"calibration cache {path} ({header}) does not hold {wanted} ranges "
                             "and no --data was given to compute them")
-        echo(f"trtq: warning: ignoring {options.cache_path}: not a {wanted} cache; calibrating again")
-    if batches is None:
-        raise TrtqError("INT8 needs ranges: give --data (trtq calibrates on it), --ranges RANGES.json "
-                        "(from trtq calibrate --json) or an existing --cache")
+        else:
+            echo(f"trtq: warning: ignoring {path}: not a {wanted} cache; calibrating again")
+    if not have_data:
+        raise TrtqError(NEEDS_RANGES)
+    return None
+
+
+def calibrate_ranges(model: Model, options: BuildOptions, batches: Iterable, info: TensorRTInfo,
+                     echo: Echo) -> TrtqRanges:
+    """trtq's ranges computed from the data now, and written to ``--cache`` at once (kept for the next
+    build even if this one fails, as TensorRT's own calibrator does)."""
     from trtq.calibrate import calibrate
 
     echo(f"trtq: calibrating with trtq's {options.calibrator} on the CPU ...")
     result = calibrate(model, batches, options.calibrator, percentile=options.percentile)
+    if options.cache_path is not None:
+        write_cache(options.cache_path,
+                    cache_from_amax(result.amax, options.calibrator, trt_version=info.patch_version))
     return TrtqRanges(result.amax, f"trtq {options.calibrator} on {result.samples} samples", True)
 
 
@@ -257,21 +286,25 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
         raise TrtqError("--precision-constraints must be prefer or obey")
     if any(v == "fp16" for v in options.keep_precision.values()) and not options.fp16:
         raise TrtqError("--keep-precision NAME=fp16 needs --fp16 or --best")
+    source = options.calibration_source
+    if options.ranges_path is not None:  # a ranges file is trtq's ranges, on any TensorRT
+        if source == "tensorrt":
+            raise TrtqError("--ranges gives trtq's ranges; it cannot be combined with --calibration-source tensorrt")
+        source = "trtq"
     data_shapes, batches = _first_batch_shapes(batches)
     shapes = resolve_shapes(model, options.min_shapes, options.opt_shapes, options.max_shapes, data_shapes)
 
     trt = trt or import_tensorrt("building a TensorRT engine")
     info = probe(trt)
     plan = plan_build(info, fp16=options.fp16, int8=options.int8, calibrator=options.calibrator,
-                      source=options.calibration_source, keep_precision=bool(options.keep_precision))
+                      source=source, keep_precision=bool(options.keep_precision))
     echo(f"trtq: {plan.message}")
     for note in plan.notes:
         echo(f"trtq: note: {note}")
     backend = None
-    if plan.int8 and plan.source == "trtq" and batches is None and options.ranges_path is None and not (
-            options.cache_path is not None and options.cache_path.is_file()):
-        raise TrtqError("INT8 needs ranges: give --data (trtq calibrates on it), --ranges RANGES.json "
-                        "(from trtq calibrate --json) or an existing --cache")
+    ranges = None
+    if plan.source == "trtq":  # None: calibrated on the data below, once TensorRT has a builder
+        ranges = stored_ranges(options, batches is not None, echo)
     if plan.source == "tensorrt":
         from trtq.trt.cuda import get_backend
 
@@ -283,7 +316,9 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
     logger = engine.logger_class(trt)(show="VERBOSE" if options.verbose else "WARNING", echo=echo)
     builder = engine.create_builder(trt, logger)
     with tempfile.TemporaryDirectory(prefix="trtq-build-") as workdir:
-        onnx_path, derived, ranges = _model_to_parse(model, plan, options, batches, Path(workdir), echo)
+        if plan.source == "trtq" and ranges is None:
+            ranges = calibrate_ranges(model, options, batches, info, echo)
+        onnx_path, derived = _model_to_parse(model, plan, options, ranges, Path(workdir), echo)
         network = engine.create_network(trt, builder)
         parser = engine.parse_onnx(trt, network, logger, onnx_path)
         network_inputs = engine.network_inputs(network)
@@ -317,8 +352,6 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
         manifest = _manifest(model, options, info, plan, shapes, derived, ranges, calibrator, kept, batches,
                              backend, seconds, serialized, engine_path, monitor)
         _write_outputs(engine_path, manifest_path, serialized, manifest)
-        if ranges is not None and ranges.computed and options.cache_path is not None:
-            _save_trtq_cache(ranges, options, info)
     echo(f"trtq: wrote {engine_path} ({len(serialized) / 1e6:.1f} MB, {seconds:.1f} s) and {manifest_path}")
     return BuildResult(engine_path, manifest_path, manifest, plan)
 
@@ -338,27 +371,26 @@ def _check_calibration_inputs(info: TensorRTInfo, plan: BuildPlan, options: Buil
         raise TrtqError(f"INT8 calibration needs data: give --data, or a --cache holding {header}{why}")
 
 
-def _model_to_parse(model: Model, plan: BuildPlan, options: BuildOptions, batches, workdir: Path,
-                    echo: Echo) -> tuple[Path, dict | None, TrtqRanges | None]:
-    """The ONNX file TensorRT parses, what was derived from the user's model, and trtq's ranges."""
-    ranges = trtq_ranges(model, options, batches, echo) if plan.int8 and plan.source == "trtq" else None
-    original = Path(model.path) if model.path is not None else _save_proto(model.proto, workdir / "model.onnx")
-    if plan.path == IMPLICIT:
-        return original, None, ranges
-    from trtq.trt.explicit import strongly_typed_model
+def _model_to_parse(model: Model, plan: BuildPlan, options: BuildOptions, ranges: TrtqRanges | None,
+                    workdir: Path, echo: Echo) -> tuple[Path, dict | None]:
+    """The ONNX file TensorRT parses, and what was derived from the user's model (``None``: parsed as is)."""
+    if plan.path != IMPLICIT:
+        from trtq.trt.explicit import strongly_typed_model
 
-    typed = strongly_typed_model(model, int8=plan.int8, fp16=plan.fp16, amax=ranges.amax if ranges else None,
-                                 keep_precision=options.keep_precision,
-                                 ranges_source=ranges.origin if ranges else "trtq's ranges")
-    for note in typed.notes:
-        echo(f"trtq: note: {note}")
-    for warning in typed.warnings:
-        echo(f"trtq: warning: {warning}")
-    if typed.variant == "original":
-        return original, None, ranges
-    path = typed.save(workdir / f"{Path(model.path).stem}.{typed.variant.replace('+', '-')}.onnx")
-    derived = {"variant": typed.variant, "sha256": sha256_file(path), "notes": typed.notes}
-    return path, derived, ranges
+        typed = strongly_typed_model(model, int8=plan.int8, fp16=plan.fp16, amax=ranges.amax if ranges else None,
+                                     keep_precision=options.keep_precision,
+                                     ranges_source=ranges.origin if ranges else "trtq's ranges")
+        for note in typed.notes:
+            echo(f"trtq: note: {note}")
+        for warning in typed.warnings:
+            echo(f"trtq: warning: {warning}")
+        if typed.variant != "original":
+            stem = Path(model.path).stem if model.path is not None else "model"
+            path = typed.save(workdir / f"{stem}.{typed.variant.replace('+', '-')}.onnx")
+            return path, {"variant": typed.variant, "sha256": sha256_file(path), "notes": typed.notes}
+    if model.path is not None:
+        return Path(model.path), None
+    return _save_proto(model.proto, workdir / "model.onnx"), None
 
 
 def _save_proto(proto, path: Path) -> Path:
@@ -464,14 +496,14 @@ def _manifest(model: Model, options: BuildOptions, info: TensorRTInfo, plan: Bui
                 calibration.update({"quantile": calibrator.quantile, "regression_cutoff": calibrator.regression_cutoff})
         elif ranges is not None:
             calibration.update({"ranges": ranges.origin, "tensors": len(ranges.amax)})
-            if plan.path == IMPLICIT:
-                calibration["served_header"] = f"TRT-{version_code(info.patch_version)}-EntropyCalibration2"
+            if calibrator is not None:  # 10.x: served to TensorRT as an entropy2 cache
+                calibration["served_header"] = calibrator.expected_header
         if options.cache_path is not None and options.cache_path.is_file():
             calibration["cache_sha256"] = sha256_file(options.cache_path)
         if plan.calibrator == "percentile":
             calibration["percentile"] = options.percentile
     data = None
-    if batches is not None and (plan.source == "trtq" and ranges is not None and ranges.computed
+    if batches is not None and (ranges is not None and ranges.computed
                                 or calibrator is not None and calibrator.batches_served):
         data = {"description": getattr(batches, "description", None)}
         if hasattr(batches, "provenance"):
@@ -502,14 +534,12 @@ def _manifest(model: Model, options: BuildOptions, info: TensorRTInfo, plan: Bui
 
 
 def _write_outputs(engine_path: Path, manifest_path: Path, serialized: bytes, manifest: dict) -> None:
-    """Engine and manifest land together or not at all."""
+    """Both files are written in full to temporary files first; then the old manifest goes, the engine
+    is renamed into place and the manifest last. Whatever stops it, a manifest on disk describes the
+    engine beside it (at worst a new engine has no manifest yet), and neither is ever half-written."""
     text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
-    with atomic_path(engine_path) as engine_tmp, atomic_path(manifest_path) as manifest_tmp:
-        engine_tmp.write_bytes(serialized)
+    with atomic_path(manifest_path) as manifest_tmp:
         manifest_tmp.write_text(text)
-
-
-def _save_trtq_cache(ranges: TrtqRanges, options: BuildOptions, info: TensorRTInfo) -> None:
-    from trtq.cache import write_cache
-
-    write_cache(options.cache_path, cache_from_amax(ranges.amax, options.calibrator, trt_version=info.patch_version))
+        with atomic_path(engine_path) as engine_tmp:
+            engine_tmp.write_bytes(serialized)
+            manifest_path.unlink(missing_ok=True)

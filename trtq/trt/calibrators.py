@@ -31,6 +31,7 @@ import numpy as np
 from trtq.cache import ALGORITHM_NAMES, parse_cache, version_code
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_write
+from trtq.trt import CALIBRATOR_CLASSES, probe
 from trtq.trt.cuda import CudaBackend, DeviceBuffers
 
 Batch = Mapping[str, np.ndarray]
@@ -92,8 +93,7 @@ class CalibratorCore:
         if batches is not None and backend is None:
             raise TrtqError("calibration batches need a CUDA backend to reach the GPU")
         self.algorithm = algorithm
-        self.header_algorithm = ALGORITHM_NAMES[algorithm]
-        self.version_code = version_code(trt_version)
+        self.expected_header = expected_header(trt_version, algorithm)
         self.cache_path = Path(cache_path) if cache_path else None
         self.served_cache = served_cache
         self.quantile = float(quantile)
@@ -110,10 +110,6 @@ class CalibratorCore:
         self.samples_served = 0
         self.cache_used = False
         self.cache_written = False
-
-    @property
-    def expected_header(self) -> str:
-        return f"TRT-{self.version_code}-{self.header_algorithm}"
 
     def _next_full_batch(self) -> Batch | None:
         """The next batch, skipping a last partial one: TensorRT calibrates at one fixed shape."""
@@ -234,7 +230,9 @@ class CalibratorCore:
 
 
 def _base_classes(trt: ModuleType) -> dict[str, type]:
-    """The real TensorRT base class per trtq calibrator name (TensorRT 10.x only)."""
+    """The real TensorRT base class per trtq calibrator name (TensorRT 10.x only): the classes that
+    :data:`trtq.trt.CALIBRATOR_CLASSES` names, spelled out as ``trt.X`` so that the API-conformance
+    scanner (tests/trt_api_checks.py) checks each one against the real bindings."""
     return {
         "entropy2": trt.IInt8EntropyCalibrator2,
         "entropy": trt.IInt8EntropyCalibrator,
@@ -251,8 +249,8 @@ def calibrator_class(trt: ModuleType, algorithm: str) -> type:
     key = (id(trt), algorithm)
     if key in _classes:
         return _classes[key]
-    if algorithm not in ALGORITHM_NAMES:
-        raise TrtqError(f"TensorRT has no '{algorithm}' calibrator (choose from {', '.join(ALGORITHM_NAMES)})")
+    if algorithm not in CALIBRATOR_CLASSES:
+        raise TrtqError(f"TensorRT has no '{algorithm}' calibrator (choose from {', '.join(CALIBRATOR_CLASSES)})")
     try:
         base = _base_classes(trt)[algorithm]
     except AttributeError as exc:
@@ -272,5 +270,5 @@ def calibrator_class(trt: ModuleType, algorithm: str) -> type:
 
 def make_calibrator(trt: ModuleType, algorithm: str, **options) -> CalibratorCore:
     """A calibrator instance for ``algorithm``; ``options`` are those of :meth:`CalibratorCore._setup`."""
-    options.setdefault("trt_version", ".".join(str(trt.__version__).split(".")[:3]))
+    options.setdefault("trt_version", probe(trt).patch_version)
     return calibrator_class(trt, algorithm)(**options)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from trtq.errors import MissingDependencyError, TrtqError
+from trtq.errors import MissingDependencyError, TrtqError, first_line
 
 BACKENDS = ("cuda-python", "pycuda")
 _NO_GPU_CODES = {
@@ -49,10 +49,6 @@ def _no_gpu_or_error(what: str, code: str, description: str) -> CudaError:
 def _version_text(code: int) -> str:
     """CUDA's integer versions (12040) as text (12.4)."""
     return f"{code // 1000}.{(code % 1000) // 10}" if code else "none"
-
-
-def _host_bytes(host_array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(host_array)
 
 
 def _writable_host(host_array: np.ndarray) -> np.ndarray:
@@ -162,7 +158,7 @@ class CudaPythonBackend(CudaBackend):
         self._call("cudaFree", self.rt.cudaFree(int(ptr)))
 
     def memcpy_htod(self, dst_ptr: int, host_array: np.ndarray, stream: int | None = None) -> None:
-        host = _host_bytes(host_array)
+        host = np.ascontiguousarray(host_array)
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
         if stream is None:
             self._call("cudaMemcpy", self.rt.cudaMemcpy(int(dst_ptr), host.ctypes.data, host.nbytes, kind))
@@ -299,7 +295,7 @@ class PycudaBackend(CudaBackend):
         self._call("DeviceAllocation.free", allocation.free)
 
     def memcpy_htod(self, dst_ptr: int, host_array: np.ndarray, stream: int | None = None) -> None:
-        host = _host_bytes(host_array)
+        host = np.ascontiguousarray(host_array)
         if stream is None:
             self._call("memcpy_htod", self.driver.memcpy_htod, int(dst_ptr), host)
         else:
@@ -411,8 +407,8 @@ def _import_first(modules: tuple[str, ...], package: str, extra: str) -> Any:
             raise CudaError(f"{package} cannot load the CUDA driver ({exc}); {NO_GPU_HINT}") from exc
     if isinstance(last, ModuleNotFoundError) and (last.name or "").startswith(root):
         raise MissingDependencyError(package, extra, "moving data to the GPU") from last
-    first = (str(last).strip().splitlines() or ["import failed"])[0]
-    raise CudaError(f"{package} is installed but cannot be loaded ({first}); {NO_GPU_HINT}") from last
+    raise CudaError(f"{package} is installed but cannot be loaded ({first_line(last, 'import failed')}); "
+                    f"{NO_GPU_HINT}") from last
 
 
 _FACTORIES = {"cuda-python": CudaPythonBackend, "pycuda": PycudaBackend}
@@ -452,9 +448,6 @@ class DeviceBuffers:
         ptr = self.backend.malloc(max(int(nbytes), 1))
         self._buffers[name] = (ptr, int(nbytes))
         return ptr
-
-    def __len__(self) -> int:
-        return len(self._buffers)
 
     def close(self) -> None:
         errors = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from trtq.errors import TrtqError
+from trtq.errors import TrtqError, first_line
 from trtq.fileio import atomic_write
 from trtq.shapes import Shape
 from trtq.trt import NO_GPU_HINT
@@ -44,7 +44,9 @@ class LogCollector:
             self.echo(f"tensorrt: [{name.lower()}] {msg}")
 
     def last_error(self) -> str | None:
-        return self.errors[-1].strip().splitlines()[0] if self.errors else None
+        """The first line of the last error TensorRT logged (its messages can carry long dumps)."""
+        lines = self.errors[-1].strip().splitlines() if self.errors else []
+        return lines[0] if lines else None
 
 
 def logger_class(trt: ModuleType) -> type:
@@ -65,7 +67,7 @@ def create_builder(trt: ModuleType, logger):
     try:
         builder = trt.Builder(logger)
     except (TypeError, RuntimeError) as exc:
-        detail = logger.last_error() or str(exc).strip().splitlines()[-1]
+        detail = logger.last_error() or first_line(exc)
         raise TrtqError(
             f"TensorRT {version} could not create a builder ({detail}): no usable NVIDIA GPU or driver; "
             f"{NO_GPU_HINT}"
@@ -111,10 +113,6 @@ class ProfileShapes:
     min: Mapping[str, Shape]
     opt: Mapping[str, Shape]
     max: Mapping[str, Shape]
-
-    def as_dict(self) -> dict:
-        return {name: {"min": list(self.min[name]), "opt": list(self.opt[name]), "max": list(self.max[name])}
-                for name in self.opt}
 
 
 def check_profile_against_network(inputs: Mapping[str, tuple[int, ...]], shapes: ProfileShapes) -> None:

@@ -39,16 +39,27 @@ class StronglyTypedModel:
         return path
 
 
+def _is_pattern(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def name_matches(pattern: str, name: str, outputs: list[str]) -> bool:
+    """The ``--keep-precision`` rule, for ONNX nodes here and TensorRT layers on 10.x: a node/layer
+    matches by its own name or by the name of a tensor it produces; ``*``, ``?`` and ``[...]`` are wildcards."""
+    if not _is_pattern(pattern):
+        return pattern == name or pattern in outputs
+    return fnmatch.fnmatchcase(name, pattern) or any(fnmatch.fnmatchcase(o, pattern) for o in outputs)
+
+
 def expand_names(model: Model, patterns: list[str]) -> list[str]:
     """Node names for ``patterns`` (node or output-tensor names, ``*``/``?`` wildcards allowed)."""
     names: list[str] = []
     for pattern in patterns:
-        if not any(ch in pattern for ch in "*?["):
+        if not _is_pattern(pattern):
             names.append(pattern)
             continue
         hits = [node.name or next((o for o in node.output if o), "") for node in model.graph.node
-                if fnmatch.fnmatchcase(node.name, pattern)
-                or any(fnmatch.fnmatchcase(o, pattern) for o in node.output if o)]
+                if name_matches(pattern, node.name, [o for o in node.output if o])]
         if not hits:
             raise TrtqError(f"--keep-precision: no node or tensor matches '{pattern}'")
         names.extend(hits)

@@ -6,14 +6,12 @@ that every ``trt.*`` name used below exists in the 10.16 bindings.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from types import ModuleType
 
 from trtq.errors import TrtqError
 from trtq.shapes import Shape
-
-KEEP_PRECISIONS = ("fp16", "fp32")
+from trtq.trt.explicit import name_matches
 
 
 def set_precision_flags(trt: ModuleType, config, *, fp16: bool, int8: bool) -> None:
@@ -56,7 +54,7 @@ def apply_keep_precision(trt: ModuleType, network, config, rules: Mapping[str, s
         layer = network.get_layer(index)
         outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
         for key, precision in rules.items():
-            if not _matches(key, layer.name, [tensor.name for tensor in outputs]):
+            if not name_matches(key, layer.name, [tensor.name for tensor in outputs]):
                 continue
             float_outputs = [i for i, tensor in enumerate(outputs) if tensor.dtype in floats]
             if not float_outputs:
@@ -77,9 +75,3 @@ def apply_keep_precision(trt: ModuleType, network, config, rules: Mapping[str, s
     else:
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
     return matched
-
-
-def _matches(key: str, layer_name: str, tensor_names: list[str]) -> bool:
-    if any(ch in key for ch in "*?["):
-        return fnmatch.fnmatchcase(layer_name, key) or any(fnmatch.fnmatchcase(n, key) for n in tensor_names)
-    return key == layer_name or key in tensor_names

@@ -91,7 +91,8 @@ class BuildProgress:
 
 
 class PlainProgress(BuildProgress):
-    """The same bookkeeping without a TensorRT base class (tests, and TensorRT without a monitor)."""
+    """The same bookkeeping without a TensorRT base class, for tests (a TensorRT without
+    ``IProgressMonitor`` gets a :class:`Spinner` instead)."""
 
     def __init__(self, **options) -> None:
         self._setup(**options)
