@@ -9,7 +9,6 @@ layers, and trtq's statistics reproduce trtexec's printed summary from trtexec's
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -21,27 +20,14 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from trtq.cli import cli
-from trtq.errors import TrtqError
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def trt():
-    """The tensorrt module on a machine with a usable GPU, or a skip saying what is missing."""
-    if importlib.util.find_spec("tensorrt") is None:
-        pytest.skip("TensorRT is not installed (pip install 'trtq[trt]')")
-    from trtq.trt import import_tensorrt
-    from trtq.trt.cuda import get_backend
-
-    try:
-        module = import_tensorrt()
-        get_backend().device_info()
-        if module.Builder(module.Logger(module.Logger.ERROR)) is None:
-            pytest.skip("TensorRT cannot create a builder here")
-    except (TrtqError, TypeError, RuntimeError) as exc:
-        pytest.skip(f"no usable TensorRT/GPU here: {exc}")
-    return module
+def trt(tensorrt_gpu):
+    """The tensorrt module on a machine with a usable GPU (tests/trt_api_env.py skips with the reason)."""
+    return tensorrt_gpu[0]
 
 
 def _tiny_onnx() -> bytes:

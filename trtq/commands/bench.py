@@ -41,13 +41,13 @@ def _measure(engine_path: str, settings, cuda_graph: bool | None, transfers: boo
     from trtq.errors import MissingDependencyError, TrtqError
     from trtq.report.engine import EngineLoadError
     from trtq.report.gpu_bench import run_gpu_bench
-    from trtq.trt import import_tensorrt
+    from trtq.trt import import_tensorrt, probe
     from trtq.trt.cuda import CudaError
 
     trt = None
     try:
         trt = import_tensorrt("trtq bench's own GPU measurement")
-        _with_trtexec_defaults(settings, int(str(trt.__version__).split(".")[0]), cuda_graph, transfers)
+        _with_trtexec_defaults(settings, probe(trt).major, cuda_graph, transfers)
         ours = run_gpu_bench(
             engine_path,
             settings,
