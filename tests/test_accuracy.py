@@ -21,6 +21,7 @@ from trtq.accuracy.methods import method_thresholds
 from trtq.cache import cache_from_amax, write_cache
 from trtq.calibrate import calibrate
 from trtq.cli import cli
+from trtq.errors import TrtqError
 from trtq.export import compare_outputs, export_qdq
 from trtq.model import load_model
 from trtq.ranges import entropy2_amax
@@ -211,6 +212,26 @@ def test_csv_labels_only_for_image_folders(tmp_path):
     (tmp_path / "l.csv").write_text("file,label\na.png,1\nb.png,x\n")
     with pytest.raises(Exception, match="row 2 is not 'file,label'"):
         read_labels(tmp_path / "l.csv")
+
+
+@pytest.mark.parametrize("label", ["--5", "1.5", "\u00b2"])  # "--5" and a superscript 2 once passed as integers
+def test_csv_label_that_is_not_an_integer_is_a_one_line_error(tmp_path, label):
+    (tmp_path / "l.csv").write_text(f"file,label\na.png,1\nb.png,{label}\n", encoding="utf-8")
+    with pytest.raises(TrtqError, match="row 2 is not 'file,label' with an integer label"):
+        read_labels(tmp_path / "l.csv")
+
+
+def test_csv_without_header_keeps_its_first_row_whatever_follows_the_label(tmp_path):
+    (tmp_path / "l.csv").write_text("a.png,1,checked by hand\nb.png,7\n")
+    assert read_labels(tmp_path / "l.csv").by_file == {"a.png": 1, "b.png": 7}
+
+
+def test_missing_or_corrupt_labels_files_are_one_line_errors(tmp_path):
+    with pytest.raises(TrtqError, match="labels file not found: "):
+        read_labels(tmp_path / "missing.npy")
+    (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<i8'")  # a header cut short
+    with pytest.raises(TrtqError, match=r"cannot read labels .*cut.npy as a .npy file"):
+        read_labels(tmp_path / "cut.npy")
 
 
 # --- calibrate --compare-methods ------------------------------------------------------------------------------

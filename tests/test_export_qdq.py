@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtq.errors import TrtqError
 from trtq.export import compare_outputs, export_qdq, plan_qdq, weight_scales
+from trtq.export.compare import compare_runs
 from trtq.model import Model, load_model
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -367,6 +368,19 @@ def test_conv_transpose_weights_are_per_channel_on_axis_1():
     run(result.model, {"x": rng.standard_normal((1, 4, 5, 5)).astype(np.float32)})
 
 
+def test_a_weight_onnxruntime_cannot_compute_is_a_one_line_error():
+    """A MatMul weight produced by an op onnxruntime does not know: the error names the weight, in one line."""
+    nodes = [helper.make_node("Scramble", ["w"], ["w_scrambled"], name="scramble", domain="example.custom"),
+             helper.make_node("MatMul", ["x", "w_scrambled"], ["y"], name="mm")]
+    model = _model(nodes, [_vi("x", [1, 4])], [_vi("y", [1, 3])], {"w": np.ones((4, 3), np.float32)})
+    model.proto.opset_import.append(helper.make_opsetid("example.custom", 1))
+    with pytest.raises(TrtqError) as info:
+        export_qdq(model, {"x": 1.0})
+    message = str(info.value)
+    assert message.startswith("cannot compute the constant weight 'w_scrambled' from initializers: ")
+    assert "\n" not in message and "Scramble" in message
+
+
 def test_attention_matmul_quantizes_both_activations():
     model = _model([helper.make_node("MatMul", ["q", "k"], ["scores"], name="bmm1"),
                     helper.make_node("Softmax", ["scores"], ["p"], name="softmax", axis=-1),
@@ -458,3 +472,25 @@ def test_digits_script_regenerates_the_committed_files(tmp_path):
         np.testing.assert_allclose(numpy_helper.to_array(new), numpy_helper.to_array(old), rtol=1e-4, atol=1e-5)
     with np.load(tmp_path / "digits_split.npz") as new, np.load(DATA / "digits_split.npz") as old:
         assert all(np.array_equal(new[k], old[k]) for k in old.files)
+
+
+def test_agreement_numbers_over_batches_match_numpy_on_the_whole_data():
+    """The running sums give what numpy computes on all outputs at once (batches of different sizes)."""
+    rng = np.random.default_rng(7)
+    reference = rng.standard_normal((23, 10))
+    exported = reference + rng.normal(scale=0.3, size=reference.shape)
+    exported[5] = -reference[5]  # one sample far off: the worst per-sample cosine is -1
+    feeds = [{"rows": np.arange(start, stop)} for start, stop in ((0, 8), (8, 9), (9, 23))]
+    (row,) = compare_runs(lambda feed: [reference[feed["rows"]]], {"x": lambda feed: [exported[feed["rows"]]]},
+                          ["out"], feeds)["x"]
+    diff = reference - exported
+    assert row.samples == 23
+    assert row.cosine == pytest.approx(np.sum(reference * exported) / np.linalg.norm(reference)
+                                       / np.linalg.norm(exported))
+    per_sample = np.sum(reference * exported, axis=1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(
+        exported, axis=1)
+    assert row.min_sample_cosine == pytest.approx(per_sample.min()) == pytest.approx(-1.0)
+    assert row.sqnr_db == pytest.approx(10 * np.log10(np.sum(reference**2) / np.sum(diff**2)))
+    assert row.max_abs_error == pytest.approx(np.abs(diff).max())
+    assert row.mean_abs_error == pytest.approx(np.abs(diff).mean())
+    assert row.top1_agreement == pytest.approx(np.mean(reference.argmax(1) == exported.argmax(1)))

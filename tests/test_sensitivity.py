@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 from trtq.accuracy import SensitivityAnalysis, build_switchable, quantization_error
 from trtq.accuracy.evaluate import fake_quant_session
@@ -18,8 +20,9 @@ from trtq.cache import cache_from_amax, write_cache
 from trtq.calibrate import calibrate
 from trtq.capture import with_extra_outputs
 from trtq.cli import cli
+from trtq.errors import TrtqError
 from trtq.export import compare_outputs, export_qdq, read_name_list
-from trtq.model import load_model
+from trtq.model import Model, load_model
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -182,3 +185,27 @@ def test_keep_out_needs_a_target(mnist, tmp_path):
                / "calib_data" / "mnist", "--keep-out", tmp_path / "keep.txt")
     assert run.exit_code == 2 and "--keep-out needs a target" in run.stderr
     assert not (tmp_path / "keep.txt").exists()
+
+
+def test_max_drop_without_labels_or_classes_is_refused_before_the_ranking(tmp_path):
+    """A one-value regression output has no top-1 to drop: the command says so before any ranking run."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="regress")], "regression",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+        [numpy_helper.from_array(rng.standard_normal((8, 1)).astype(np.float32), "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    x = rng.standard_normal((16, 8)).astype(np.float32)
+    analysis = SensitivityAnalysis(Model(proto), {"x": float(np.abs(x).max())}, [{"x": x}])
+    with pytest.raises(TrtqError, match="--max-drop needs --labels or an output with class scores"):
+        analysis.check_target(None, 1.0)
+    analysis.check_target(20.0, None)  # an SQNR target needs no classes
+    onnx.save(proto, tmp_path / "regression.onnx")
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "r.json").write_text(json.dumps({"tensors": {"x": {"amax": float(np.abs(x).max())}}}))
+    run = trtq("sensitivity", tmp_path / "regression.onnx", "--ranges", tmp_path / "r.json", "--data",
+               tmp_path / "x.npy", "--max-drop", 1, "--json", tmp_path / "s.json")
+    assert run.exit_code == 2 and "--max-drop needs --labels or an output with class scores" in run.stderr
+    assert "INT8 sensitivity on" not in run.stdout and not (tmp_path / "s.json").exists()

@@ -22,7 +22,7 @@ from trtq.capture import with_extra_outputs
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import OutputAgreement, QdqExport, export_qdq
-from trtq.export.compare import Run, compare_runs, fake_quant_session
+from trtq.export.compare import Run, compare_runs, fake_quant_session, session_runner
 from trtq.model import Model
 from trtq.stats import StatsCollector
 
@@ -116,25 +116,13 @@ class _Predictions:
         return result
 
 
-def session_runner(session, names: Sequence[str], extra_feed: Mapping[str, np.ndarray] | None = None) -> Run:
-    """``feed -> outputs`` for ``names``; ``extra_feed`` adds fixed inputs (e.g. layer switches)."""
-    inputs = [i.name for i in session.get_inputs()]
-    extra = dict(extra_feed or {})
-
-    def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        values = {name: feed[name] for name in inputs if name in feed}
-        values.update(extra)
-        return session.run(list(names), values)
-
-    return run
-
-
 class CapturingRunner:
     """Runs a float model and folds chosen tensors of each batch into |x| statistics on the way.
 
     The tensors become extra outputs of the same run, so the statistics of the evaluation data cost
     no extra pass; graph inputs are taken from the feed. ``extra_feed`` adds fixed inputs (the layer
-    switches of a switchable model, all off).
+    switches of a switchable model, all off). Its :attr:`session` also serves plain runs of the model:
+    the extra outputs are intermediate tensors the model computes anyway.
     """
 
     def __init__(self, proto: onnx.ModelProto, names: Sequence[str], tensors: Iterable[str],
@@ -144,14 +132,11 @@ class CapturingRunner:
         self.input_names = {i.name for i in proto.graph.input}
         self.fetched = [t for t in self.tensors if t not in self.input_names and t not in self.names]
         self.session = fake_quant_session(with_extra_outputs(proto, self.fetched))
-        self.session_inputs = [i.name for i in self.session.get_inputs()]
         self.extra_feed = dict(extra_feed or {})
         self.stats = StatsCollector(self.tensors)
 
     def __call__(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        values = {name: feed[name] for name in self.session_inputs if name in feed}
-        values.update(self.extra_feed)
-        results = self.session.run([*self.names, *self.fetched], values)
+        results = session_runner(self.session, [*self.names, *self.fetched], self.extra_feed)(feed)
         outputs = results[: len(self.names)]
         captured = dict(zip(self.fetched, results[len(self.names):], strict=True))
         for name in self.tensors:
@@ -196,7 +181,7 @@ def compare_candidates(
     accuracy: dict = {}
     if predictions is not None:
         samples = predictions.samples
-        truth = labels_for_fed(labels, source if isinstance(source, BatchSource) else None, samples)
+        truth = labels_for_fed(labels, source, samples)
         accuracy = predictions.accuracy(truth)
         reference_accuracy = accuracy[None]
     outcomes = {key: Outcome(per, accuracy.get(key), names[index]) for key, per in rows.items()}
@@ -222,17 +207,7 @@ class Evaluation:
 
     def document(self) -> dict:
         """The ``--json`` document (accuracy present with labels; SQNR null when outputs are identical)."""
-        outputs = {
-            r.name: {
-                "cosine": r.cosine,
-                "min_sample_cosine": r.min_sample_cosine,
-                "sqnr_db": r.sqnr_db if math.isfinite(r.sqnr_db) else None,
-                "max_abs": r.max_abs_error,
-                "mean_abs": r.mean_abs_error,
-                "top1_agreement": r.top1_agreement,
-            }
-            for r in self.outcome.rows
-        }
+        outputs = {r.name: r.document() for r in self.outcome.rows}
         document: dict = {"samples": self.samples, "outputs": outputs}
         if self.comparison.reference_accuracy is not None:
             document["accuracy"] = {"fp32": self.comparison.reference_accuracy, "int8": self.outcome.accuracy}

@@ -19,6 +19,7 @@ of a pass by :func:`labels_for_fed`; any mismatch is a one-line :class:`TrtqErro
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from trtq.data import ArraySource, BatchSource, ImageFolderSource
 from trtq.data.images import list_files
 from trtq.errors import TrtqError
+from trtq.fileio import read_input_bytes, read_input_text
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,6 @@ def read_labels(path: str | os.PathLike | None, from_folders: bool = False) -> L
     if path is None:
         return None
     file = Path(path)
-    if not file.is_file():
-        raise TrtqError(f"labels file not found: {file}")
     suffix = file.suffix.lower()
     if suffix == ".npy":
         return Labels(str(file), by_index=_read_npy(file))
@@ -60,9 +60,10 @@ def read_labels(path: str | os.PathLike | None, from_folders: bool = False) -> L
 
 
 def _read_npy(file: Path) -> np.ndarray:
+    data = read_input_bytes(file, "labels file")
     try:
-        values = np.load(file, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        values = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
         raise TrtqError(f"cannot read labels {file} as a .npy file ({type(exc).__name__})") from exc
     values = np.asarray(values)
     if values.ndim == 2 and values.shape[1] == 1:
@@ -77,12 +78,9 @@ def _read_npy(file: Path) -> np.ndarray:
 
 
 def _read_csv(file: Path) -> dict[str, int]:
-    try:
-        with open(file, newline="", encoding="utf-8") as fh:
-            rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
-    except UnicodeDecodeError as exc:
-        raise TrtqError(f"labels {file} is not UTF-8 text") from exc
-    if rows and not _is_int(rows[0][-1]):  # a header line
+    text = read_input_text(file, "labels file")
+    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(cell.strip() for cell in row)]
+    if rows and not _is_int(rows[0][1] if len(rows[0]) > 1 else ""):  # a header line
         rows = rows[1:]
     mapping: dict[str, int] = {}
     for number, row in enumerate(rows, start=1):
@@ -98,14 +96,17 @@ def _read_csv(file: Path) -> dict[str, int]:
 
 
 def _is_int(text: str) -> bool:
-    text = text.strip()
-    return text.lstrip("-").isdigit()
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _folder_classes(files: list[str]) -> dict[str, int]:
     """Class index per top-level sub-folder name."""
     names = sorted({f.split("/", 1)[0] for f in files if "/" in f})
-    if all(n.isdigit() for n in names):
+    if all(n.isdecimal() for n in names):  # what int() reads (isdigit() also takes e.g. superscripts)
         return {n: int(n) for n in names}
     return {n: i for i, n in enumerate(names)}
 

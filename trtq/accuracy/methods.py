@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trtq.accuracy.evaluate import Comparison, Outcome, compare_candidates, fake_quant_session, session_runner
+from trtq.accuracy.evaluate import Comparison, Outcome, compare_candidates
 from trtq.accuracy.figures import METHOD_COLORS
 from trtq.accuracy.labels import Labels
 from trtq.calibrate import compute_ranges
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import export_qdq
+from trtq.export.compare import fake_quant_session, session_runner
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, range_function
 from trtq.stats import StatsCollector, TensorStats

@@ -58,7 +58,9 @@ def report_options(func: F) -> F:
 
 
 def warn(message: str) -> None:
-    click.echo(f"trtq: warning: {message}", err=True)
+    from trtq.data import default_warn
+
+    default_warn(message)
 
 
 def note(message: str) -> None:
@@ -75,10 +77,6 @@ def check_outputs(json_path: str | None, html_path: str | None, plot_dir: str | 
             check_output_path(path)
     if plot_dir:
         check_plot_dir(plot_dir)
-
-
-def ranges_source(cache_path: str | None, ranges_path: str | None) -> str:
-    return f"calibration cache {cache_path}" if cache_path else f"ranges file {ranges_path}"
 
 
 def load_inputs(model_path: str, cache_path: str | None, ranges_path: str | None, exclude: tuple[str, ...],

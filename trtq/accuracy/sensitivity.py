@@ -36,26 +36,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trtq.accuracy.evaluate import (
-    CapturingRunner,
-    Comparison,
-    compare_candidates,
-    fake_quant_session,
-    logits_index,
-    session_runner,
-)
+from trtq.accuracy.evaluate import CapturingRunner, Comparison, compare_candidates, logits_index
 from trtq.accuracy.labels import Labels
 from trtq.accuracy.switch import Layer, SwitchableModel, build_switchable
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import QdqExport, export_qdq
+from trtq.export.compare import session_runner
+from trtq.export.qdq import INT8_MAX
 from trtq.model import Model
 from trtq.stats import StatsCollector, TensorStats
 
 MODES = ("alone", "all-but-one")
 MIN_GAIN_DB = 0.1  # a kept layer must raise the SQNR at least this much (or lower the drop)
 _ALL_INT8 = "\0all-int8"  # a configuration key no node name can take
-INT8_MAX = 127.0
 _STEP_WIDTH = 28
 
 
@@ -72,6 +66,14 @@ class QuantizationError:
         return "clipping" if self.clipping > self.rounding else "rounding"
 
 
+def value_histogram(stats: TensorStats) -> tuple[np.ndarray, np.ndarray]:
+    """The fine |x| histogram without the exact zeros (they quantize exactly and carry no signal):
+    (counts as float64, bin centres)."""
+    counts = stats.hist.astype(np.float64)
+    counts[0] = max(0.0, counts[0] - stats.zeros)
+    return counts, (np.arange(counts.size) + 0.5) * stats.fine_width
+
+
 def quantization_error(stats: TensorStats, amax: float) -> QuantizationError:
     """Clipping vs rounding error of symmetric int8 with range ``amax`` on the values ``stats`` saw.
 
@@ -81,9 +83,7 @@ def quantization_error(stats: TensorStats, amax: float) -> QuantizationError:
     """
     if stats.count == 0 or stats.exponent is None or not amax > 0:
         return QuantizationError(0.0, 0.0, 0.0)
-    counts = stats.hist.astype(np.float64)
-    counts[0] = max(0.0, counts[0] - stats.zeros)
-    centres = (np.arange(counts.size) + 0.5) * stats.fine_width
+    counts, centres = value_histogram(stats)
     beyond = centres > amax
     clipping = float(np.sum(counts[beyond] * (centres[beyond] - amax) ** 2))
     step = amax / INT8_MAX
@@ -173,8 +173,8 @@ def _finite(value: float) -> float | None:
 
 
 class SensitivityAnalysis:
-    """Holds the switchable model, its session, the evaluation batches and their float outputs, so
-    that ranking and every verification step reuse them (the data is read once)."""
+    """Holds the switchable model, its one session, the evaluation batches and their float outputs,
+    so that ranking and every verification step reuse them (the data is read once)."""
 
     def __init__(self, model: Model, amax: Mapping[str, float], batches: Iterable[Mapping[str, np.ndarray]], *,
                  exclude: Iterable[str] = (), labels: Labels | None = None, logits: str | None = None,
@@ -185,14 +185,15 @@ class SensitivityAnalysis:
         self.switchable: SwitchableModel = build_switchable(model.proto, self.export)
         self.names = list(model.output_names)
         self.logits = logits
-        self.session = fake_quant_session(self.switchable.proto)
         # the data is read once; sensitivity works on a small evaluation set held in memory
         self.batches = [dict(feed) for feed in batches]
         if not self.batches:
             raise TrtqError("the data source yielded no batch: nothing to evaluate")
         tensors = [t for layer in self.switchable.layers for t in layer.tensors]
+        # the float reference (all switches off, gathering statistics) and every configuration share one session
         self._capture = CapturingRunner(self.switchable.proto, self.names, tensors,
                                         extra_feed=self.switchable.switches([]))
+        self.session = self._capture.session
         self._reference: dict[int, list[np.ndarray]] = {}
         self._labels = labels
         self._truth: np.ndarray | None = None
@@ -279,6 +280,13 @@ class SensitivityAnalysis:
         comparison = self.evaluate({"step": [n for n in self.switchable.nodes if n not in kept]})
         return self._step(kept, comparison, "step", target_sqnr, max_drop)
 
+    def check_target(self, target_sqnr: float | None, max_drop: float | None) -> None:
+        """Fail before the ranking's runs when :meth:`keep_set` could not measure the target."""
+        if target_sqnr is None and max_drop is None:
+            raise TrtqError("give a target: --target-sqnr DB and/or --max-drop PCT")
+        if max_drop is not None and self._labels is None and not self._has_classes():
+            raise TrtqError("--max-drop needs --labels or an output with class scores (top-1 agreement)")
+
     def keep_set(self, result: SensitivityResult, *, target_sqnr: float | None = None,
                  max_drop: float | None = None) -> SensitivityResult:
         """Greedy from the top of the ranking until the verified model meets the target; fills
@@ -289,10 +297,7 @@ class SensitivityAnalysis:
         others or negligible), so the set stays small. If the ranking runs out first, every
         quantized layer is kept (the float model meets any target).
         """
-        if target_sqnr is None and max_drop is None:
-            raise TrtqError("give a target: --target-sqnr DB and/or --max-drop PCT")
-        if max_drop is not None and self._labels is None and not self._has_classes():
-            raise TrtqError("--max-drop needs --labels or an output with class scores (top-1 agreement)")
+        self.check_target(target_sqnr, max_drop)
         result.target = {"sqnr_db": target_sqnr, "max_drop_points": max_drop}
         if max_drop is not None:
             result.target["drop_measure"] = "top-1 accuracy" if self._labels is not None else "top-1 agreement"

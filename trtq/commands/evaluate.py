@@ -35,9 +35,9 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
       trtq evaluate model.onnx --cache m.cache --data val.npz --exclude @keep.txt
     """
     from trtq.accuracy.evaluate import evaluate_int8, format_accuracy
-    from trtq.accuracy.options import check_outputs, load_inputs, note, ranges_source, warn
+    from trtq.accuracy.options import check_outputs, load_inputs, note, warn
     from trtq.data.options import batches_from_options
-    from trtq.export import format_agreement_table
+    from trtq.export import describe_ranges, format_agreement_table
     from trtq.fileio import atomic_write
 
     figures_wanted = bool(html_path or plot_dir)
@@ -47,7 +47,7 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
     model, amax, names, labels = load_inputs(model_path, cache_path, ranges_path, exclude, labels_path,
                                              labels_from_folders)
     batches = batches_from_options(model, warn=warn, **data_kwargs)
-    source = ranges_source(cache_path, ranges_path)
+    source = describe_ranges(cache_path, ranges_path)
     if not quiet:
         click.echo(f"evaluating {model.name} (INT8 from {source}) on {batches.description}", err=True)
     result = evaluate_int8(model, amax, batches, exclude=names, labels=labels, logits=logits,
@@ -66,7 +66,7 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
     # everything is computed: write the outputs, then print
     if json_path:
         document = {**result.document(), "model": model.name, "ranges": source,
-                    "data": batches.provenance() if hasattr(batches, "provenance") else {}}
+                    "data": batches.provenance()}
         atomic_write(json_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
     if html_path:
         from trtq.accuracy.report import evaluation_html

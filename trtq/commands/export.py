@@ -9,10 +9,6 @@ import click
 from trtq.data.options import data_options
 
 
-def _warn(message: str) -> None:
-    click.echo(f"trtq: warning: {message}", err=True)
-
-
 def _note(message: str) -> None:
     click.echo(f"trtq: note: {message}", err=True)
 
@@ -48,9 +44,11 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
       trtq export model.onnx --qdq --ranges ranges.json --exclude @keep_fp.txt -o model.qdq.onnx
       trtq export model.onnx --fp16 -o model.fp16.onnx
     """
+    from trtq.data import default_warn as warn
     from trtq.errors import TrtqError
     from trtq.export import (
         compare_outputs,
+        describe_ranges,
         export_fp16,
         export_qdq,
         format_agreement_table,
@@ -79,11 +77,10 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
     if compare:
         from trtq.data.options import batches_from_options
 
-        batches = batches_from_options(model, warn=_warn, **data_kwargs)
+        batches = batches_from_options(model, warn=warn, **data_kwargs)
 
     if mode == "qdq":
-        source = f"calibration cache {cache_path}" if cache_path else f"ranges file {ranges_path}"
-        result = export_qdq(model, amax, exclude=names, ranges_source=source)
+        result = export_qdq(model, amax, exclude=names, ranges_source=describe_ranges(cache_path, ranges_path))
         pairs = len(result.plan.points)
         weights = result.weight_tensors
         per_channel = sum(1 for _, axis in weights if axis is not None)
@@ -95,7 +92,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
         summary = (f"{len(result.fp16_nodes)} nodes in float16, {len(result.fp32_nodes)} kept in float32, "
                    f"{result.casts_added} casts; inputs and outputs stay float32")
     for line in result.warnings:
-        _warn(line)
+        warn(line)
     if not quiet:
         for line in result.notes:
             _note(line)

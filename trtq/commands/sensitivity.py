@@ -49,9 +49,10 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
       trtq sensitivity model.onnx --ranges r.json --data val.npz --target-sqnr 30 --keep-out keep.txt
       trtq export model.onnx --qdq --ranges r.json --exclude @keep.txt -o model.qdq.onnx
     """
-    from trtq.accuracy.options import check_outputs, load_inputs, note, ranges_source, warn
+    from trtq.accuracy.options import check_outputs, load_inputs, note, warn
     from trtq.accuracy.sensitivity import SensitivityAnalysis, format_ranking, format_steps, keep_file_text
     from trtq.data.options import batches_from_options
+    from trtq.export import describe_ranges
     from trtq.fileio import atomic_write
 
     if keep_out and target_sqnr is None and max_drop is None:
@@ -64,7 +65,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
     if data_kwargs.get("max_samples") is None:
         data_kwargs["max_samples"] = DEFAULT_SAMPLES
     batches = batches_from_options(model, warn=warn, **data_kwargs)
-    source = ranges_source(cache_path, ranges_path)
+    source = describe_ranges(cache_path, ranges_path)
     if not quiet:
         click.echo(f"sensitivity of {model.name} (INT8 from {source}) on {batches.description}", err=True)
     analysis = SensitivityAnalysis(model, amax, batches, exclude=names, labels=labels, logits=logits,
@@ -76,8 +77,11 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
             note(line)
         runs = len(analysis.layers) + (1 if mode == "alone" else 2)
         click.echo(f"{len(analysis.layers)} INT8 layers, {runs} runs per batch", err=True)
+    wants_keep_set = target_sqnr is not None or max_drop is not None
+    if wants_keep_set:
+        analysis.check_target(target_sqnr, max_drop)  # before the ranking's layers x batches runs
     result = analysis.rank(mode)
-    if target_sqnr is not None or max_drop is not None:
+    if wants_keep_set:
         analysis.keep_set(result, target_sqnr=target_sqnr, max_drop=max_drop)
 
     figures = []
@@ -92,7 +96,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
         atomic_write(keep_out, keep_file_text(result, model.name))
     if json_path:
         document = {**result.document(), "model": model.name, "ranges": source,
-                    "data": batches.provenance() if hasattr(batches, "provenance") else {}}
+                    "data": batches.provenance()}
         atomic_write(json_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
     if html_path:
         from trtq.accuracy.report import sensitivity_html

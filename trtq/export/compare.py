@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +38,19 @@ class OutputAgreement:
     min_sample_cosine: float
     sqnr_db: float
     max_abs_error: float
+    mean_abs_error: float
     top1_agreement: float | None  # fraction of samples whose argmax matches; None for one-class outputs
-    mean_abs_error: float = 0.0
+
+    def document(self) -> dict:
+        """The JSON form (``trtq evaluate --json``, ``trtq run``): SQNR ``None`` when the outputs are identical."""
+        return {
+            "cosine": self.cosine,
+            "min_sample_cosine": self.min_sample_cosine,
+            "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
+            "max_abs": self.max_abs_error,
+            "mean_abs": self.mean_abs_error,
+            "top1_agreement": self.top1_agreement,
+        }
 
 
 class _Accumulator:
@@ -61,21 +72,19 @@ class _Accumulator:
         rows_ref = ref.reshape(ref.shape[0], -1) if ref.ndim >= 1 else ref.reshape(1, 1)
         rows_out = out.reshape(rows_ref.shape)
         diff = rows_ref - rows_out
+        abs_diff = np.abs(diff)
+        # per-sample sums: the per-sample cosine, and (summed) the totals
+        dot, ref_sq, out_sq = (np.sum(rows_ref * rows_out, axis=1), np.sum(rows_ref * rows_ref, axis=1),
+                               np.sum(rows_out * rows_out, axis=1))
         self.samples += rows_ref.shape[0]
-        self.dot += float(np.sum(rows_ref * rows_out))
-        self.ref_sq += float(np.sum(rows_ref * rows_ref))
-        self.out_sq += float(np.sum(rows_out * rows_out))
+        self.dot += float(dot.sum())
+        self.ref_sq += float(ref_sq.sum())
+        self.out_sq += float(out_sq.sum())
         self.err_sq += float(np.sum(diff * diff))
-        if diff.size:
-            abs_diff = np.abs(diff)
-            self.max_abs_error = max(self.max_abs_error, float(abs_diff.max()))
-            self.abs_error_sum += float(abs_diff.sum())
-            self.values += diff.size
-        per_sample = _cosine(
-            np.sum(rows_ref * rows_out, axis=1), np.sum(rows_ref**2, axis=1), np.sum(rows_out**2, axis=1)
-        )
-        if per_sample.size:
-            self.min_sample_cosine = min(self.min_sample_cosine, float(per_sample.min()))
+        self.max_abs_error = max(self.max_abs_error, float(abs_diff.max()))
+        self.abs_error_sum += float(abs_diff.sum())
+        self.values += diff.size
+        self.min_sample_cosine = min(self.min_sample_cosine, float(_cosine(dot, ref_sq, out_sq).min()))
         if ref.ndim >= 1 and ref.shape[-1] > 1:
             classes_ref = ref.reshape(-1, ref.shape[-1]).argmax(axis=1)
             classes_out = out.reshape(-1, out.shape[-1]).argmax(axis=1)
@@ -92,8 +101,8 @@ class _Accumulator:
             sqnr = 10.0 * math.log10(self.ref_sq / self.err_sq)
         top1 = self.top1_same / self.top1_total if self.top1_total else None
         mean_abs = self.abs_error_sum / self.values if self.values else 0.0
-        return OutputAgreement(name, self.samples, cosine, self.min_sample_cosine, sqnr, self.max_abs_error, top1,
-                               mean_abs)
+        return OutputAgreement(name, self.samples, cosine, self.min_sample_cosine, sqnr, self.max_abs_error, mean_abs,
+                               top1)
 
 
 def _cosine(dot: np.ndarray, ref_sq: np.ndarray, out_sq: np.ndarray) -> np.ndarray:
@@ -123,6 +132,21 @@ def fake_quant_session(model: onnx.ModelProto | bytes | str | os.PathLike):
 
 Run = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]  # feed -> outputs, in the order of `names`
 Observer = Callable[[list[np.ndarray], dict[str, list[np.ndarray]]], None]
+
+
+def session_runner(session, names: Sequence[str], extra_feed: Mapping[str, np.ndarray] | None = None) -> Run:
+    """``feed -> outputs`` for ``names``: the feed's entries the session takes, plus ``extra_feed``
+    (fixed inputs, e.g. the layer switches of a switchable model)."""
+    inputs = [i.name for i in session.get_inputs()]
+    names = list(names)
+    extra = dict(extra_feed or {})
+
+    def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        values = {name: feed[name] for name in inputs if name in feed}
+        values.update(extra)
+        return session.run(names, values)
+
+    return run
 
 
 def compare_runs(
@@ -162,12 +186,8 @@ def compare_outputs(
     missing = [n for n in names if n not in exported_names]
     if missing:
         raise TrtqError(f"the exported model lacks output(s) {', '.join(missing)} of the float32 model")
-    input_names = [i.name for i in ref_session.get_inputs()]
-
-    def runner(session) -> Run:
-        return lambda feed: session.run(names, {name: feed[name] for name in input_names if name in feed})
-
-    return compare_runs(runner(ref_session), {"exported": runner(out_session)}, names, batches)["exported"]
+    runs = {"exported": session_runner(out_session, names)}
+    return compare_runs(session_runner(ref_session, names), runs, names, batches)["exported"]
 
 
 def format_agreement_table(rows: Iterable[OutputAgreement], mean_abs: bool = False) -> str:

@@ -37,6 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from trtq.export.graph import (
     NameAllocator,
+    brief_list,
     check_exported,
     node_label,
     outer_scope_names,
@@ -282,8 +283,7 @@ class _Converter:
         for label, reason in self.result.fp32_nodes.items():
             by_reason.setdefault(reason, []).append(label)
         for reason, labels in by_reason.items():
-            shown = ", ".join(labels[:6]) + (f", ... ({len(labels) - 6} more)" if len(labels) > 6 else "")
-            self.result.notes.append(f"kept in float32 ({reason}): {shown}")
+            self.result.notes.append(f"kept in float32 ({reason}): {brief_list(labels)}")
 
 
 def _rename(graph: onnx.GraphProto, renames: dict[str, str]) -> None:

@@ -14,7 +14,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from trtq.errors import TrtqError
+from trtq.errors import TrtqError, first_line
+from trtq.export.compare import fake_quant_session
+from trtq.fileio import atomic_write
 from trtq.model import Model
 
 
@@ -125,16 +127,10 @@ def constant_value(model: Model, tensor: str) -> np.ndarray:
     sub_model = onnx.helper.make_model(sub, opset_imports=list(model.proto.opset_import))
     sub_model.ir_version = model.proto.ir_version if model.proto.ir_version >= 4 else 7
 
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(sub_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return session.run([tensor], {})[0]
+    try:  # the session every other onnxruntime run of the export uses (the subgraph holds no Q/DQ)
+        return fake_quant_session(sub_model).run([tensor], {})[0]
     except Exception as exc:  # an op onnxruntime cannot fold: say which weight
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrtqError(f"cannot compute the constant weight '{tensor}' from initializers: {first}") from exc
+        raise TrtqError(f"cannot compute the constant weight '{tensor}' from initializers: {first_line(exc)}") from exc
 
 
 def upgrade_opset(proto: onnx.ModelProto, current: int, target: int) -> onnx.ModelProto:
@@ -150,10 +146,9 @@ def upgrade_opset(proto: onnx.ModelProto, current: int, target: int) -> onnx.Mod
     try:
         upgraded = version_converter.convert_version(proto, target)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrtqError(
             f"cannot upgrade the model from opset {current} to opset {target} "
-            f"(needed for per-channel DequantizeLinear): {first}"
+            f"(needed for per-channel DequantizeLinear): {first_line(exc)}"
         ) from exc
     if upgraded.ir_version < 7:
         upgraded.ir_version = 7
@@ -196,14 +191,11 @@ def check_exported(proto: onnx.ModelProto, what: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise RuntimeError(f"the {what} model trtq built fails the ONNX checker: {first}") from exc
+        raise RuntimeError(f"the {what} model trtq built fails the ONNX checker: {first_line(exc)}") from exc
 
 
 def save_model(proto: onnx.ModelProto, path) -> None:
     """Write an exported model atomically (never a half-written .onnx)."""
-    from trtq.fileio import atomic_write
-
     if proto.ByteSize() > 2**31 - 1:
         raise TrtqError(
             "the exported model is over 2 GiB; writing ONNX external data is not supported by trtq export yet"
@@ -217,6 +209,13 @@ def node_label(node: onnx.NodeProto) -> str:
         return node.name
     first = next((o for o in node.output if o), "?")
     return f"{node.op_type}->{first}"
+
+
+def brief_list(names: Iterable[str], limit: int = 6) -> str:
+    """``a, b, c, ... (N more)``: how notes and warnings list nodes and tensors without flooding the terminal."""
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def resolve_nodes(graph: onnx.GraphProto, names: Iterable[str], option: str = "--exclude") -> set[int]:

@@ -48,6 +48,7 @@ from trtq.errors import TrtqError
 from trtq.export.graph import (
     GraphIndex,
     NameAllocator,
+    brief_list,
     check_exported,
     constant_value,
     node_label,
@@ -372,12 +373,6 @@ def _opset_for(model: Model, plan: QdqPlan) -> int:
     return QDQ_FLOAT16_OPSET if needs_fp16 else QDQ_OPSET
 
 
-def _brief(names: Iterable[str], limit: int = 6) -> str:
-    names = list(names)
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
 def export_qdq(
     model: Model,
     amax: Mapping[str, float],
@@ -419,7 +414,7 @@ def export_qdq(
         for tensor, nodes in plan.unusable_ranges.items():
             warnings.append(
                 f"range of '{tensor}' is {amax[tensor]!r}, which defines no int8 scale: "
-                f"no Q/DQ for it; kept in float: {_brief(nodes)}"
+                f"no Q/DQ for it; kept in float: {brief_list(nodes)}"
             )
     for label, reason in plan.skipped:
         warnings.append(f"node {label} kept in float: {reason}")
@@ -445,15 +440,15 @@ def export_qdq(
         kept = sorted({n for nodes in plan.missing_ranges.values() for n in nodes})
         notes.append(
             f"{len(kept)} quantizable node(s) kept in float because {len(plan.missing_ranges)} input "
-            f"tensor(s) have no range in {ranges_source}: {_brief(kept)} "
-            f"(tensors: {_brief(plan.missing_ranges)})"
+            f"tensor(s) have no range in {ranges_source}: {brief_list(kept)} "
+            f"(tensors: {brief_list(plan.missing_ranges)})"
         )
     if plan.excluded_nodes:
-        notes.append(f"kept in float as asked (--exclude): {_brief(plan.excluded_nodes)}")
+        notes.append(f"kept in float as asked (--exclude): {brief_list(plan.excluded_nodes)}")
     if unmatched:
         notes.append(
             f"{len(unmatched)} of {len(amax)} names in {ranges_source} are not tensors of this model "
-            f"(ignored): {_brief(unmatched, 3)}"
+            f"(ignored): {brief_list(unmatched, 3)}"
         )
 
     exported = _insert(working, plan, amax)

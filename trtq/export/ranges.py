@@ -27,6 +27,11 @@ def load_amax(cache: str | os.PathLike | None = None, ranges: str | os.PathLike 
     return read_ranges_json(ranges)
 
 
+def describe_ranges(cache: str | os.PathLike | None = None, ranges: str | os.PathLike | None = None) -> str:
+    """How messages name the source :func:`load_amax` reads (``ranges_source`` of the exports)."""
+    return f"calibration cache {cache}" if cache is not None else f"ranges file {ranges}"
+
+
 def split_ranges(amax: dict[str, float]) -> tuple[dict[str, float], list[str]]:
     """Usable ranges (finite and > 0) and the names whose range cannot define a scale."""
     usable = {name: value for name, value in amax.items() if math.isfinite(value) and value > 0}
