@@ -3,8 +3,8 @@
 #
 #   scripts/ci_engines.sh cpu [CONFIG]   calibrate, export and evaluate: any runner, no GPU
 #   scripts/ci_engines.sh gpu [CONFIG]   everything, with build, bench and report: a runner with an NVIDIA
-#                                        GPU and TensorRT; the CPU job's artifacts, when downloaded into the
-#                                        output folder first, are reused (only the engine steps run)
+#                                        GPU and TensorRT; the CPU job's artifacts, downloaded into the output
+#                                        folder first, are reused (calibrate only re-writes the cache header)
 #
 # CONFIG: a trtq.toml, or a pyproject.toml with [tool.trtq] [default: ./trtq.toml, else ./pyproject.toml].
 # Environment:
@@ -38,8 +38,7 @@ args+=(--output "$output" "${mode_args[@]}")
 if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
     args+=(--step-summary "$GITHUB_STEP_SUMMARY")
 fi
-# shellcheck disable=SC2206  # TRTQ_ARGS is split into words on purpose
-extra=(${TRTQ_ARGS:-})
+read -r -a extra <<< "${TRTQ_ARGS:-}"  # split into words, without expanding wildcards
 
 echo "trtq ci ($mode): $python -m trtq ${args[*]} ${extra[*]:-}" >&2
 exec "$python" -m trtq "${args[@]}" ${extra[@]+"${extra[@]}"}

@@ -306,3 +306,37 @@ def test_a_failing_step_exits_4_and_its_dependents_are_skipped(tmp_path):
     assert doc["actions"]["mnist/fp16/export"]["action"] == "ran"
     assert doc["actions"]["mnist/fp16/evaluate"]["action"] == "failed"
     assert "FAILED mnist/statistics: " in result.stdout
+
+
+def test_a_manifest_never_makes_trtq_delete_outside_its_folder(copy_of_demo, tmp_path):
+    """A step entry naming a file outside the output folder (an edited or foreign manifest) is dropped when the
+    manifest is read: the step leaving the config must not delete ``../precious.txt``."""
+    out = copy_of_demo
+    precious = out.parent / "precious.txt"
+    precious.write_text("not trtq's\n")
+    doc = manifest(out)
+    doc["steps"]["gone/fp16/export"] = {"status": "done", "files": ["../precious.txt"]}
+    doc["files"]["../precious.txt"] = {"sha256": sha256_file(precious), "bytes": precious.stat().st_size,
+                                       "step": "gone/fp16/export"}
+    (out / "manifest.json").write_text(json.dumps(doc))
+    result = run_trtq(str(demo_config(tmp_path)), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert precious.read_text() == "not trtq's\n"
+    doc = assert_consistent(out)
+    assert "gone/fp16/export" not in doc["steps"] and "../precious.txt" not in doc["files"]
+    assert all(actions(out)[step] == "reused" for step in CPU_STEPS)
+
+
+def test_a_file_where_an_artifact_folder_goes_fails_the_step_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mnist").write_text("in the way\n")  # where the model's folder goes
+    result = run_trtq(str(demo_config(tmp_path)), "--output", str(out), "--steps", "cpu")
+    assert result.exit_code == 4, result.output
+    doc = manifest(out)
+    for step in ("mnist/statistics", "mnist/fp16/export"):
+        assert doc["actions"][step]["action"] == "failed"
+        assert doc["actions"][step]["reason"].startswith(f"cannot create the folder {out / 'mnist'}")
+    assert doc["actions"]["mnist/fp16/evaluate"]["action"] == "skipped"
+    assert not doc["files"].keys() - {"summary.md"}
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mnist", "summary.md"]  # no staging left

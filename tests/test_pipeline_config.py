@@ -197,3 +197,28 @@ def test_gate_decisions(gate, value, status):
                   "max_latency_ms": value}
     (record,) = check_gates({gate: thresholds[gate]}, evaluation, None)
     assert record["status"] == status
+
+
+def test_nan_and_inf_are_not_numbers_any_option_takes(tmp_path):
+    """TOML has nan and inf; no scale, mean, std, gate or bench setting means them (``trtq calibrate --scale``
+    rejects them too)."""
+    config = tmp_path / "trtq.toml"
+    config.write_text(f"""
+[gates]
+min_sqnr_db = nan
+[bench]
+warmup_ms = inf
+[[models]]
+path = "{MODEL}"
+data = {{ path = "{DIGITS}", scale = nan, mean = [inf], std = -inf }}
+""")
+    result = invoke("run", str(config), "--check")
+    assert result.exit_code == 2
+    assert errors(result) == [
+        f"{config}: gates.min_sqnr_db: expected a finite number, got nan",
+        f"{config}: bench.warmup_ms: expected a finite number, got inf",
+        f"{config}: models[0].data.scale: expected a finite number or a fraction like \"1/255\", got the number nan",
+        f"{config}: models[0].data.mean: expected a list of finite numbers, got the list [inf]",
+        f"{config}: models[0].data.std: expected a list of finite numbers, got the number -inf",
+    ]
+    assert result.stdout == ""

@@ -3,8 +3,6 @@ report where TensorRT and a GPU are present -- into an artifacts folder with a m
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 
@@ -48,6 +46,8 @@ def run(ctx, config_path, output, steps, force, require_gpu, check, step_summary
     """
     from trtq.fileio import check_output_path
     from trtq.pipeline import ConfigError, Interrupted, Pipeline, SignalGuard, load_config, parse_steps, plan
+    from trtq.pipeline.manifest import MANIFEST_NAME
+    from trtq.pipeline.runner import SUMMARY_NAME
 
     echo = (lambda _text: None) if quiet else (lambda text: _err(f"trtq: {text}"))
 
@@ -82,7 +82,7 @@ def run(ctx, config_path, output, steps, force, require_gpu, check, step_summary
         with open(step_summary, "a", encoding="utf-8") as fh:
             fh.write(result.markdown + "\n")
     if not quiet:
-        _err(f"trtq: wrote {Path(result.output) / 'manifest.json'} and {Path(result.output) / 'summary.md'}")
+        _err(f"trtq: wrote {result.output / MANIFEST_NAME} and {result.output / SUMMARY_NAME}")
     ctx.exit(result.exit_code)
 
 

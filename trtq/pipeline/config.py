@@ -16,6 +16,7 @@ from anywhere.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import math
 import re
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trtq.errors import TrtqError
+from trtq.fileio import read_input_bytes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,12 +82,6 @@ class DataConfig:
     labels: Path | None = None
     logits: str | None = None
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-ready record of the declaration (for fingerprints and the manifest)."""
-        return {"path": str(self.path) if self.path else None, "loader_script": self.loader_script,
-                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(self.options.items())},
-                "labels": str(self.labels) if self.labels else None, "logits": self.logits}
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -140,6 +136,8 @@ class PipelineConfig:
     sha256: str
     output: Path
     models: tuple[ModelConfig, ...]
+    # The models the deep check loaded (by model name), so that the run does not load them again.
+    loaded: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def root(self) -> Path:
@@ -163,23 +161,22 @@ def find_config(path: str | None, cwd: Path | None = None) -> Path:
     if toml_path.is_file():
         return toml_path
     pyproject = folder / "pyproject.toml"
-    if pyproject.is_file() and "trtq" in _read_toml(pyproject, str(pyproject)).get("tool", {}):
+    if pyproject.is_file() and "trtq" in _read_toml(pyproject, str(pyproject))[0].get("tool", {}):
         return pyproject
     where = "the current directory" if cwd is None else str(folder)
     raise TrtqError(f"no trtq.toml and no pyproject.toml with a [tool.trtq] table in {where}; "
                     "give the config file: trtq run CONFIG.toml")
 
 
-def _read_toml(path: Path, display: str) -> dict:
+def _read_toml(path: Path, display: str) -> tuple[dict, bytes]:
+    """The parsed document and the bytes it was parsed from (the manifest records their sha256)."""
+    data = read_input_bytes(path, "config file")
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise TrtqError(f"{display}: not valid TOML: {exc}") from exc
+        return tomllib.loads(data.decode("utf-8")), data
     except UnicodeDecodeError as exc:
         raise TrtqError(f"{display}: not UTF-8 text") from exc
-    except OSError as exc:
-        raise TrtqError(f"cannot read {display}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise TrtqError(f"{display}: not valid TOML: {exc}") from exc
 
 
 def load_config(path: str | None = None, *, output: str | None = None, cwd: Path | None = None,
@@ -188,11 +185,9 @@ def load_config(path: str | None = None, *, output: str | None = None, cwd: Path
 
     Raises :class:`ConfigError` listing every problem found.
     """
-    import hashlib
-
     source = find_config(path, cwd)
     display = str(path) if path and not Path(path).is_dir() else str(source)
-    document = _read_toml(source, display)
+    document, data = _read_toml(source, display)
     prefix = ""
     if source.name == "pyproject.toml":
         tool = document.get("tool", {})
@@ -208,8 +203,8 @@ def load_config(path: str | None = None, *, output: str | None = None, cwd: Path
             checker.deep_check(model, warn)
     if checker.problems:
         raise ConfigError(checker.problems)
-    return PipelineConfig(source, display, prefix, hashlib.sha256(source.read_bytes()).hexdigest(),
-                          config.output, config.models)
+    return PipelineConfig(source, display, prefix, hashlib.sha256(data).hexdigest(), config.output, config.models,
+                          checker.loaded)
 
 
 # -- structure -------------------------------------------------------------------------------------------
@@ -229,6 +224,7 @@ class _Checker:
     def __init__(self, display: str, prefix: str, root: Path):
         self.display, self.prefix, self.root = display, prefix, root
         self.problems: list[str] = []
+        self.loaded: dict[str, Any] = {}  # model name -> Model, for the run
 
     # messages
     def problem(self, key: str, reason: str) -> None:
@@ -304,32 +300,25 @@ class _Checker:
         return _Parsed(output, tuple(models))
 
     def precisions(self, table: dict, where: str) -> list[str] | None:
-        values = self.get(table, "precisions", where, "str_list")
-        if values is None:
-            return None
-        key = f"{where}.precisions" if where else "precisions"
-        bad = [v for v in values if v not in PRECISIONS]
-        if bad:
-            self.problem(key, f"unknown precision '{bad[0]}' (choose from {', '.join(PRECISIONS)})")
-            raise _Skip
-        if not values:
-            self.problem(key, "empty: give at least one of fp16, int8, best")
-            raise _Skip
-        return list(dict.fromkeys(values))
+        return self.choice_list(table, "precisions", where, PRECISIONS, "precision")
 
     def calibrators(self, table: dict, where: str) -> list[str] | None:
         from trtq.ranges import METHODS
 
-        values = self.get(table, "calibrators", where, "str_list")
+        return self.choice_list(table, "calibrators", where, METHODS, "calibrator")
+
+    def choice_list(self, table: dict, key: str, where: str, allowed: tuple[str, ...], noun: str) -> list[str] | None:
+        """A non-empty list of ``allowed`` names (duplicates dropped), or None when ``key`` is not set."""
+        values = self.get(table, key, where, "str_list")
         if values is None:
             return None
-        key = f"{where}.calibrators" if where else "calibrators"
-        bad = [v for v in values if v not in METHODS]
+        name = f"{where}.{key}" if where else key
+        bad = [v for v in values if v not in allowed]
         if bad:
-            self.problem(key, f"unknown calibrator '{bad[0]}' (choose from {', '.join(METHODS)})")
+            self.problem(name, f"unknown {noun} '{bad[0]}' (choose from {', '.join(allowed)})")
             raise _Skip
         if not values:
-            self.problem(key, f"empty: give at least one of {', '.join(METHODS)}")
+            self.problem(name, f"empty: give at least one of {', '.join(allowed)}")
             raise _Skip
         return list(dict.fromkeys(values))
 
@@ -340,12 +329,17 @@ class _Checker:
             raise _Skip
         return value
 
+    def table(self, value: Any, where: str, known: tuple[str, ...], expected: str = "a table") -> dict:
+        """``value`` when it is a table (its unknown keys reported), else a problem and :class:`_Skip`."""
+        if not isinstance(value, dict):
+            self.problem(where, f"expected {expected}, got {_describe(value)}")
+            raise _Skip
+        self.unknown_keys(value, known, where)
+        return value
+
     def gates(self, table: Any, where: str) -> dict[str, float | bool]:
         """Thresholds; ``false`` switches a gate off (a model's ``gates.X = false`` drops the top-level X)."""
-        if not isinstance(table, dict):
-            self.problem(where, f"expected a table, got {_describe(table)}")
-            raise _Skip
-        self.unknown_keys(table, tuple(GATE_KEYS), where)
+        self.table(table, where, tuple(GATE_KEYS))
         gates: dict[str, float | bool] = {}
         for key in GATE_KEYS:
             if table.get(key) is False:
@@ -365,10 +359,7 @@ class _Checker:
         return gates
 
     def build(self, table: Any, where: str) -> dict[str, Any]:
-        if not isinstance(table, dict):
-            self.problem(where, f"expected a table, got {_describe(table)}")
-            raise _Skip
-        self.unknown_keys(table, BUILD_KEYS, where)
+        self.table(table, where, BUILD_KEYS)
         out: dict[str, Any] = {}
         workspace = self.safe(lambda: self.get(table, "workspace", where, "str_or_int"))
         if workspace is not None:
@@ -390,10 +381,7 @@ class _Checker:
         return out
 
     def bench(self, table: Any, where: str) -> dict[str, Any]:
-        if not isinstance(table, dict):
-            self.problem(where, f"expected a table, got {_describe(table)}")
-            raise _Skip
-        self.unknown_keys(table, BENCH_KEYS, where)
+        self.table(table, where, BENCH_KEYS)
         out: dict[str, Any] = {}
         for key, kind, minimum in (("warmup_ms", "number", 0), ("duration_s", "number", 0),
                                    ("iterations", "int", 1), ("profile_iterations", "int", 0)):
@@ -473,10 +461,7 @@ class _Checker:
                            gates, build, bench)
 
     def profile(self, table: Any, where: str) -> dict[str, dict[str, tuple[int, ...]]]:
-        if not isinstance(table, dict):
-            self.problem(where, f"expected a table with min, opt, max, got {_describe(table)}")
-            raise _Skip
-        self.unknown_keys(table, ("min", "opt", "max"), where)
+        self.table(table, where, ("min", "opt", "max"), "a table with min, opt, max")
         out = {}
         for key in ("min", "opt", "max"):
             text = self.safe(lambda k=key: self.get(table, k, where, "str"))
@@ -501,13 +486,7 @@ class _Checker:
         return rules
 
     def data_table(self, value: Any, where: str, keys: tuple[str, ...]) -> dict:
-        if isinstance(value, str):
-            return {"path": value}
-        if not isinstance(value, dict):
-            self.problem(where, f"expected a path or a table, got {_describe(value)}")
-            raise _Skip
-        self.unknown_keys(value, keys, where)
-        return value
+        return {"path": value} if isinstance(value, str) else self.table(value, where, keys, "a path or a table")
 
     def data(self, table: dict, where: str) -> DataConfig:
         key = f"{where}.data"
@@ -591,6 +570,8 @@ class _Checker:
 
     def preprocess_values(self, value: dict, key: str) -> dict[str, Any]:
         """resize/crop (N, "HxW" or [H, W]), scale (number or "1/255"), mean/std (list or "a,b,c")."""
+        import click
+
         from trtq.data.options import FloatListType, ScaleType, SizeType
 
         out: dict[str, Any] = {}
@@ -603,36 +584,37 @@ class _Checker:
             elif (_is_kind(raw, "int") and raw > 0) or isinstance(raw, str):
                 try:
                     out[name] = SizeType(single_is_square=square).convert(str(raw), None, None)
-                except Exception:  # click.BadParameter: one line is enough here
+                except click.BadParameter:  # its message names a CLI option: this one names the key
                     self.problem(f"{key}.{name}", f"expected N, \"HxW\" or [H, W] with positive integers, got {raw!r}")
             else:
                 self.problem(f"{key}.{name}", f"expected N, \"HxW\" or [H, W] with positive integers, got {raw!r}")
         if "scale" in value:
             raw = value["scale"]
-            if _is_kind(raw, "number"):
+            if _is_finite(raw):
                 out["scale"] = float(raw)
             elif isinstance(raw, str):
                 try:
                     out["scale"] = ScaleType().convert(raw, None, None)
-                except Exception:
+                except click.BadParameter:
                     self.problem(f"{key}.scale", f"expected a number or a fraction like \"1/255\", got {raw!r}")
             else:
-                self.problem(f"{key}.scale", f"expected a number or a fraction like \"1/255\", got {_describe(raw)}")
+                self.problem(f"{key}.scale", f"expected a finite number or a fraction like \"1/255\", "
+                             f"got {_describe(raw)}")
         for name in ("mean", "std"):
             if name not in value:
                 continue
             raw = value[name]
-            if _is_kind(raw, "number"):
+            if _is_finite(raw):
                 out[name] = (float(raw),)
-            elif isinstance(raw, list) and raw and all(_is_kind(v, "number") for v in raw):
+            elif isinstance(raw, list) and raw and all(_is_finite(v) for v in raw):
                 out[name] = tuple(float(v) for v in raw)
             elif isinstance(raw, str):
                 try:
                     out[name] = FloatListType().convert(raw, None, None)
-                except Exception:
+                except click.BadParameter:
                     self.problem(f"{key}.{name}", f"expected a list of numbers, got {raw!r}")
             else:
-                self.problem(f"{key}.{name}", f"expected a list of numbers, got {_describe(raw)}")
+                self.problem(f"{key}.{name}", f"expected a list of finite numbers, got {_describe(raw)}")
         if "std" in out and any(v == 0 for v in out["std"]):
             self.problem(f"{key}.std", "a standard deviation of 0 divides by zero")
         return out
@@ -647,7 +629,7 @@ class _Checker:
         if not model_config.path.is_file():
             return  # reported already
         try:
-            model = load_model(model_config.path)
+            model = self.loaded[model_config.name] = load_model(model_config.path)
         except TrtqError as exc:
             self.problem(f"{key}.path", str(exc))
             return
@@ -746,6 +728,11 @@ def _is_kind(value: Any, kind: str) -> bool:
     raise ValueError(kind)
 
 
+def _is_finite(value: Any) -> bool:
+    """A TOML number other than inf/nan (which TOML allows and no option means)."""
+    return _is_kind(value, "number") and math.isfinite(value)
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
@@ -754,7 +741,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"the number {value}"
     if isinstance(value, list):
-        return "a list"
+        shown = repr(value)
+        return f"the list {shown}" if len(shown) <= 60 else "a list"
     if isinstance(value, dict):
         return "a table"
     return type(value).__name__

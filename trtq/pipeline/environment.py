@@ -8,6 +8,7 @@ import platform
 from dataclasses import dataclass, field
 
 from trtq import __version__
+from trtq.errors import TrtqError
 
 
 def _version(dist: str) -> str | None:
@@ -58,8 +59,6 @@ def describe_machine(probe_gpu: bool) -> Machine:
     if not probe_gpu:
         return machine
     machine.probed = True
-    from trtq.errors import TrtqError
-
     device_problem = None
     try:
         from trtq.trt.cuda import get_backend

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from trtq.errors import TrtqError
@@ -43,6 +43,14 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def _inside(rel: Any) -> bool:
+    """``rel`` names a path inside the output folder (relative, POSIX, no ``..``)."""
+    if not isinstance(rel, str) or not rel:
+        return False
+    path = PurePosixPath(rel)
+    return not path.is_absolute() and ".." not in path.parts
 
 
 def file_record(path: Path) -> dict[str, Any]:
@@ -85,11 +93,13 @@ class Manifest:
             raise TrtqError(f"{path} is not a trtq run manifest; choose an output folder trtq run owns")
         steps = document.get("steps") if isinstance(document.get("steps"), dict) else {}
         files = document.get("files") if isinstance(document.get("files"), dict) else {}
-        # Keep only well-formed, completed steps; their files come along.
+        # Keep only well-formed, completed steps whose files lie inside the folder (a step's files are
+        # deleted when it runs again or leaves the config); their files come along.
         kept = {k: v for k, v in steps.items() if isinstance(v, dict) and v.get("status") == "done"
-                and isinstance(v.get("files"), list)}
+                and isinstance(v.get("files"), list) and all(_inside(f) for f in v["files"])}
         return cls(folder, {"format": MANIFEST_FORMAT, "steps": kept,
-                            "files": {f: files[f] for v in kept.values() for f in v["files"] if f in files}})
+                            "files": {f: files[f] for v in kept.values() for f in v["files"]
+                                      if isinstance(files.get(f), dict)}})
 
     def save(self) -> None:
         ordered = {key: self.doc[key] for key in _ORDER if key in self.doc}

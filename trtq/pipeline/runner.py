@@ -122,6 +122,11 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _engine_options(model: ModelConfig) -> dict[str, Any]:
+    """The ``[build]`` options that decide the engine: not ``timing_cache``, a path to a cache of timings."""
+    return {k: v for k, v in model.build.items() if k != "timing_cache"}
+
+
 class Pipeline:
     """One ``trtq run``: see the module docstring."""
 
@@ -142,9 +147,11 @@ class Pipeline:
         self.actions: dict[str, dict[str, Any]] = {}
         self.manifest: Manifest | None = None
         self.machine: Machine | None = None
-        self._models: dict[str, Any] = {}
+        self._models: dict[str, Any] = dict(config.loaded)  # loaded by the config check, or on first use
         self._hashes: dict[Path, str] = {}
         self._data: dict[str, dict] = {}
+        self._summary: dict[str, Any] = {}  # what finish() renders: summary.md and the text of RunResult
+        self._markdown = ""
 
     # -- selection -------------------------------------------------------------------------------------------
 
@@ -175,10 +182,10 @@ class Pipeline:
         return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
 
     def data_fingerprint(self, data: DataConfig) -> dict[str, Any]:
-        """Content hash of the data (every file under a data folder, or the script) and its options."""
+        """Content hash of the data (every file under a data folder but hidden ones, or the script) and its
+        options, taken before the data is opened: it decides whether the steps that read the data run."""
         if data.key in self._data:
             return self._data[data.key]
-        described = data.describe()
         if data.path is not None:
             if data.path.is_file():
                 listing = [(data.path.name, self._sha(data.path))]
@@ -191,7 +198,7 @@ class Pipeline:
             script = Path(data.loader_script.rpartition(":")[0])
             source = {"loader_script": f"{self._rel(script)}:{data.loader_script.rpartition(':')[2]}",
                       "sha256": self._sha(script)}
-        record = {**source, "options": described["options"]}
+        record = {**source, "options": dict(sorted(data.options.items()))}
         if data.labels is not None:
             record["labels"] = {"path": self._rel(data.labels), "sha256": self._sha(data.labels)}
             record["logits"] = data.logits
@@ -227,13 +234,19 @@ class Pipeline:
 
         return self.machine.versions.get("tensorrt") or DEFAULT_TRT_VERSION
 
+    def _profile_rel(self, step: Step) -> str | None:
+        """The per-layer profile the variant's bench step wrote, if it wrote one."""
+        bench = self.manifest.entry(f"{step.model.name}/{step.variant.name}/bench")
+        rel = impl.Layout(step.model).profile(step.variant)
+        return rel if bench and rel in bench["files"] else None
+
     def inputs(self, step: Step) -> dict[str, Any]:
+        """The step's input fingerprint (JSON: tuples of dimensions hash as lists)."""
         m, v, layout = step.model, step.variant, impl.Layout(step.model)
         model_sha = self._sha(m.path)
-        shapes = {name: list(dims) for name, dims in m.shapes.items()}
         base = f"{m.name}/{v.name}" if v else m.name
         if step.kind == "statistics":
-            return {"model": model_sha, "data": self.data_inputs(m.data), "shapes": shapes}
+            return {"model": model_sha, "data": self.data_inputs(m.data), "shapes": m.shapes}
         if step.kind == "calibrate":
             return {"statistics": self._file_sha(layout.statistics()), "calibrator": v.calibrator,
                     "percentile": v.percentile, "cache_trt_version": self.cache_trt_version()}
@@ -243,22 +256,18 @@ class Pipeline:
             return {"model": model_sha, "precision": v.precision, "ranges": ranges, "keep_precision": rules}
         if step.kind == "evaluate":
             return {"model": model_sha, "onnx": self._file_sha(layout.onnx(v)), "data": self.data_inputs(m.eval),
-                    "shapes": shapes}
+                    "shapes": m.shapes}
         if step.kind == "build":
-            build = {k: val for k, val in m.build.items() if k != "timing_cache"}
-            profile = {k: {n: list(d) for n, d in s.items()} for k, s in m.profile.items()}
             dynamic = any(not spec.is_static for spec in self.model(m).inputs) and "opt" not in m.profile
             return {"model": model_sha, "precision": v.precision, "calibrator": v.calibrator, "ranges": ranges,
-                    "keep_precision": rules, "profile": profile, "build": build,
+                    "keep_precision": rules, "profile": m.profile, "build": _engine_options(m),
                     "data_shapes": self.data_inputs(m.data) if dynamic else None}
         engine = self._result(f"{base}/build")["engine_sha256"]
         if step.kind == "bench":
-            return {"engine": engine, "bench": {k: ({n: list(d) for n, d in val.items()} if k == "shapes" else val)
-                                                for k, val in m.bench.items()}}
+            return {"engine": engine, "bench": m.bench}
         if step.kind == "report":
-            bench = self.manifest.entry(f"{base}/bench")
-            profile = self._file_sha(layout.profile(v)) if bench and layout.profile(v) in bench["files"] else None
-            return {"engine": engine, "profile": profile, "ranges": ranges}
+            profile = self._profile_rel(step)
+            return {"engine": engine, "profile": self._file_sha(profile) if profile else None, "ranges": ranges}
         raise ValueError(step.kind)
 
     def env(self, step: Step) -> dict[str, Any]:
@@ -341,11 +350,16 @@ class Pipeline:
         records = {rel: file_record(path) for rel, path in files.items()}
         entry = {"kind": step.kind, "model": step.model.name, "variant": step.variant.name if step.variant else None,
                  **parts, "result": result, "seconds": round(seconds, 3), "finished": _now()}
+        try:  # folders first: a file where the model's or variant's folder goes fails the step before any move
+            for rel in files:
+                (self.out / rel).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.fail(step, f"cannot create the folder {exc.filename}: {exc.strerror}")
+            return
         with self.guard.deferred():
             for rel, path in files.items():
-                target = self.out / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, target)
+                os.replace(path, self.out / rel)  # staging is inside the output folder: a rename, never a copy
             self.manifest.record(step.id, entry, records)
             self.manifest.save()
         shutil.rmtree(staging, ignore_errors=True)
@@ -355,19 +369,24 @@ class Pipeline:
         self._drop(step, "failed", message)
         self._act(step, "failed", message)
 
-    def execute(self, step: Step, parts: dict[str, Any], produce: Callable[[Path], tuple[dict, dict]]) -> None:
-        staging = self.begin(step)
+    def execute(self, todo: list[tuple[Step, dict[str, Any]]],
+                produce: Callable[[dict[str, Path]], dict[str, tuple[dict, dict]]]) -> None:
+        """Run steps that are produced together (one step, or a model's evaluations): ``produce`` gets each
+        step's staging folder and returns each step's ``(files, result)``. A :class:`TrtqError` fails them
+        all; anything else (an interruption) leaves their staging folders to :meth:`run`'s cleanup."""
+        stagings = {step.id: self.begin(step) for step, _ in todo}
         started = time.perf_counter()
         try:
-            files, result = produce(staging)
+            produced = produce(stagings)
         except TrtqError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            self.fail(step, str(exc))
+            for step, _ in todo:
+                shutil.rmtree(stagings[step.id], ignore_errors=True)
+                self.fail(step, str(exc))
             return
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        self.commit(step, parts, files, result, time.perf_counter() - started, staging)
+        seconds = (time.perf_counter() - started) / len(todo)
+        for step, parts in todo:
+            files, result = produced[step.id]
+            self.commit(step, parts, files, result, seconds, stagings[step.id])
 
     # -- the steps ----------------------------------------------------------------------------------------
 
@@ -388,10 +407,9 @@ class Pipeline:
             return impl.run_bench(self.out / layout.engine(v), m, v, self.machine.versions["tensorrt"], staging,
                                   layout, self._step_echo(step))
         if step.kind == "report":
-            bench = self.manifest.entry(f"{m.name}/{v.name}/bench")
-            profile = self.out / layout.profile(v) if bench and layout.profile(v) in bench["files"] else None
-            return impl.run_report(self.out / layout.engine(v), profile, v, cache, f"{m.name}/{v.name}", staging,
-                                   layout)
+            profile = self._profile_rel(step)
+            return impl.run_report(self.out / layout.engine(v), self.out / profile if profile else None, v, cache,
+                                   f"{m.name}/{v.name}", staging, layout)
         raise ValueError(step.kind)
 
     def _step_warn(self, step: Step) -> Echo:
@@ -407,26 +425,19 @@ class Pipeline:
             return
         model_config = todo[0][0].model
         layout = impl.Layout(model_config)
-        stagings = {step.id: self.begin(step) for step, _ in todo}
-        started = time.perf_counter()
-        exported = {step.variant: self.out / layout.onnx(step.variant) for step, _ in todo}
-        try:
-            _samples, documents = impl.run_evaluations(self.model(model_config), model_config, exported,
-                                                       self._step_warn(todo[0][0]))
-        except TrtqError as exc:
+
+        def produce(stagings: dict[str, Path]) -> dict[str, tuple[dict, dict]]:
+            exported = {step.variant: self.out / layout.onnx(step.variant) for step, _ in todo}
+            documents = impl.run_evaluations(self.model(model_config), model_config, exported,
+                                             self._step_warn(todo[0][0]))
+            produced = {}
             for step, _ in todo:
-                shutil.rmtree(stagings[step.id], ignore_errors=True)
-                self.fail(step, str(exc))
-            return
-        except BaseException:
-            for staging in stagings.values():
-                shutil.rmtree(staging, ignore_errors=True)
-            raise
-        seconds = (time.perf_counter() - started) / len(todo)
-        for step, parts in todo:
-            rel = layout.evaluation(step.variant)
-            path = impl.write_json(impl.staged(stagings[step.id], rel), documents[step.variant])
-            self.commit(step, parts, {rel: path}, documents[step.variant]["metrics"], seconds, stagings[step.id])
+                rel = layout.evaluation(step.variant)
+                path = impl.write_json(impl.staged(stagings[step.id], rel), documents[step.variant])
+                produced[step.id] = ({rel: path}, documents[step.variant]["metrics"])
+            return produced
+
+        self.execute(todo, produce)
 
     # -- the run ------------------------------------------------------------------------------------------
 
@@ -484,7 +495,7 @@ class Pipeline:
                         continue
                     parts = self.decide(step)
                     if parts is not None:
-                        self.execute(step, parts, lambda staging, s=step: self.produce(s, staging))
+                        self.execute([(step, parts)], lambda stagings, s=step: {s.id: self.produce(s, stagings[s.id])})
             status = "complete"
         except Interrupted:
             status = "interrupted"
@@ -521,10 +532,8 @@ class Pipeline:
             for row in (r for r in variants if r["model"] == m.name):
                 v = next(x for x in m.variants if x.name == row["variant"])
                 options = {"precision": v.precision, "calibrator": v.calibrator, "percentile": v.percentile,
-                           "keep_precision": impl.keep_rules(m, v)[0], "shapes": {k: list(d) for k, d in
-                                                                                m.shapes.items()},
-                           "profile": {k: {n: list(d) for n, d in s.items()} for k, s in m.profile.items()},
-                           "build": {k: val for k, val in m.build.items() if k != "timing_cache"}}
+                           "keep_precision": impl.keep_rules(m, v)[0], "shapes": m.shapes, "profile": m.profile,
+                           "build": _engine_options(m)}
                 prefix = f"{m.name}/{v.name}/"
                 entries[v.name] = {
                     "precision": v.precision, "calibrator": v.calibrator, "options": options,
@@ -545,9 +554,9 @@ class Pipeline:
             if status == "complete" else None
         self._summary = self._run_summary(variants)
         if status == "complete":
-            markdown = render(self._summary, markdown=True)
+            self._markdown = render(self._summary, markdown=True)
             with self.guard.deferred():
-                atomic_write(self.out / SUMMARY_NAME, markdown)
+                atomic_write(self.out / SUMMARY_NAME, self._markdown)
                 self.manifest.files[SUMMARY_NAME] = {**file_record(self.out / SUMMARY_NAME), "step": None}
         with self.guard.deferred():
             self.manifest.save()
@@ -568,5 +577,4 @@ class Pipeline:
 
     def result(self) -> RunResult:
         doc = self.manifest.doc
-        return RunResult(doc["exit_code"], doc, render(self._summary, markdown=False),
-                         (self.out / SUMMARY_NAME).read_text(encoding="utf-8"), self.out)
+        return RunResult(doc["exit_code"], doc, render(self._summary, markdown=False), self._markdown, self.out)

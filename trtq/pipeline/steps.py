@@ -93,7 +93,7 @@ def keep_rules(model: ModelConfig, variant: Variant) -> tuple[dict[str, str], li
 
 def ranges_digest(amax: dict[str, float]) -> str:
     """Fingerprint of the ranges themselves (not of the cache file, whose header names a TensorRT version)."""
-    return fingerprint({name: float(value) for name, value in sorted(amax.items())})
+    return fingerprint(amax)
 
 
 def cache_amax(path: Path) -> dict[str, float]:
@@ -109,35 +109,34 @@ def run_statistics(model, config: ModelConfig, staging: Path, layout: Layout, wa
     """One pass over the calibration data: per-tensor |x| statistics that every calibrator derives from."""
     from trtq.calibrate import collect_statistics
 
-    batches = open_data(model, config.data, config.shapes, warn=warn)
-    stats = collect_statistics(model, batches)
-    provenance = batches.provenance()
-    stats.meta["data"] = provenance
-    if getattr(batches, "skipped", 0):
-        warn(f"{batches.skipped} file(s) of {config.data.key} could not be decoded and were skipped")
+    # The source warns about each file it skips; collect_statistics records its provenance in the statistics.
+    stats = collect_statistics(model, open_data(model, config.data, config.shapes, warn=warn))
     rel = layout.statistics()
     stats.save(staged(staging, rel))
-    result = {"samples": stats.samples, "batches": stats.batches, "tensors": len(stats), "data": provenance}
+    result = {"samples": stats.samples, "batches": stats.batches, "tensors": len(stats), "data": stats.meta["data"]}
     return {rel: staged(staging, rel)}, result
 
 
 def run_calibrate(stats_path: Path, variant: Variant, trt_version: str, staging: Path, layout: Layout,
                   warn: Echo) -> tuple[dict, dict]:
     """Ranges of one calibrator from the saved statistics: a TensorRT cache and the ranges JSON."""
+    from trtq.cache import write_cache
     from trtq.calibrate import ranges_from_stats
     from trtq.ranges import DEFAULT_PERCENTILE
     from trtq.stats import StatsCollector
 
     stats = StatsCollector.load(stats_path)
     result = ranges_from_stats(stats, variant.calibrator, variant.percentile or DEFAULT_PERCENTILE)
-    for line in result.problems():
+    problems = result.problems()
+    for line in problems:
         warn(line)
     cache_rel, ranges_rel = layout.cache(variant), layout.ranges(variant)
-    result.write_cache(staged(staging, cache_rel), trt_version)
+    cache = result.cache(trt_version)
+    write_cache(staged(staging, cache_rel), cache)
     result.write_json(staged(staging, ranges_rel), trt_version)
-    amax = cache_amax(staged(staging, cache_rel))
+    amax = cache.amax()  # the ranges as the cache holds them (float32 scales): what export and build read back
     summary = {"ranges_sha256": ranges_digest(amax), "tensors": len(amax), "samples": result.samples,
-               "cache_header": result.cache(trt_version).header, "problems": result.problems()}
+               "cache_header": cache.header, "problems": problems}
     return {cache_rel: staged(staging, cache_rel), ranges_rel: staged(staging, ranges_rel)}, summary
 
 
@@ -158,14 +157,12 @@ def run_export(model, config: ModelConfig, variant: Variant, cache_path: Path | 
                                          "warnings": typed.warnings}
 
 
-def run_evaluations(model, config: ModelConfig, exported: dict[Variant, Path], warn: Echo) -> tuple[int, dict]:
-    """Every variant in ``exported`` against FP32 on the evaluation data, in one pass over it.
-
-    Returns ``(samples, {variant: evaluation document})``.
-    """
-    from trtq.accuracy.evaluate import compare_candidates, session_runner
+def run_evaluations(model, config: ModelConfig, exported: dict[Variant, Path], warn: Echo) -> dict[Variant, dict]:
+    """Every variant in ``exported`` against FP32 on the evaluation data, in one pass over it: the
+    evaluation document of each (its ``metrics`` are the step's result)."""
+    from trtq.accuracy.evaluate import compare_candidates
     from trtq.accuracy.labels import read_labels
-    from trtq.export.compare import fake_quant_session
+    from trtq.export.compare import fake_quant_session, session_runner
 
     names = list(model.output_names)
     reference = session_runner(fake_quant_session(model.proto), names)
@@ -178,14 +175,9 @@ def run_evaluations(model, config: ModelConfig, exported: dict[Variant, Path], w
     documents = {}
     for variant in exported:
         outcome = comparison.outcomes[variant.name]
-        outputs = {
-            r.name: {"cosine": r.cosine, "min_sample_cosine": r.min_sample_cosine,
-                     "sqnr_db": r.sqnr_db if math.isfinite(r.sqnr_db) else None,
-                     "max_abs": r.max_abs_error, "mean_abs": r.mean_abs_error, "top1_agreement": r.top1_agreement}
-            for r in outcome.rows
-        }
         document: dict[str, Any] = {"variant": variant.name, "precision": variant.precision,
-                                    "samples": comparison.samples, "data": provenance, "outputs": outputs}
+                                    "samples": comparison.samples, "data": provenance,
+                                    "outputs": {r.name: r.document() for r in outcome.rows}}
         metrics = {"samples": comparison.samples,
                    "sqnr_db": outcome.sqnr_db if math.isfinite(outcome.sqnr_db) else None,
                    "cosine": outcome.cosine, "top1_agreement": outcome.top1_agreement,
@@ -198,7 +190,7 @@ def run_evaluations(model, config: ModelConfig, exported: dict[Variant, Path], w
                             "top1_drop_points": comparison.drop_points(variant.name)})
         document["metrics"] = metrics
         documents[variant] = document
-    return comparison.samples, documents
+    return documents
 
 
 def write_json(path: Path, document: dict) -> Path:
@@ -216,22 +208,26 @@ def run_build(model, config: ModelConfig, variant: Variant, cache_path: Path | N
 
     rules, _notes = keep_rules(config, variant)
     engine_rel = layout.engine(variant)
-    timing_cache = config.build.get("timing_cache")
+    build = config.build
+    extra: dict[str, Any] = {}  # only what the config sets: the rest keeps BuildOptions' defaults
+    if variant.int8:  # trtq's ranges: the cache this variant was calibrated and evaluated with
+        extra.update(calibrator=variant.calibrator, calibration_source="trtq", ranges_path=cache_path)
+        if variant.percentile is not None:
+            extra["percentile"] = variant.percentile
+    if "precision_constraints" in build:
+        extra["precision_constraints"] = build["precision_constraints"]
+    if "timing_cache" in build:
+        extra["timing_cache"] = Path(build["timing_cache"])
     options = BuildOptions(
         engine_path=staged(staging, engine_rel),
         fp16=variant.fp16,
         int8=variant.int8,
-        calibrator=variant.calibrator or "entropy2",
-        calibration_source="trtq" if variant.int8 else None,
-        ranges_path=cache_path if variant.int8 else None,
-        percentile=variant.percentile or 99.99,
         keep_precision=rules,
-        precision_constraints=config.build.get("precision_constraints", "prefer"),
-        workspace_bytes=config.build.get("workspace"),
-        timing_cache=Path(timing_cache) if timing_cache else None,
+        workspace_bytes=build.get("workspace"),
         min_shapes=config.profile.get("min", {}),
         opt_shapes=config.profile.get("opt", {}),
         max_shapes=config.profile.get("max", {}),
+        **extra,
     )
     batches = None
     if any(not spec.is_static for spec in model.inputs) and "opt" not in config.profile:
@@ -249,17 +245,15 @@ def run_bench(engine_path: Path, config: ModelConfig, variant: Variant, trt_vers
     from trtq.report.gpu_bench import run_gpu_bench
     from trtq.report.trtexec_cmd import BenchSettings, trtexec_defaults
 
-    options = config.bench
+    options = config.bench  # checked and typed by the config; what it leaves out keeps BenchSettings' default
     default_graph, default_transfers = trtexec_defaults(int(trt_version.split(".")[0]))
     settings = BenchSettings(
-        warmup_ms=float(options.get("warmup_ms", 200.0)),
-        iterations=int(options.get("iterations", 10)),
-        duration_s=float(options.get("duration_s", 3.0)),
-        cuda_graph=bool(options.get("cuda_graph", default_graph)),
-        data_transfers=bool(options.get("transfers", default_transfers)),
+        **{key: options[key] for key in ("warmup_ms", "iterations", "duration_s") if key in options},
+        cuda_graph=options.get("cuda_graph", default_graph),
+        data_transfers=options.get("transfers", default_transfers),
         shapes=dict(options.get("shapes", {})),
     )
-    measured = run_gpu_bench(engine_path, settings, profile_iterations=int(options.get("profile_iterations", 50)),
+    measured = run_gpu_bench(engine_path, settings, profile_iterations=options.get("profile_iterations", 50),
                              echo=echo)
     stats = measured.stats.to_dict()
     bench_rel, profile_rel = layout.bench(variant), layout.profile(variant)
