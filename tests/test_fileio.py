@@ -35,3 +35,12 @@ def test_outputs_in_missing_directories_fail_before_any_work(tmp_path):
         check_output_path(tmp_path / "no" / "such" / "dir" / "x.onnx")
     with pytest.raises(TrtqError, match="is a directory"):
         check_output_path(tmp_path)
+
+
+def test_json_outputs_stay_valid_json_with_non_finite_numbers(tmp_path):
+    import json
+
+    from trtq.fileio import write_json
+
+    path = write_json(tmp_path / "bench.json", {"throughput_qps": float("nan"), "p99": [1.5, float("inf")]})
+    assert json.loads(path.read_text()) == {"throughput_qps": None, "p99": [1.5, None]}

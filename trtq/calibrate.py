@@ -28,7 +28,7 @@ from trtq import __version__
 from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax, write_cache
 from trtq.capture import ActivationCapture
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_write, read_input_text
+from trtq.fileio import read_input_text, write_json
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, ENTROPY_ALIAS_NOTE, METHODS, check_percentile, range_function
 from trtq.stats import StatsCollector
@@ -188,8 +188,7 @@ class CalibrationResult:
         }
 
     def write_json(self, path: str | os.PathLike, trt_version: str | None = None) -> Path:
-        text = json.dumps(self.document(trt_version), indent=2, allow_nan=False) + "\n"
-        return atomic_write(path, text)
+        return write_json(path, self.document(trt_version))
 
 
 def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator: str = "entropy2", *,

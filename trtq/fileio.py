@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from trtq.errors import TrtqError
 
@@ -84,3 +87,24 @@ def read_input_text(path: str | os.PathLike, what: str, errors: str = "strict") 
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
         raise TrtqError(f"{what} {path} is not UTF-8 text") from exc
+
+
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats with None (JSON has no inf/NaN), recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(document: Any, indent: int = 2) -> str:
+    """Valid JSON for any document trtq writes: NaN/inf (e.g. from an odd trtexec log) become null."""
+    return json.dumps(json_safe(document), indent=indent, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, document: Any, indent: int = 2) -> Path:
+    """:func:`json_text`, written atomically."""
+    return atomic_write(path, json_text(document, indent))

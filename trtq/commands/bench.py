@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -215,7 +214,7 @@ def bench(
       trtq bench --trtexec-log trtexec.log              # parse a log on any machine
     """
     from trtq.errors import TrtqError
-    from trtq.fileio import atomic_write, check_output_path
+    from trtq.fileio import atomic_write, check_output_path, write_json
     from trtq.report.render_text import render_bench_text
     from trtq.report.trtexec_cmd import BenchSettings
     from trtq.report.trtexec_log import load_trtexec_log, parse_trtexec_log
@@ -359,7 +358,7 @@ def bench(
                 )
 
     if json_path:
-        atomic_write(json_path, json.dumps({k: v.to_dict() for k, v in columns.items()}, indent=1) + "\n")
+        write_json(json_path, {k: v.to_dict() for k, v in columns.items()}, indent=1)
         written.insert(0, (json_path, "JSON"))
     if quiet:
         return

@@ -108,8 +108,6 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         if not quiet:
             click.echo(f"calibrating {model.name} on {batches.description}", err=True)
         result = _run_with_progress(api, model, batches, calibrator, percentile, device_providers, quiet)
-        if batches.skipped:
-            _warn(f"{batches.skipped} file(s) could not be decoded and were skipped")
 
     for line in result.problems():
         _warn(line)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from trtq.accuracy.options import label_options, ranges_options, report_options
@@ -38,7 +36,7 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
     from trtq.accuracy.options import check_outputs, load_inputs, note, warn
     from trtq.data.options import batches_from_options
     from trtq.export import describe_ranges, format_agreement_table
-    from trtq.fileio import atomic_write
+    from trtq.fileio import atomic_write, write_json
 
     figures_wanted = bool(html_path or plot_dir)
     if plot_tensor and not figures_wanted:
@@ -67,7 +65,7 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
     if json_path:
         document = {**result.document(), "model": model.name, "ranges": source,
                     "data": batches.provenance()}
-        atomic_write(json_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+        write_json(json_path, document)
     if html_path:
         from trtq.accuracy.report import evaluation_html
 

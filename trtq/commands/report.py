@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -90,7 +89,7 @@ def report(source, profile_path, compare_path, compare_profile_path, ranges_path
       trtq report fp16.graph.json --compare int8.graph.json --html report.html
       trtq report model.engine --markdown >> "$GITHUB_STEP_SUMMARY"
     """
-    from trtq.fileio import atomic_write, check_output_path
+    from trtq.fileio import atomic_write, check_output_path, write_json
     from trtq.report.analysis import build_report, compare_reports
     from trtq.report.engine import load_layers
     from trtq.report.html import render_html
@@ -133,7 +132,7 @@ def report(source, profile_path, compare_path, compare_profile_path, ranges_path
         doc = main.to_dict()
         if comparison is not None:
             doc["compare"] = {"report": other.to_dict(), **comparison.to_dict()}
-        atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
+        write_json(json_path, doc, indent=1)
     if html_path:
         atomic_write(html_path, render_html(main, comparison))
     if quiet:

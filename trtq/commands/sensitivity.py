@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from trtq.accuracy.options import label_options, ranges_options, report_options
@@ -53,7 +51,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
     from trtq.accuracy.sensitivity import SensitivityAnalysis, format_ranking, format_steps, keep_file_text
     from trtq.data.options import batches_from_options
     from trtq.export import describe_ranges
-    from trtq.fileio import atomic_write
+    from trtq.fileio import atomic_write, write_json
 
     if keep_out and target_sqnr is None and max_drop is None:
         raise click.UsageError("--keep-out needs a target: --target-sqnr DB and/or --max-drop PCT")
@@ -97,7 +95,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
     if json_path:
         document = {**result.document(), "model": model.name, "ranges": source,
                     "data": batches.provenance()}
-        atomic_write(json_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+        write_json(json_path, document)
     if html_path:
         from trtq.accuracy.report import sensitivity_html
 

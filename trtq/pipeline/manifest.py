@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_write, sha256_file
+from trtq.fileio import sha256_file, write_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "trtq-run-1"
@@ -32,17 +31,6 @@ def fingerprint(value: Any) -> str:
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
-
-
-def json_safe(value: Any) -> Any:
-    """Replace non-finite floats with None (JSON has no inf/NaN), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _inside(rel: Any) -> bool:
@@ -104,7 +92,7 @@ class Manifest:
     def save(self) -> None:
         ordered = {key: self.doc[key] for key in _ORDER if key in self.doc}
         ordered.update((key, value) for key, value in self.doc.items() if key not in ordered)
-        atomic_write(self.path, json.dumps(json_safe(ordered), indent=1, allow_nan=False) + "\n")
+        write_json(self.path, ordered, indent=1)
 
     # -- steps ---------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_write, sha256_file
+from trtq.fileio import atomic_write, sha256_file, write_json
 from trtq.pipeline import steps as impl
 from trtq.pipeline.config import DataConfig, ModelConfig, PipelineConfig, Variant
 from trtq.pipeline.environment import Machine, describe_machine
@@ -433,7 +433,7 @@ class Pipeline:
             produced = {}
             for step, _ in todo:
                 rel = layout.evaluation(step.variant)
-                path = impl.write_json(impl.staged(stagings[step.id], rel), documents[step.variant])
+                path = write_json(impl.staged(stagings[step.id], rel), documents[step.variant], indent=1)
                 produced[step.id] = ({rel: path}, documents[step.variant]["metrics"])
             return produced
 

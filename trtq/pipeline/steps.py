@@ -13,16 +13,15 @@ evaluated), bench (:func:`trtq.report.gpu_bench.run_gpu_bench`) and report
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trtq.fileio import atomic_write
+from trtq.fileio import atomic_write, json_text, write_json
 from trtq.pipeline.config import ModelConfig, Variant, open_data
-from trtq.pipeline.manifest import fingerprint, json_safe
+from trtq.pipeline.manifest import fingerprint
 
 Echo = Callable[[str], None]
 
@@ -193,10 +192,6 @@ def run_evaluations(model, config: ModelConfig, exported: dict[Variant, Path], w
     return documents
 
 
-def write_json(path: Path, document: dict) -> Path:
-    return atomic_write(path, json.dumps(json_safe(document), indent=1, allow_nan=False) + "\n")
-
-
 # -- GPU steps -------------------------------------------------------------------------------------------
 
 
@@ -258,7 +253,7 @@ def run_bench(engine_path: Path, config: ModelConfig, variant: Variant, trt_vers
     stats = measured.stats.to_dict()
     bench_rel, profile_rel = layout.bench(variant), layout.profile(variant)
     write_json(staged(staging, bench_rel), {"trtq": stats, "settings": settings.describe(), "device": measured.device,
-                                            "tensorrt": measured.trt_version, "notes": measured.notes})
+                                            "tensorrt": measured.trt_version, "notes": measured.notes}, indent=1)
     files = {bench_rel: staged(staging, bench_rel)}
     if measured.profile is not None:
         atomic_write(staged(staging, profile_rel), measured.profile.to_export_json())
@@ -279,7 +274,7 @@ def write_report_files(layers, profile, label: str, variant: Variant, amax_names
     report = build_report(layers, profile, label=label, expect_int8=variant.int8, ranges=amax_names,
                           ranges_source=ranges_source)
     files = {}
-    for suffix, text in (("json", json.dumps(json_safe(report.to_dict()), indent=1) + "\n"),
+    for suffix, text in (("json", json_text(report.to_dict(), indent=1)),
                          ("md", render_report_markdown(report)), ("html", render_html(report))):
         rel = layout.report(variant, suffix)
         atomic_write(staged(staging, rel), text)

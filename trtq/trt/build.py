@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import numpy as np
 from trtq import __version__
 from trtq.cache import HEADER_ALGORITHM, cache_from_amax, parse_cache, write_cache
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_path, check_output_path, read_input_bytes, sha256_file
+from trtq.fileio import atomic_path, check_output_path, json_text, read_input_bytes, sha256_file
 from trtq.model import Model, resolve_shape
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.shapes import Shape
@@ -537,7 +536,7 @@ def _write_outputs(engine_path: Path, manifest_path: Path, serialized: bytes, ma
     """Both files are written in full to temporary files first; then the old manifest goes, the engine
     is renamed into place and the manifest last. Whatever stops it, a manifest on disk describes the
     engine beside it (at worst a new engine has no manifest yet), and neither is ever half-written."""
-    text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    text = json_text(manifest)
     with atomic_path(manifest_path) as manifest_tmp:
         manifest_tmp.write_text(text)
         with atomic_path(engine_path) as engine_tmp:
