@@ -139,9 +139,10 @@ def test_demo_artifacts_match_what_trtq_computes_on_its_own(demo, tmp_path):
     accuracies in the manifest are what those models score, run directly in onnxruntime."""
     out, _ = demo
     doc = manifest(out)
-    from trtq.calibrate import calibrate, installed_trt_version
+    from trtq.calibrate import calibrate
     from trtq.data import open_batches
     from trtq.model import load_model
+    from trtq.versions import installed_trt_version
 
     model = load_model(MODEL)
     expected = tmp_path / "expected.cache"

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 import math
 import os
@@ -32,18 +31,9 @@ from trtq.fileio import read_input_text, write_json
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, ENTROPY_ALIAS_NOTE, METHODS, check_percentile, range_function
 from trtq.stats import StatsCollector
+from trtq.versions import package_version
 
 RANGES_FORMAT = "trtq-ranges-1"
-
-# Distributions that may carry TensorRT's Python package; their version is read without importing it.
-_TRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11",
-                      "tensorrt-cu13-bindings", "tensorrt-cu12-bindings", "tensorrt-bindings")
-
-
-def installed_trt_version() -> str | None:
-    """Version of the installed tensorrt package, read from its metadata (nothing is imported)."""
-    return next((version for dist in _TRT_DISTRIBUTIONS if (version := _version_of(dist))), None)
-
 
 def default_workers() -> int:
     """Threads for folding tensors into statistics and for the range searches."""
@@ -178,7 +168,7 @@ class CalibrationResult:
             "tensors": tensors,
             "provenance": {
                 "trtq": __version__,
-                "onnxruntime": _version_of("onnxruntime"),
+                "onnxruntime": package_version("onnxruntime", "onnxruntime-gpu"),
                 "numpy": np.__version__,
                 "model_sha256": self.stats.meta.get("model_sha256"),
                 "data": self.data,
@@ -230,10 +220,3 @@ def read_ranges_json(path: str | os.PathLike) -> dict[str, float]:
             raise TrtqError(f"{path}: tensor '{name}' has no valid 'amax'")
         amax[name] = float(value)
     return amax
-
-
-def _version_of(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -69,6 +69,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
     from trtq.model import load_model
     from trtq.ranges import check_percentile
     from trtq.stats import StatsCollector
+    from trtq.versions import installed_trt_version
 
     check_percentile(percentile)
     if (eval_data or eval_labels) and not compare_methods:
@@ -85,7 +86,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
     for out in (cache_path, json_path, save_stats):
         if out:
             check_output_path(out)
-    version = trt_version or api.installed_trt_version() or DEFAULT_TRT_VERSION
+    version = trt_version or installed_trt_version() or DEFAULT_TRT_VERSION
 
     if from_stats:
         stats = StatsCollector.load(from_stats)

@@ -3,19 +3,12 @@ steps (build, bench, report) can run here -- with the reason when they cannot.""
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 from dataclasses import dataclass, field
 
 from trtq import __version__
 from trtq.errors import TrtqError
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+from trtq.versions import installed_trt_version, package_version
 
 
 @dataclass
@@ -42,14 +35,13 @@ class Machine:
 def describe_machine(probe_gpu: bool) -> Machine:
     """Versions of everything the pipeline uses; with ``probe_gpu`` also load TensorRT and ask CUDA
     for the device (this is what decides whether build, bench and report run)."""
-    from trtq.calibrate import installed_trt_version
 
     versions: dict[str, str | None] = {
         "trtq": __version__,
         "python": platform.python_version(),
-        "numpy": _version("numpy"),
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "numpy": package_version("numpy"),
+        "onnx": package_version("onnx"),
+        "onnxruntime": package_version("onnxruntime", "onnxruntime-gpu"),
         "tensorrt": installed_trt_version(),
         "cuda": None,
         "driver": None,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from trtq.errors import MissingDependencyError, TrtqError, first_line
+from trtq.versions import package_version
 
 BACKENDS = ("cuda-python", "pycuda")
 _NO_GPU_CODES = {
@@ -144,7 +145,7 @@ class CudaPythonBackend(CudaBackend):
         if driver == 0:
             return CudaError(f"no usable NVIDIA GPU: no NVIDIA driver found (cudaErrorInsufficientDriver, in {what}); "
                              f"{NO_GPU_HINT}")
-        version = _distribution_version("cuda-python") or _distribution_version("cuda-bindings") or "?"
+        version = package_version("cuda-python", "cuda-bindings") or "?"
         major = driver // 1000
         return CudaError(
             f"the NVIDIA driver supports CUDA {_version_text(driver)}, older than cuda-python {version} needs "
@@ -375,15 +376,6 @@ def _pop_context(driver: Any, context: Any) -> None:
         context.pop()
     except Exception:  # interpreter shutdown: the driver may already be gone
         pass
-
-
-def _distribution_version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _text(value: Any) -> str:
