@@ -147,3 +147,18 @@ def test_all_zero_tensor_gets_range_zero_with_a_warning():
 def test_empty_data_is_an_error(mnist):
     with pytest.raises(TrtqError, match="no batch"):
         calibrate(mnist, [], "minmax", providers=CPU)
+
+
+def test_read_ranges_tells_a_cache_from_a_ranges_json(mnist, mnist_digits, tmp_path):
+    from trtq.calibrate import read_ranges
+
+    result = calibrate(mnist, batches_of(mnist_digits[0][:10], 1), "minmax", providers=CPU)
+    from_json = read_ranges(result.write_json(tmp_path / "r.json"))
+    from_cache = read_ranges(result.write_cache(tmp_path / "r.cache"))
+    assert from_json == result.amax
+    assert from_cache.keys() == result.amax.keys()
+    for name, amax in result.amax.items():  # the cache holds float32 scales
+        assert from_cache[name] == pytest.approx(amax, rel=1e-6)
+    (tmp_path / "binary.bin").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(TrtqError, match="neither a TensorRT calibration cache nor"):
+        read_ranges(tmp_path / "binary.bin")

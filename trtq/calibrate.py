@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from trtq import __version__
-from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax, write_cache
+from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax, parse_cache, write_cache
 from trtq.capture import ActivationCapture
 from trtq.errors import TrtqError
-from trtq.fileio import read_input_text, write_json
+from trtq.fileio import read_input_bytes, read_input_text, write_json
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, ENTROPY_ALIAS_NOTE, METHODS, check_percentile, range_function
 from trtq.stats import StatsCollector
@@ -205,18 +205,33 @@ def ranges_from_stats(stats: StatsCollector, calibrator: str,
 
 def read_ranges_json(path: str | os.PathLike) -> dict[str, float]:
     """Tensor name -> amax from a ``trtq calibrate --json`` file."""
-    text = read_input_text(path, "ranges file")
+    return parse_ranges_json(read_input_text(path, "ranges file"), str(path))
+
+
+def read_ranges(path: str | os.PathLike) -> dict[str, float]:
+    """Tensor name -> amax from a TensorRT calibration cache or a ranges JSON, told apart by content."""
+    data = read_input_bytes(path, "ranges file")
+    if data.startswith(b"TRT-"):
+        return parse_cache(data, source=str(path)).amax()
+    try:
+        return parse_ranges_json(data.decode("utf-8"), str(path))
+    except UnicodeDecodeError as exc:
+        raise TrtqError(f"{path} is neither a TensorRT calibration cache nor a trtq ranges JSON file") from exc
+
+
+def parse_ranges_json(text: str, source: str) -> dict[str, float]:
+    """Tensor name -> amax from the text of a ``trtq calibrate --json`` document."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise TrtqError(f"{path} is not a trtq ranges JSON file ({type(exc).__name__})") from exc
+        raise TrtqError(f"{source} is not a trtq ranges JSON file ({type(exc).__name__})") from exc
     tensors = document.get("tensors") if isinstance(document, dict) else None
     if not isinstance(tensors, dict):
-        raise TrtqError(f"{path} is not a trtq ranges JSON file (no 'tensors' object)")
+        raise TrtqError(f"{source} is not a trtq ranges JSON file (no 'tensors' object)")
     amax = {}
     for name, entry in tensors.items():
         value = entry.get("amax") if isinstance(entry, dict) else None
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise TrtqError(f"{path}: tensor '{name}' has no valid 'amax'")
+            raise TrtqError(f"{source}: tensor '{name}' has no valid 'amax'")
         amax[name] = float(value)
     return amax

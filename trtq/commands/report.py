@@ -38,15 +38,9 @@ def _load_profile(explicit: str | None, layers_path: str, quiet: bool):
 
 def _load_ranges(path: str) -> set[str]:
     """Tensor names with a range: a trtq ranges JSON or a TensorRT calibration cache."""
-    from trtq.fileio import read_input_bytes
+    from trtq.calibrate import read_ranges
 
-    if read_input_bytes(path, "ranges file").lstrip().startswith(b"{"):
-        from trtq.calibrate import read_ranges_json
-
-        return set(read_ranges_json(path))
-    from trtq.cache import read_cache
-
-    return set(read_cache(path).scales)
+    return set(read_ranges(path))
 
 
 @click.command("report")

@@ -211,8 +211,10 @@ NEEDS_RANGES = ("INT8 needs ranges: give --data (trtq calibrates on it), --range
 def stored_ranges(options: BuildOptions, have_data: bool, echo: Echo) -> TrtqRanges | None:
     """trtq's ranges from ``--ranges`` or a reusable ``--cache``; ``None`` when they are to be computed
     from the data (an error when there is none). It reads one file, so it runs before TensorRT does anything."""
+    from trtq.calibrate import read_ranges
+
     if options.ranges_path is not None:
-        return TrtqRanges(_read_ranges_file(options.ranges_path), f"ranges file {options.ranges_path}", False)
+        return TrtqRanges(read_ranges(options.ranges_path), f"ranges file {options.ranges_path}", False)
     path = options.cache_path
     if path is not None and path.is_file():
         data = read_input_bytes(path, "calibration cache")
@@ -257,18 +259,6 @@ def calibrate_ranges(model: Model, options: BuildOptions, batches: Iterable, inf
         write_cache(options.cache_path,
                     cache_from_amax(result.amax, options.calibrator, trt_version=info.patch_version))
     return TrtqRanges(result.amax, f"trtq {options.calibrator} on {result.samples} samples", True)
-
-
-def _read_ranges_file(path: Path) -> dict[str, float]:
-    """A TensorRT-format cache or a ``trtq calibrate --json`` document, told apart by content."""
-    head = read_input_bytes(path, "ranges file")[:4]
-    if head == b"TRT-":
-        from trtq.cache import read_cache
-
-        return read_cache(path).amax()
-    from trtq.calibrate import read_ranges_json
-
-    return read_ranges_json(path)
 
 
 # -- the build -----------------------------------------------------------------------------------------
