@@ -609,3 +609,10 @@ def test_spinner_draws_only_on_a_terminal_and_clears_its_line():
     assert text.endswith("\r" + " " * 40 + "\r") and not spinner._thread.is_alive()
     assert all(frame.startswith(tuple(Spinner.frames)) and "building engine [" in frame
                for frame in text.split("\r")[1:-2] if frame)
+
+
+def test_a_missing_keep_precision_file_is_named_as_such(tmp_path):
+    from trtq.trt.build import parse_keep_precision
+
+    with pytest.raises(TrtqError, match="^keep-precision list not found: "):
+        parse_keep_precision([f"@{tmp_path / 'keep.txt'}"])

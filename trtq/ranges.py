@@ -197,8 +197,7 @@ def mse_amax(stats: TensorStats) -> float:
     if absmax == 0.0 or width == 0.0:
         return absmax
     group = int(round(width / stats.fine_width))
-    h = stats.hist.astype(np.float64)
-    h[0] = max(0.0, h[0] - stats.zeros)
+    h, _ = stats.nonzero_histogram()
     centres = np.arange(h.size) + 0.5  # in fine-bin units; the error scales by fine_width**2
     s0 = np.concatenate(([0.0], np.cumsum(h)))
     s1 = np.concatenate(([0.0], np.cumsum(h * centres)))

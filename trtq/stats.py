@@ -141,6 +141,13 @@ class TensorStats:
         counts = self.hist[: group * bins].reshape(bins, group).sum(axis=1).astype(np.float64)
         return counts, group * self.fine_width
 
+    def nonzero_histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fine |x| histogram without the exact zeros (they quantize exactly at any scale and carry no
+        signal), as float64 counts, with the bin centres."""
+        counts = self.hist.astype(np.float64)
+        counts[0] = max(0.0, counts[0] - self.zeros)
+        return counts, (np.arange(counts.size) + 0.5) * self.fine_width
+
     def fraction_above(self, threshold: float) -> float:
         """Share of the finite values with |x| > threshold (estimated at fine-bin resolution)."""
         if self.count == 0 or self.exponent is None or threshold >= self.absmax:

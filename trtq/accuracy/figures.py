@@ -18,7 +18,6 @@ from html import escape
 
 import numpy as np
 
-from trtq.accuracy.sensitivity import value_histogram
 from trtq.stats import TensorStats
 
 FONT_FAMILY = "DejaVu Sans, Helvetica, Arial, sans-serif"
@@ -175,7 +174,7 @@ def histogram_chart(stats: TensorStats, thresholds: Sequence[tuple[str, float, s
     high = max([stats.absmax, *(v for _, v, _ in thresholds if math.isfinite(v))]) * 1.03 or 1.0
     edges = np.linspace(0.0, high, columns + 1)
     if stats.exponent is not None:
-        counts, centres = value_histogram(stats)
+        counts, centres = stats.nonzero_histogram()
         shown, _ = np.histogram(np.minimum(centres, high * (1 - 1e-12)), bins=edges, weights=counts)
     else:
         shown = np.zeros(columns)

@@ -18,7 +18,7 @@ from trtq import __version__
 from trtq.accuracy.evaluate import Evaluation, Outcome
 from trtq.accuracy.figures import ERROR_TYPE_COLORS, Canvas, bar_chart, histogram_chart
 from trtq.accuracy.methods import method_thresholds
-from trtq.accuracy.sensitivity import SensitivityResult, quantization_error, value_histogram
+from trtq.accuracy.sensitivity import SensitivityResult, quantization_error
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_write
 from trtq.stats import StatsCollector
@@ -98,7 +98,7 @@ def histogram_figures(stats: StatsCollector, amax: dict[str, float], tensors: Se
             def relative_error(name: str) -> float:
                 s = stats[name]
                 error = quantization_error(s, amax[name])
-                counts, centres = value_histogram(s)
+                counts, centres = s.nonzero_histogram()
                 power = float((counts * centres**2).sum()) or 1.0
                 return (error.clipping + error.rounding) / power
 

@@ -66,14 +66,6 @@ class QuantizationError:
         return "clipping" if self.clipping > self.rounding else "rounding"
 
 
-def value_histogram(stats: TensorStats) -> tuple[np.ndarray, np.ndarray]:
-    """The fine |x| histogram without the exact zeros (they quantize exactly and carry no signal):
-    (counts as float64, bin centres)."""
-    counts = stats.hist.astype(np.float64)
-    counts[0] = max(0.0, counts[0] - stats.zeros)
-    return counts, (np.arange(counts.size) + 0.5) * stats.fine_width
-
-
 def quantization_error(stats: TensorStats, amax: float) -> QuantizationError:
     """Clipping vs rounding error of symmetric int8 with range ``amax`` on the values ``stats`` saw.
 
@@ -83,7 +75,7 @@ def quantization_error(stats: TensorStats, amax: float) -> QuantizationError:
     """
     if stats.count == 0 or stats.exponent is None or not amax > 0:
         return QuantizationError(0.0, 0.0, 0.0)
-    counts, centres = value_histogram(stats)
+    counts, centres = stats.nonzero_histogram()
     beyond = centres > amax
     clipping = float(np.sum(counts[beyond] * (centres[beyond] - amax) ** 2))
     step = amax / INT8_MAX

@@ -39,8 +39,8 @@ def split_ranges(amax: dict[str, float]) -> tuple[dict[str, float], list[str]]:
     return usable, unusable
 
 
-def read_name_list(values: Iterable[str]) -> list[str]:
-    """Expand ``--exclude`` arguments: a plain name, or ``@FILE`` with one name per line.
+def read_name_list(values: Iterable[str], what: str = "exclude list") -> list[str]:
+    """Expand ``--exclude``-style arguments: a plain name, or ``@FILE`` with one name per line.
 
     Blank lines, lines starting with ``#`` and `` # ...`` tails are ignored in files; names keep
     inner spaces (ONNX names may have them), only the line's surrounding whitespace is stripped.
@@ -51,7 +51,7 @@ def read_name_list(values: Iterable[str]) -> list[str]:
             names.append(value)
             continue
         list_path = Path(value[1:])
-        lines = read_input_text(list_path, "exclude list").splitlines()
+        lines = read_input_text(list_path, what).splitlines()
         for line in lines:
             text = line.strip()
             if text and not text.startswith("#"):

@@ -90,7 +90,7 @@ def parse_keep_precision(values: Iterable[str], *, fp16: bool = True) -> dict[st
     from trtq.export.ranges import read_name_list
 
     rules: dict[str, str] = {}
-    for entry in read_name_list(values):
+    for entry in read_name_list(values, what="keep-precision list"):
         name, sep, precision = entry.rpartition("=")
         if not sep:
             name, precision = entry, "fp16" if fp16 else "fp32"
