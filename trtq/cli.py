@@ -81,7 +81,9 @@ class LazyGroup(click.Group):
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Library warnings (``warnings.warn``) reach the user as one line, like trtq's own."""
-    click.echo(f"trtq: warning: {message}", err=True)
+    from trtq.messages import warn
+
+    warn(str(message))
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -57,16 +57,6 @@ def report_options(func: F) -> F:
     ])
 
 
-def warn(message: str) -> None:
-    from trtq.data import default_warn
-
-    default_warn(message)
-
-
-def note(message: str) -> None:
-    click.echo(f"trtq: note: {message}", err=True)
-
-
 def check_outputs(json_path: str | None, html_path: str | None, plot_dir: str | None, *more: str | None) -> None:
     """Every output must be writable before the long work starts."""
     from trtq.accuracy.report import check_plot_dir

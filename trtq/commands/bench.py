@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-
-def _note(message: str) -> None:
-    click.echo(f"trtq: note: {message}", err=True)
+from trtq.messages import note
 
 
 def _parse_percentiles(text: str) -> tuple[float, ...]:
@@ -61,7 +59,7 @@ def _measure(engine_path: str, settings, cuda_graph: bool | None, transfers: boo
         if not fallback:
             raise TrtqError(f"{exc}; `trtq bench --trtexec-log FILE` reads a trtexec log without it") from exc
         if not quiet:
-            _note(f"trtq's own measurement skipped: {exc}")
+            note(f"trtq's own measurement skipped: {exc}")
         return None
     ours.stats.settings.update(
         {"device": ours.device.get("name"), "tensorrt_version": ours.trt_version, "warmup_queries": ours.warmup_queries}
@@ -252,7 +250,7 @@ def bench(
         if "shapes" in adopted:
             shapes = format_shape_spec(adopted["shapes"])
         if not quiet and adopted:
-            _note(
+            note(
                 "measuring as the logged run did: "
                 + ", ".join(f"{k}={format_shape_spec(v) if k == 'shapes' else v}" for k, v in adopted.items())
             )
@@ -367,7 +365,7 @@ def bench(
         if len(columns) == 2:
             click.echo(("- " if markdown else "") + "ratio = trtq / trtexec")
     else:
-        _note("no performance summary to show (the log has only a per-layer profile)")
+        note("no performance summary to show (the log has only a per-layer profile)")
     _show_layers(ours, trtexec_profile, trtexec_layers, markdown)
     for out, what in written:
         click.echo(f"trtq: wrote {what} to {out}", err=True)

@@ -10,11 +10,8 @@ import click
 
 from trtq.data.options import batches_from_options, data_options
 from trtq.errors import TrtqError
+from trtq.messages import warn
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS
-
-
-def _warn(message: str) -> None:
-    click.echo(f"trtq: warning: {message}", err=True)
 
 
 @click.command("calibrate")
@@ -111,14 +108,14 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         result = _run_with_progress(api, model, batches, calibrator, percentile, device_providers, quiet)
 
     for line in result.problems():
-        _warn(line)
+        warn(line)
     comparison = None
     if compare_methods:  # before writing anything: a failure here must leave no outputs behind
         from trtq.accuracy.methods import compare_methods_for_calibration
 
         comparison = compare_methods_for_calibration(
             model, result.stats, None if from_stats else batches, data_kwargs,
-            eval_data=eval_data, eval_labels=eval_labels, warn=_warn)
+            eval_data=eval_data, eval_labels=eval_labels, warn=warn)
     written = []
     if save_stats and not from_stats:
         result.stats.save(save_stats)

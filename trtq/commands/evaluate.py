@@ -33,10 +33,11 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
       trtq evaluate model.onnx --cache m.cache --data val.npz --exclude @keep.txt
     """
     from trtq.accuracy.evaluate import evaluate_int8, format_accuracy
-    from trtq.accuracy.options import check_outputs, load_inputs, note, warn
+    from trtq.accuracy.options import check_outputs, load_inputs
     from trtq.data.options import batches_from_options
     from trtq.export import describe_ranges, format_agreement_table
     from trtq.fileio import atomic_write, write_json
+    from trtq.messages import note, warn
 
     figures_wanted = bool(html_path or plot_dir)
     if plot_tensor and not figures_wanted:

@@ -7,10 +7,7 @@ from pathlib import Path
 import click
 
 from trtq.data.options import data_options
-
-
-def _note(message: str) -> None:
-    click.echo(f"trtq: note: {message}", err=True)
+from trtq.messages import note
 
 
 @click.command("export")
@@ -44,7 +41,6 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
       trtq export model.onnx --qdq --ranges ranges.json --exclude @keep_fp.txt -o model.qdq.onnx
       trtq export model.onnx --fp16 -o model.fp16.onnx
     """
-    from trtq.data import default_warn as warn
     from trtq.errors import TrtqError
     from trtq.export import (
         compare_outputs,
@@ -57,6 +53,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
         save_model,
     )
     from trtq.fileio import check_output_path
+    from trtq.messages import warn
     from trtq.model import load_model
 
     if mode is None:
@@ -95,7 +92,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
         warn(line)
     if not quiet:
         for line in result.notes:
-            _note(line)
+            note(line)
     save_model(result.model, output)
     if not quiet:
         click.echo(f"wrote {output}: {summary}")

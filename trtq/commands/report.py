@@ -7,10 +7,7 @@ from pathlib import Path
 import click
 
 from trtq.errors import TrtqError
-
-
-def _note(message: str) -> None:
-    click.echo(f"trtq: note: {message}", err=True)
+from trtq.messages import note
 
 
 def _sibling_profile(path: str) -> Path | None:
@@ -32,7 +29,7 @@ def _load_profile(explicit: str | None, layers_path: str, quiet: bool):
     if sibling is None:
         return None
     if not quiet:
-        _note(f"using the profile beside {layers_path}: {sibling}")
+        note(f"using the profile beside {layers_path}: {sibling}")
     return load_profile(sibling)
 
 

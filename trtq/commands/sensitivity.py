@@ -47,11 +47,12 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
       trtq sensitivity model.onnx --ranges r.json --data val.npz --target-sqnr 30 --keep-out keep.txt
       trtq export model.onnx --qdq --ranges r.json --exclude @keep.txt -o model.qdq.onnx
     """
-    from trtq.accuracy.options import check_outputs, load_inputs, note, warn
+    from trtq.accuracy.options import check_outputs, load_inputs
     from trtq.accuracy.sensitivity import SensitivityAnalysis, format_ranking, format_steps, keep_file_text
     from trtq.data.options import batches_from_options
     from trtq.export import describe_ranges
     from trtq.fileio import atomic_write, write_json
+    from trtq.messages import note, warn
 
     if keep_out and target_sqnr is None and max_drop is None:
         raise click.UsageError("--keep-out needs a target: --target-sqnr DB and/or --max-drop PCT")

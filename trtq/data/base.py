@@ -16,18 +16,16 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator, Sequence
 
-import click
 import numpy as np
 
 from trtq.errors import TrtqError, first_line
+from trtq.messages import warn
 from trtq.model import InputSpec
 
 Warn = Callable[[str], None]
 
 
-def default_warn(message: str) -> None:
-    """Warnings go to stderr so that they never mix with a command's output."""
-    click.echo(f"trtq: warning: {message}", err=True)
+default_warn = warn  # the data sources' warnings, unless a caller passes its own
 
 
 class BatchSource(abc.ABC):

@@ -21,7 +21,6 @@ Contract kept here:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -31,15 +30,12 @@ import numpy as np
 from trtq.cache import ALGORITHM_NAMES, parse_cache, version_code
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_write
+from trtq.messages import warn as warn_user
 from trtq.trt import CALIBRATOR_CLASSES, probe
 from trtq.trt.cuda import CudaBackend, DeviceBuffers
 
 Batch = Mapping[str, np.ndarray]
 Warn = Callable[[str], None]
-
-
-def _warn_stderr(message: str) -> None:
-    print(f"trtq: warning: {message}", file=sys.stderr)
 
 
 def _calibration_array(name: str, array: np.ndarray) -> np.ndarray:
@@ -89,7 +85,7 @@ class CalibratorCore:
     def _setup(self, *, algorithm: str, trt_version: str, batches: Iterable[Batch] | None = None,
                backend: CudaBackend | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
                cache_path: str | Path | None = None, served_cache: bytes | None = None,
-               quantile: float = 0.9999, regression_cutoff: float = 0.5, warn: Warn = _warn_stderr) -> None:
+               quantile: float = 0.9999, regression_cutoff: float = 0.5, warn: Warn = warn_user) -> None:
         if batches is not None and backend is None:
             raise TrtqError("calibration batches need a CUDA backend to reach the GPU")
         self.algorithm = algorithm
