@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from trtq.data.options import batches_from_options, data_options
+from trtq.data.options import batches_from_options, data_given, data_options
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.trt.cuda import BACKENDS
 from trtq.trt.plan import ALL_CALIBRATORS, SOURCES
@@ -105,7 +105,7 @@ def build(model_path, engine_path, fp16, int8, best, calibrator, calibration_sou
     )
     model = load_model(model_path)
     batches = None
-    if data_kwargs.get("data") or data_kwargs.get("data_loader_script"):
+    if data_given(data_kwargs):
         batches = batches_from_options(model, warn=lambda text: _echo(f"trtq: warning: {text}"), **data_kwargs)
     result = build_engine(model, options, batches, echo=_echo)
     if as_json:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from trtq.data.options import batches_from_options, data_options
+from trtq.data.options import batches_from_options, data_given, data_options
 from trtq.errors import TrtqError
 from trtq.messages import warn
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS
@@ -73,7 +73,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         raise click.UsageError("--eval-data and --eval-labels belong to --compare-methods")
     if compare_methods and from_stats and not (model_path and eval_data):
         raise click.UsageError("--compare-methods with --from-stats needs MODEL and --eval-data PATH")
-    if from_stats and (data_kwargs.get("data") or data_kwargs.get("data_loader_script")):
+    if from_stats and data_given(data_kwargs):
         raise click.UsageError("--from-stats derives ranges from saved statistics; it takes no --data")
     if not from_stats and not model_path:
         raise click.UsageError("MODEL is required (or --from-stats STATS)")

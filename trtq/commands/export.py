@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from trtq.data.options import data_options
+from trtq.data.options import data_given, data_options
 from trtq.messages import note
 
 
@@ -69,7 +69,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
 
     model = load_model(model_path)
     amax = load_amax(cache=cache_path, ranges=ranges_path) if mode == "qdq" else None
-    compare = bool(data_kwargs.get("data") or data_kwargs.get("data_loader_script"))
+    compare = data_given(data_kwargs)
     batches = None
     if compare:
         from trtq.data.options import batches_from_options

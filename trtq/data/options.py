@@ -187,10 +187,15 @@ def data_options(func: F) -> F:
     return func
 
 
+def data_given(kwargs: dict[str, Any]) -> bool:
+    """Whether the parsed ``@data_options`` name any data (``--data`` or ``--data-loader-script``)."""
+    return bool(kwargs.get("data") or kwargs.get("data_loader_script"))
+
+
 def batches_from_options(model: Model, *, warn: Warn | None = None, **kwargs: Any) -> BatchSource:
     """``open_batches`` from the values ``@data_options`` parsed; other keyword arguments are ignored,
     so a command can pass its whole ``**kwargs``."""
-    if not kwargs.get("data") and not kwargs.get("data_loader_script"):
+    if not data_given(kwargs):
         raise click.UsageError("give --data PATH or --data-loader-script FILE.py[:FUNC]")
     return open_batches(
         model,
