@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from trtq.data import ArraySource, BatchSource, ImageFolderSource
-from trtq.data.images import list_files
 from trtq.errors import TrtqError
 from trtq.fileio import read_input_bytes, read_input_text
 
@@ -149,13 +148,14 @@ def labels_for_fed(labels: Labels, source: BatchSource | None, fed: int) -> np.n
 
 def _image_labels(labels: Labels, source: ImageFolderSource, fed: int) -> np.ndarray:
     skipped = source.skipped_files
-    files = [f for f in source.files if f not in skipped][:fed]
-    if len(files) < fed:
-        raise TrtqError(f"{fed} samples were fed but only {len(files)} images are known; labels cannot be lined up")
+    positions = [p for p in source.selected if source.listing[p] not in skipped][:fed]
+    if len(positions) < fed:
+        raise TrtqError(f"{fed} samples were fed but only {len(positions)} images are known; "
+                        "labels cannot be lined up")
+    files = [source.listing[p] for p in positions]
     if labels.from_folders:
-        classes = _folder_classes(list_files(source.root))
+        classes = _folder_classes(source.listing)
         return np.array([classes[f.split("/", 1)[0]] for f in files], dtype=np.int64)
     if labels.by_file is not None:
         return np.array([labels.by_file[f] for f in files], dtype=np.int64)
-    position = {f: i for i, f in enumerate(list_files(source.root))}
-    return labels.by_index[[position[f] for f in files]]
+    return labels.by_index[positions]

@@ -141,13 +141,14 @@ def open_batches(
     spec = specs[0]
     batch, static = resolve_batch_size([spec], shapes, batch_size)
     plan = plan_image_input(spec, shapes.get(spec.name), preprocess, warn)
-    chosen = [images[i] for i in select_indices(len(images), max_samples, seed)]
+    selected = select_indices(len(images), max_samples, seed)
+    chosen = [images[i] for i in selected]
     if static and len(chosen) < batch:
         raise TrtqError(
             f"{path} gives {len(chosen)} image(s), fewer than the model's fixed batch of {batch}"
         )
     probe_first_image(path, chosen, plan)
-    return ImageFolderSource(path, chosen, len(images), plan, batch, static, options, warn)
+    return ImageFolderSource(path, images, selected, plan, batch, static, options, warn)
 
 
 def _reject_preprocess(preprocess: Preprocess, what: str) -> None:

@@ -67,8 +67,8 @@ class ImageFolderSource(BatchSource):
     def __init__(
         self,
         root: Path,
-        files: list[str],
-        files_found: int,
+        listing: list[str],
+        selected: np.ndarray,
         plan: ImagePlan,
         batch_size: int,
         drop_last: bool,
@@ -76,8 +76,10 @@ class ImageFolderSource(BatchSource):
         warn: Warn,
     ):
         self.root = root
-        self.files = files
-        self.files_found = files_found
+        self.listing = listing  # every image under root, sorted: what labels by position refer to
+        self.selected = selected  # positions in the listing that --max-samples/--seed chose, in order
+        self.files = files = [listing[i] for i in selected]
+        self.files_found = files_found = len(listing)
         self.plan = plan
         self.batch_size = batch_size
         self.drop_last = drop_last
