@@ -19,10 +19,11 @@ def collect(chunks) -> TensorStats:
 
 
 def test_min_max_absmax_count_zeros():
-    stats = collect([[0.0, -3.0, 2.0], [0.0, 0.5]])
+    # -0.0 is a zero; a value smaller than one fine bin lands in bin 0 but is not one
+    stats = collect([[0.0, -3.0, 2.0], [-0.0, 0.5, 1e-30]])
     assert (stats.min, stats.max, stats.absmax) == (-3.0, 2.0, 3.0)
-    assert stats.count == 5 and stats.zeros == 2
-    assert stats.hist.sum() == 5
+    assert stats.count == 6 and stats.zeros == 2
+    assert stats.hist.sum() == 6 and stats.hist[0] == 3
 
 
 def test_histogram_bins_are_exact_on_a_power_of_two_grid():

@@ -56,6 +56,9 @@ class ActivationCapture:
         options.log_severity_level = 3
         # every captured tensor is a fresh output; without the arena its memory goes back once freed
         options.enable_cpu_mem_arena = False
+        # the statistics threads work while onnxruntime runs the next batch: idle onnxruntime threads must
+        # sleep, not spin on the cores those threads need (measured: collection 0.30 s -> 0.22 s on 2 cores)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._tmpdir: tempfile.TemporaryDirectory | None = None
         try:
             if augmented.ByteSize() > PROTO_LIMIT:
