@@ -61,6 +61,22 @@ def test_minmax_ranges_equal_the_true_absmax_of_every_tensor(mnist, mnist_digits
     assert result.samples == 200 and result.stats.batches == 200
 
 
+def test_minmax_skips_the_histogram_unless_asked_and_says_so_when_another_method_needs_it(mnist, mnist_digits,
+                                                                                          tmp_path):
+    batches = batches_of(mnist_digits[0][:20], 1)
+    lean = calibrate(mnist, batches, "minmax", providers=CPU)
+    full = calibrate(mnist, batches, "minmax", providers=CPU, keep_histograms=True)
+    assert lean.amax == full.amax and lean.document() == full.document()
+    assert all(s.hist.size == 0 for s in lean.stats) and all(s.hist.sum() == s.count for s in full.stats)
+    for method in ("entropy2", "percentile", "mse"):
+        with pytest.raises(TrtqError, match="without a histogram"):
+            compute_ranges(lean.stats, method)
+    with pytest.raises(TrtqError, match="without a histogram"):
+        lean.stats.save(tmp_path / "stats.npz")
+    assert not (tmp_path / "stats.npz").exists()
+    assert compute_ranges(full.stats, "entropy2") == calibrate(mnist, batches, "entropy2", providers=CPU).amax
+
+
 def test_same_input_gives_a_byte_identical_cache(mnist, mnist_digits, tmp_path):
     images = mnist_digits[0][:100]
     paths = []
@@ -76,7 +92,8 @@ def test_same_input_gives_a_byte_identical_cache(mnist, mnist_digits, tmp_path):
 @pytest.mark.parametrize("method", ["entropy2", "minmax", "percentile", "mse"])
 def test_batch_size_changes_ranges_by_at_most_one_bin(dynamic_mnist, mnist_digits, method):
     images = mnist_digits[0][:240]
-    results = [calibrate(dynamic_mnist, batches_of(images, size), method, providers=CPU) for size in (1, 7, 240)]
+    results = [calibrate(dynamic_mnist, batches_of(images, size), method, providers=CPU, keep_histograms=True)
+               for size in (1, 7, 240)]
     reference = results[0]
     for other in results[1:]:
         for name, amax in reference.amax.items():

@@ -44,19 +44,21 @@ def default_workers() -> int:
 def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *,
                        providers: list[str] | None = None,
                        progress: Callable[[int], None] | None = None,
-                       workers: int | None = None) -> StatsCollector:
+                       workers: int | None = None, keep_histograms: bool = True) -> StatsCollector:
     """Run every batch through the model once and fold each calibrated tensor into its statistics.
 
     Batch k's tensors are folded in by a thread pool, one task per tensor (numpy releases the GIL),
     while onnxruntime runs batch k+1 (it releases the GIL too); at most two batches of activations
     are alive, however many batches there are. ``progress`` gets the sample count of each finished batch.
     The data source's ``provenance()`` (when it has one) is recorded in the statistics' ``meta["data"]``.
+    ``keep_histograms=False`` keeps min/max/count only: enough for ``minmax``, and most of the cost saved.
     """
     tensors = model.calibration_tensors()
     aliases = model.value_aliases(tensors)
     with ActivationCapture(model, [t for t in tensors if t not in aliases], providers=providers) as capture, \
             ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="trtq-stats") as pool:
-        collector = StatsCollector(capture.tensor_names, meta={"model": model.name, "model_sha256": model.sha256})
+        collector = StatsCollector(capture.tensor_names, meta={"model": model.name, "model_sha256": model.sha256},
+                                   keep_histograms=keep_histograms)
         pending: list[Future] = []
         pending_samples = 0
 
@@ -183,14 +185,22 @@ class CalibrationResult:
 
 def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator: str = "entropy2", *,
               percentile: float = DEFAULT_PERCENTILE, providers: list[str] | None = None,
-              progress: Callable[[int], None] | None = None) -> CalibrationResult:
-    """Collect statistics over ``batches`` and compute ``calibrator``'s ranges."""
+              progress: Callable[[int], None] | None = None,
+              keep_histograms: bool | None = None) -> CalibrationResult:
+    """Collect statistics over ``batches`` and compute ``calibrator``'s ranges.
+
+    ``keep_histograms``: None (default) keeps them when the method needs them, i.e. for every method
+    but ``minmax``; pass True to re-derive other methods from ``result.stats`` or to save them.
+    """
     if calibrator not in METHODS:
         raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(METHODS)})")
     if calibrator == "percentile":
         check_percentile(percentile)  # before the long part
     started = time.perf_counter()
-    stats = collect_statistics(model, batches, providers=providers, progress=progress)
+    if keep_histograms is None:
+        keep_histograms = calibrator != "minmax"
+    stats = collect_statistics(model, batches, providers=providers, progress=progress,
+                               keep_histograms=keep_histograms)
     amax = compute_ranges(stats, calibrator, percentile)
     return CalibrationResult(calibrator, amax, stats, percentile, time.perf_counter() - started)
 

@@ -151,7 +151,10 @@ def percentile_amax(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) 
     100 gives the exact absmax.
     """
     check_percentile(percentile)
-    if percentile >= 100.0 or stats.count == 0 or stats.exponent is None:
+    if percentile >= 100.0 or stats.count == 0:
+        return stats.absmax
+    stats.require_histogram()
+    if stats.exponent is None:
         return stats.absmax
     hist = stats.hist
     target = stats.count * percentile / 100.0

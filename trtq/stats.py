@@ -18,6 +18,9 @@ histogram has 8x more bins than that, and since the largest value lies in the up
 ``[0, 2**e)``, the 2048-bin view (:meth:`TensorStats.histogram`) merges the smallest whole number
 ``g`` of fine bins (4 <= g <= 8) that lets 2048 bins cover the data: its range ends at most 25 %
 above the tensor's absmax (TensorRT's own can end up to 100 % above it).
+
+Only ``minmax`` can do without the histogram; :func:`trtq.calibrate.calibrate` then skips it
+(``keep_histogram=False``), which makes a min-max calibration about as cheap as the inference itself.
 """
 
 from __future__ import annotations
@@ -52,6 +55,17 @@ class TensorStats:
     max: float = -math.inf
     exponent: int | None = None  # the histogram covers [0, 2**exponent)
     hist: np.ndarray = field(default_factory=lambda: np.zeros(FINE_BINS, dtype=np.int64))
+    keep_histogram: bool = True  # False: min/max/count only (enough for minmax, not for the other methods)
+
+    def __post_init__(self) -> None:
+        if not self.keep_histogram:
+            self.hist = np.zeros(0, dtype=np.int64)
+
+    def require_histogram(self) -> None:
+        """Raise a clear error when a method needs the histogram these statistics did not keep."""
+        if not self.keep_histogram:
+            raise TrtqError(f"the statistics of tensor '{self.name}' were collected without a histogram "
+                            "(enough for minmax only); collect them again with histograms kept")
 
     @property
     def absmax(self) -> float:
@@ -87,6 +101,8 @@ class TensorStats:
         self.min = min(self.min, float(lo))
         self.max = max(self.max, float(hi))
         self.count += x.size
+        if not self.keep_histogram:
+            return
         top = max(-float(lo), float(hi))
         if top == 0.0:
             self.hist[0] += x.size
@@ -131,6 +147,7 @@ class TensorStats:
         Returns float64 counts (exact below 2**53) and the width; the last bin ends at
         ``bins * width >= absmax``. An all-zero tensor gives all counts in bin 0 and width 0.
         """
+        self.require_histogram()
         if self.exponent is None:
             counts = np.zeros(bins, dtype=np.float64)
             counts[0] = self.hist[0]
@@ -145,13 +162,17 @@ class TensorStats:
     def nonzero_histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """The fine |x| histogram without the exact zeros (they quantize exactly at any scale and carry no
         signal), as float64 counts, with the bin centres."""
+        self.require_histogram()
         counts = self.hist.astype(np.float64)
         counts[0] = max(0.0, counts[0] - self.zeros)
         return counts, (np.arange(counts.size) + 0.5) * self.fine_width
 
     def fraction_above(self, threshold: float) -> float:
         """Share of the finite values with |x| > threshold (estimated at fine-bin resolution)."""
-        if self.count == 0 or self.exponent is None or threshold >= self.absmax:
+        if self.count == 0 or threshold >= self.absmax:
+            return 0.0
+        self.require_histogram()
+        if self.exponent is None:
             return 0.0
         edge = min(FINE_BINS, int(math.ceil(threshold / self.fine_width)))
         return float(self.hist[edge:].sum()) / self.count
@@ -160,8 +181,10 @@ class TensorStats:
 class StatsCollector:
     """Statistics for a set of tensors, filled batch by batch."""
 
-    def __init__(self, names: list[str] | None = None, meta: dict | None = None):
-        self.tensors: dict[str, TensorStats] = {n: TensorStats(n) for n in names or []}
+    def __init__(self, names: list[str] | None = None, meta: dict | None = None, keep_histograms: bool = True):
+        self.keep_histograms = keep_histograms
+        self.tensors: dict[str, TensorStats] = {n: TensorStats(n, keep_histogram=keep_histograms)
+                                                 for n in names or []}
         self.samples = 0
         self.batches = 0
         self.meta: dict = dict(meta or {})
@@ -187,7 +210,7 @@ class StatsCollector:
             name, values = activations.popitem()
             stats = self.tensors.get(name)
             if stats is None:
-                stats = self.tensors[name] = TensorStats(name)
+                stats = self.tensors[name] = TensorStats(name, keep_histogram=self.keep_histograms)
             yield stats, values
 
     def __getitem__(self, name: str) -> TensorStats:
@@ -202,6 +225,8 @@ class StatsCollector:
     def save(self, path: str | Path) -> Path:
         """Save as ``.npz`` (no pickles), atomically. Histograms compress well (mostly zeros)."""
         stats = list(self.tensors.values())
+        for s in stats:
+            s.require_histogram()
         meta = {**self.meta, "format": STATS_FORMAT, "fine_bins": FINE_BINS,
                 "samples": self.samples, "batches": self.batches}
         arrays = {

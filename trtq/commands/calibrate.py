@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -105,7 +106,11 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 raise TrtqError("--device cuda needs onnxruntime-gpu (pip install onnxruntime-gpu)")
         if not quiet:
             click.echo(f"calibrating {model.name} on {batches.description}", err=True)
-        result = _run_with_progress(api, model, batches, calibrator, percentile, device_providers, quiet)
+        # minmax needs no histogram unless the statistics are saved or the methods compared
+        run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
+                                providers=device_providers,
+                                keep_histograms=calibrator != "minmax" or bool(save_stats or compare_methods))
+        result = _run_with_progress(run, batches.total_samples, quiet)
 
     for line in result.problems():
         warn(line)
@@ -136,10 +141,10 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         click.echo(f"recommended: {methods.best.label}")
 
 
-def _run_with_progress(api, model, batches, calibrator, percentile, providers, quiet):
+def _run_with_progress(run, total: int | None, quiet: bool):
+    """``run(progress=...)`` (a partial of :func:`trtq.calibrate.calibrate`) with a progress bar on stderr."""
     if quiet:
-        return api.calibrate(model, batches, calibrator, percentile=percentile, providers=providers)
-    total = batches.total_samples
+        return run()
     started = time.perf_counter()
     done = 0
 
@@ -156,8 +161,7 @@ def _run_with_progress(api, model, batches, calibrator, percentile, providers, q
             if stderr.isatty():
                 click.echo(f"\rcalibrating: {done} samples  {rate()}", err=True, nl=False)
 
-        result = api.calibrate(model, batches, calibrator, percentile=percentile, providers=providers,
-                               progress=count)
+        result = run(progress=count)
         if stderr.isatty():
             click.echo("", err=True)
         return result
@@ -169,8 +173,7 @@ def _run_with_progress(api, model, batches, calibrator, percentile, providers, q
             done += samples
             bar.update(samples, done)
 
-        return api.calibrate(model, batches, calibrator, percentile=percentile, providers=providers,
-                             progress=advance)
+        return run(progress=advance)
 
 
 def _print_summary(result, written) -> None:
