@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trtq.errors import TrtqError
-from trtq.stats import FINE_BINS, HIST_BINS, StatsCollector, TensorStats
+from trtq.stats import FINE_BINS, HIST_BINS, HIST_CHUNK, StatsCollector, TensorStats
 
 
 def collect(chunks) -> TensorStats:
@@ -56,6 +56,16 @@ def test_histogram_is_independent_of_batch_order_and_size():
             assert stats.exponent == reference.exponent
             np.testing.assert_array_equal(stats.hist, reference.hist)
             assert stats.absmax == reference.absmax
+
+
+def test_a_tensor_larger_than_one_binning_chunk_counts_every_value_once():
+    rng = np.random.default_rng(2)
+    values = np.maximum(rng.standard_normal(3 * HIST_CHUNK + 5), 0).astype(np.float32)  # ReLU: exact zeros
+    whole = collect([values])
+    pieces = collect(np.array_split(values, 97))  # every piece well below one chunk
+    np.testing.assert_array_equal(whole.hist, pieces.hist)
+    assert whole.count == values.size == whole.hist.sum()
+    assert whole.zeros == pieces.zeros == np.count_nonzero(values == 0)
 
 
 def test_coarse_view_has_2048_bins_covering_at_most_125_percent_of_absmax():

@@ -40,6 +40,7 @@ from trtq.fileio import atomic_path
 HIST_BINS = 2048  # what the range methods see (TensorRT's histogram size)
 FINE_BINS = 8 * HIST_BINS  # what is collected
 _FINE_LOG2 = int(math.log2(FINE_BINS))
+HIST_CHUNK = 1 << 18  # values binned at a time
 STATS_FORMAT = "trtq-stats-1"
 
 
@@ -113,11 +114,14 @@ class TensorStats:
             self.exponent = exponent
         elif exponent > self.exponent:
             self._grow(exponent)
-        counts = np.bincount(self._bin_index(x), minlength=FINE_BINS)
-        if counts[0]:  # exact zeros can only be in bin 0: count them only when it is not empty
-            # (x == 0) then a count of booleans is ~5x faster than count_nonzero on float32
-            self.zeros += int(np.count_nonzero(x == 0))
-        self.hist += counts
+        # in chunks: the temporaries (|x|, bin indices: 12 bytes a value) stay a few MB however large the tensor
+        for start in range(0, x.size, HIST_CHUNK):
+            chunk = x[start:start + HIST_CHUNK]
+            counts = np.bincount(self._bin_index(chunk), minlength=FINE_BINS)
+            if counts[0]:  # exact zeros can only be in bin 0: count them only when it is not empty
+                # (x == 0) then a count of booleans is ~5x faster than count_nonzero on float32
+                self.zeros += int(np.count_nonzero(chunk == 0))
+            self.hist += counts
 
     def _bin_index(self, x: np.ndarray) -> np.ndarray:
         shift = _FINE_LOG2 - self.exponent
