@@ -105,7 +105,7 @@ def entropy_divergences(counts: np.ndarray, levels: int = QUANT_LEVELS, start: i
     per_bin = group_mass / np.maximum(nonempty[last_bin] - nonempty[first], 1.0)
     # empty groups: log of a tiny number, multiplied by their zero mass (a masked log is 3x slower)
     log_per_bin = np.log(np.maximum(per_bin, 1e-300)).ravel()
-    terms = (group_mass.ravel() * log_per_bin).take(index)  # S_k log(S_k / c_k) of each candidate's groups
+    terms = (group_mass.ravel() * log_per_bin)[index]  # S_k log(S_k / c_k) of each candidate's groups
     sum_p_log_q = terms.sum(axis=1)
     # the outliers sit on bin i-1, which is in the last group: they meet that group's Q value
     sum_p_log_q += outliers * log_per_bin.take(index[:, -1])
