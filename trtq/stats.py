@@ -20,7 +20,7 @@ histogram has 8x more bins than that, and since the largest value lies in the up
 above the tensor's absmax (TensorRT's own can end up to 100 % above it).
 
 Only ``minmax`` can do without the histogram; :func:`trtq.calibrate.calibrate` then skips it
-(``keep_histogram=False``): a min-max calibration then costs little more than running the model.
+(``keep_histogram=False``); the histogram is most of what collecting statistics costs.
 """
 
 from __future__ import annotations

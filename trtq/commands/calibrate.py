@@ -106,10 +106,10 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 raise TrtqError("--device cuda needs onnxruntime-gpu (pip install onnxruntime-gpu)")
         if not quiet:
             click.echo(f"calibrating {model.name} on {batches.description}", err=True)
-        # minmax needs no histogram unless the statistics are saved or the methods compared
+        # saved or compared statistics need the histograms whatever the method; else the method decides
         run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
                                 providers=device_providers,
-                                keep_histograms=calibrator != "minmax" or bool(save_stats or compare_methods))
+                                keep_histograms=True if save_stats or compare_methods else None)
         result = _run_with_progress(run, batches.total_samples, quiet)
 
     for line in result.problems():
