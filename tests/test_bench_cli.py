@@ -14,9 +14,6 @@ from tests.conftest import DATA
 from tests.report_data import HANDMADE, TRTEXEC
 from trtq.cli import cli
 from trtq.errors import TrtqError
-from trtq.report import engine as engine_module
-from trtq.report import gpu_bench
-from trtq.report.gpu_bench import TRT_API_USED, resolve_input_shape
 from trtq.report.trtexec_cmd import (
     BenchSettings,
     find_trtexec,
@@ -26,6 +23,9 @@ from trtq.report.trtexec_cmd import (
     trtexec_defaults,
 )
 from trtq.report.trtexec_log import load_trtexec_log
+from trtq.trt import inspect as inspect_module
+from trtq.trt import runner as runner_module
+from trtq.trt.runner import TRT_API_USED, resolve_input_shape
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -228,7 +228,7 @@ def test_gpu_code_uses_only_listed_api_names() -> None:
     owners = {"engine": "ICudaEngine", "context": "IExecutionContext", "inspector": "EngineInspector",
               "runtime": "Runtime", "trt": "module"}
     used: dict[str, set[str]] = {}
-    for module in (gpu_bench, engine_module):
+    for module in (runner_module, inspect_module):
         source = Path(module.__file__).read_text()
         for var, owner in owners.items():
             for name in re.findall(rf"(?<![\w.]){var}\.([A-Za-z_]\w*)", source):
@@ -367,7 +367,7 @@ def test_bench_writes_json_and_exports_of_its_own_measurement(tmp_path: Path, st
 
 
 def test_bench_falls_back_only_when_the_machine_cannot_measure(tmp_path: Path, stand_in_gpu) -> None:
-    from trtq.report.engine import EngineLoadError
+    from trtq.trt.inspect import EngineLoadError
 
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\0engine")

@@ -18,7 +18,7 @@ import json, sys
 import tensorrt as trt
 from trtq.errors import TrtqError
 from trtq.report.engine import layer_info_from_engine
-from trtq.report.gpu_bench import TRT_API_USED, _make_profiler
+from trtq.trt.runner import TRT_API_USED, _make_profiler
 from trtq.report.profile import LayerTimeCollector
 
 out = {"version": trt.__version__, "missing": []}

@@ -36,15 +36,15 @@ def _measure(engine_path: str, settings, cuda_graph: bool | None, transfers: boo
     """trtq's own GPU measurement; ``None`` (with a note) when TensorRT, a CUDA binding or a GPU that can load the
     engine is missing here and ``fallback`` (a trtexec log or run) provides the other column."""
     from trtq.errors import MissingDependencyError, TrtqError
-    from trtq.report.engine import EngineLoadError
     from trtq.report.gpu_bench import run_gpu_bench
-    from trtq.trt import import_tensorrt, probe
+    from trtq.trt import tensorrt_info
     from trtq.trt.cuda import CudaError
+    from trtq.trt.inspect import EngineLoadError
 
-    trt = None
+    info = None
     try:
-        trt = import_tensorrt("trtq bench's own GPU measurement")
-        _with_trtexec_defaults(settings, probe(trt).major, cuda_graph, transfers)
+        info = tensorrt_info("trtq bench's own GPU measurement")
+        _with_trtexec_defaults(settings, info.major, cuda_graph, transfers)
         ours = run_gpu_bench(
             engine_path,
             settings,
@@ -54,7 +54,7 @@ def _measure(engine_path: str, settings, cuda_graph: bool | None, transfers: boo
         )
     except TrtqError as exc:
         # Every failure to import TensorRT is the machine's; after it, only these types are.
-        if trt is not None and not isinstance(exc, (MissingDependencyError, CudaError, EngineLoadError)):
+        if info is not None and not isinstance(exc, (MissingDependencyError, CudaError, EngineLoadError)):
             raise
         if not fallback:
             raise TrtqError(f"{exc}; `trtq bench --trtexec-log FILE` reads a trtexec log without it") from exc

@@ -117,7 +117,7 @@ class LayerTimeCollector:
 
     Layers arrive in execution order once per profiled inference; a new iteration starts when
     the first layer's name comes round again. Pure Python, so it is testable without a GPU; the
-    TensorRT profiler class in :mod:`trtq.report.gpu_bench` forwards to it.
+    profiler reports of :func:`trtq.trt.runner.time_engine` are replayed into it.
     """
 
     def __init__(self) -> None:

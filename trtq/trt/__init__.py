@@ -110,3 +110,9 @@ def probe(trt: ModuleType) -> TensorRTInfo:
         has_layer_precision=hasattr(layer_cls, "precision") and hasattr(layer_cls, "set_output_type"),
         has_progress_monitor=hasattr(trt, "IProgressMonitor") and hasattr(config_cls, "progress_monitor"),
     )
+
+
+def tensorrt_info(purpose: str = "building a TensorRT engine") -> TensorRTInfo:
+    """What the installed TensorRT offers (:func:`probe` of :func:`import_tensorrt`): for callers outside
+    this package, which need the version and features but must not hold the module itself."""
+    return probe(import_tensorrt(purpose))
