@@ -1,6 +1,7 @@
 """Per-layer timings: trtexec ``--exportProfile`` JSON, ``--dumpProfile`` tables, IProfiler runs.
 
-All three become a :class:`Profile` whose rows are joined to layers by name. Rows that match
+All three become a :class:`Profile` (defined in :mod:`trtq.report.profile_types`, which the trtexec
+log parser shares, and re-exported here) whose rows are joined to layers by name. Rows that match
 no layer (Myelin reports its sub-kernels, e.g. ``node_conv2d_myl0_1``, under names the layer
 information does not use) are kept and counted, never dropped, so the total stays right.
 """
@@ -18,44 +19,19 @@ import numpy as np
 from trtq.errors import TrtqError
 from trtq.fileio import read_input_text
 from trtq.report.layers import EngineLayers, Layer
+from trtq.report.profile_types import LayerTiming, Profile
+from trtq.report.trtexec_log import parse_trtexec_log
 
-
-@dataclass
-class LayerTiming:
-    """Timing of one profiled layer, per inference unless the name says otherwise."""
-
-    name: str
-    total_ms: float  # summed over all profiled iterations
-    average_ms: float  # total_ms / iterations
-    median_ms: float | None = None  # absent in TensorRT 8.x files
-    percentage: float | None = None  # as written by trtexec
-
-
-@dataclass
-class Profile:
-    """A per-layer profile. ``iterations`` is trtexec's ``count``."""
-
-    iterations: int
-    rows: list[LayerTiming]
-    source: str = ""
-
-    @property
-    def total_ms(self) -> float:
-        """Sum of the per-inference averages: the profiled time of one inference."""
-        return float(sum(r.average_ms for r in self.rows))
-
-    def to_export_json(self) -> str:
-        """The ``--exportProfile`` layout, so files trtq writes load wherever trtexec's do."""
-        total = sum(r.total_ms for r in self.rows) or 1.0
-        lines = ["[", f'  {{ "count" : {self.iterations} }}']
-        for r in self.rows:
-            entry = {"name": r.name, "timeMs": r.total_ms, "averageMs": r.average_ms}
-            if r.median_ms is not None:
-                entry["medianMs"] = r.median_ms
-            entry["percentage"] = 100.0 * r.total_ms / total
-            lines.append(", " + json.dumps(entry))
-        lines.append("]")
-        return "\n".join(lines) + "\n"
+__all__ = [
+    "JoinedLayer",
+    "LayerTimeCollector",
+    "LayerTiming",
+    "Profile",
+    "ProfileJoin",
+    "join_profile",
+    "load_profile",
+    "parse_profile_json",
+]
 
 
 def parse_profile_json(doc: Any, source: str = "profile") -> Profile:
@@ -102,8 +78,6 @@ def load_profile(path: str | os.PathLike) -> Profile:
             raise TrtqError(f"{p} is not a trtexec --exportProfile file{hint}")
         if doc is not None:
             return parse_profile_json(doc, source=str(p))
-    from trtq.report.trtexec_log import parse_trtexec_log
-
     log = parse_trtexec_log(text, source=str(p))
     if log.profile is None:
         raise TrtqError(

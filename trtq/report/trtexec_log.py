@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from trtq.fileio import read_input_text
-from trtq.report.profile import LayerTiming, Profile
+from trtq.report.profile_types import LayerTiming, Profile
 from trtq.report.timing import BenchStats, percentile_key
 
 _FLOAT = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan"
