@@ -4,7 +4,10 @@ Nothing here imports them at module import time. :func:`import_tensorrt` loads T
 command needs it and :func:`probe` reads what the installed version can do from the module itself
 (``trt.__version__`` plus feature probes), because TensorRT 11 removed whole APIs that 10.x had:
 the INT8 calibrators, the FP16/INT8 builder flags and per-layer precision constraints. The path a
-build takes is decided in one place, :func:`trtq.trt.plan.plan_build`.
+build takes is decided in one place, :func:`trtq.trt.plan.plan_build`. Code outside this package
+asks it for plain data (layer JSON, timings, :func:`tensorrt_info`) and never holds the modules;
+``tests/test_architecture.py`` checks that from the source (its one listed exception,
+``trtq/pipeline/environment.py``, still calls :func:`import_tensorrt` and the CUDA backend factory).
 """
 
 from __future__ import annotations
