@@ -11,7 +11,8 @@ import json
 import pytest
 
 from tests.report_data import A100, HANDMADE, TRTEXEC
-from trtq.report.analysis import build_report, compare_reports
+from trtq.report.analysis import build_report
+from trtq.report.compare import compare_reports
 from trtq.report.layers import load_layer_info, parse_layer_info
 from trtq.report.profile import (
     LayerTimeCollector,

@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import REPO
 from tests.report_data import A100
-from trtq.report.analysis import build_report, compare_reports
+from trtq.report.analysis import build_report
+from trtq.report.compare import compare_reports
 from trtq.report.html import PRECISION_COLORS, donut_svg, render_html
 from trtq.report.layers import load_layer_info
 from trtq.report.profile import load_profile

@@ -81,7 +81,8 @@ def report(source, profile_path, compare_path, compare_profile_path, ranges_path
       trtq report model.engine --markdown >> "$GITHUB_STEP_SUMMARY"
     """
     from trtq.fileio import atomic_write, check_output_path, write_json
-    from trtq.report.analysis import build_report, compare_reports
+    from trtq.report.analysis import build_report
+    from trtq.report.compare import compare_reports
     from trtq.report.engine import load_layers
     from trtq.report.html import render_html
     from trtq.report.render_text import render_compare_text, render_report_markdown, render_report_text

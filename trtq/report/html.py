@@ -11,7 +11,8 @@ import math
 from html import escape
 
 from trtq import __version__
-from trtq.report.analysis import Comparison, EngineReport
+from trtq.report.compare import Comparison
+from trtq.report.model import EngineReport
 from trtq.report.precision import KERNEL_CLASS_LABELS
 
 # One colour per precision; the screenshot test looks for these exact values.

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trtq.report.analysis import ComparePair, Comparison, EngineReport, ReportRow
+from trtq.report.compare import ComparePair, Comparison
+from trtq.report.model import EngineReport, ReportRow
 from trtq.report.precision import KERNEL_CLASS_LABELS
 from trtq.report.profile import Profile
 from trtq.report.timing import METRIC_LABELS, BenchStats
