@@ -30,7 +30,8 @@ ALGORITHM_NAMES = {
 # Ranges from trtq-only methods (percentile, mse) reach TensorRT 10.x by being served through an
 # EntropyCalibrator2 that never sees a batch, so their cache carries that header (as trtexec --calib
 # also requires: it reads caches through an IInt8EntropyCalibrator2).
-HEADER_ALGORITHM = {**ALGORITHM_NAMES, "percentile": "EntropyCalibration2", "mse": "EntropyCalibration2"}
+HEADER_ALGORITHM = {**ALGORITHM_NAMES, "percentile": "EntropyCalibration2", "mse": "EntropyCalibration2",
+                    "auto": "EntropyCalibration2"}
 
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
 
