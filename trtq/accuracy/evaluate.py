@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from trtq.accuracy.labels import Labels, check_labels, labels_for_fed
+from trtq.accuracy.targets import MetricTracker
 from trtq.capture import with_extra_outputs
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
@@ -66,12 +67,19 @@ class Comparison:
     outcomes: dict[str, Outcome]
     reference_accuracy: dict[str, float | None] | None = None
     logits: str | None = None
+    metric_scores: dict | None = None  # task metric: candidate key (None: FP32) -> mean score
 
     def drop_points(self, key: str) -> float | None:
         """FP32 top-1 minus the candidate's, in percentage points (None without labels)."""
         if self.reference_accuracy is None:
             return None
         return 100.0 * (self.reference_accuracy["top1"] - self.outcomes[key].accuracy["top1"])
+
+    def metric_drop_points(self, key: str) -> float | None:
+        """The task metric's FP32 score minus the candidate's, x 100 (None without a metric)."""
+        if not self.metric_scores:
+            return None
+        return 100.0 * (self.metric_scores[None] - self.metric_scores[key])
 
 
 class _Predictions:
@@ -167,15 +175,22 @@ def compare_candidates(
     labels: Labels | None = None,
     source: BatchSource | None = None,
     logits: str | None = None,
+    metric: MetricTracker | None = None,
 ) -> Comparison:
-    """One pass over ``batches``: FP32 once per batch, every candidate after it, accuracy with labels."""
+    """One pass over ``batches``: FP32 once per batch, every candidate after it, accuracy with labels,
+    and the task metric's score of each candidate with ``metric`` (a fresh tracker per pass)."""
     names = list(names)
     index = logits_index(names, logits)
     if labels is not None:
         check_labels(labels, source)  # before the long part
     predictions = _Predictions(index, names[index], candidates) if labels is not None else None
-    rows = compare_runs(reference, candidates, names, batches,
-                        observe=predictions.observe if predictions is not None else None)
+    observers = [o.observe for o in (predictions, metric) if o is not None]
+
+    def observe(reference_outputs: list[np.ndarray], outputs: dict[str, list[np.ndarray]]) -> None:
+        for observer in observers:
+            observer(reference_outputs, outputs)
+
+    rows = compare_runs(reference, candidates, names, batches, observe=observe if observers else None)
     samples = max((r.samples for per in rows.values() for r in per), default=0)
     reference_accuracy = None
     accuracy: dict = {}
@@ -185,7 +200,8 @@ def compare_candidates(
         accuracy = predictions.accuracy(truth)
         reference_accuracy = accuracy[None]
     outcomes = {key: Outcome(per, accuracy.get(key), names[index]) for key, per in rows.items()}
-    return Comparison(samples, outcomes, reference_accuracy, names[index])
+    return Comparison(samples, outcomes, reference_accuracy, names[index],
+                      metric.scores() if metric is not None else None)
 
 
 @dataclass

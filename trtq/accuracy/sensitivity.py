@@ -39,6 +39,7 @@ import numpy as np
 from trtq.accuracy.evaluate import CapturingRunner, Comparison, compare_candidates, logits_index
 from trtq.accuracy.labels import Labels
 from trtq.accuracy.switch import Layer, SwitchableModel, build_switchable
+from trtq.accuracy.targets import MetricTracker, TaskMetric
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import QdqExport, export_qdq
@@ -170,7 +171,7 @@ class SensitivityAnalysis:
 
     def __init__(self, model: Model, amax: Mapping[str, float], batches: Iterable[Mapping[str, np.ndarray]], *,
                  exclude: Iterable[str] = (), labels: Labels | None = None, logits: str | None = None,
-                 ranges_source: str = "the ranges"):
+                 ranges_source: str = "the ranges", metric: TaskMetric | None = None):
         self.model = model
         self.amax = dict(amax)
         self.export: QdqExport = export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source)
@@ -188,6 +189,7 @@ class SensitivityAnalysis:
         self.session = self._capture.session
         self._reference: dict[int, list[np.ndarray]] = {}
         self._labels = labels
+        self._metric = metric
         self._truth: np.ndarray | None = None
         self._source = batches if isinstance(batches, BatchSource) else None
         self.samples = 0
@@ -211,8 +213,13 @@ class SensitivityAnalysis:
         """One pass: every configuration (key -> node names in INT8) against the float reference."""
         runners = {key: session_runner(self.session, self.names, self.switchable.switches(int8))
                    for key, int8 in configurations.items()}
+        tracker = None
+        if self._metric is not None:
+            truth = self._labels.by_index if self._labels is not None else None
+            tracker = MetricTracker(self._metric, self.names, truth)
         comparison = compare_candidates(self._reference_run, runners, self.names, self.batches,
-                                        labels=self._labels, source=self._source, logits=self.logits)
+                                        labels=self._labels, source=self._source, logits=self.logits,
+                                        metric=tracker)
         self.samples = comparison.samples
         return comparison
 
@@ -255,7 +262,9 @@ class SensitivityAnalysis:
     def _step(self, kept: list[str], comparison: Comparison, key: str, target_sqnr: float | None,
               max_drop: float | None) -> KeepStep:
         outcome = comparison.outcomes[key]
-        if comparison.reference_accuracy is not None:
+        if comparison.metric_scores:
+            drop = comparison.metric_drop_points(key)
+        elif comparison.reference_accuracy is not None:
             drop = comparison.drop_points(key)
         elif outcome.top1_agreement is not None:
             drop = 100.0 * (1.0 - outcome.top1_agreement)
@@ -276,7 +285,7 @@ class SensitivityAnalysis:
         """Fail before the ranking's runs when :meth:`keep_set` could not measure the target."""
         if target_sqnr is None and max_drop is None:
             raise TrtqError("give a target: --target-sqnr DB and/or --max-drop PCT")
-        if max_drop is not None and self._labels is None and not self._has_classes():
+        if max_drop is not None and self._labels is None and self._metric is None and not self._has_classes():
             raise TrtqError("--max-drop needs --labels or an output with class scores (top-1 agreement)")
 
     def keep_set(self, result: SensitivityResult, *, target_sqnr: float | None = None,
@@ -292,7 +301,8 @@ class SensitivityAnalysis:
         self.check_target(target_sqnr, max_drop)
         result.target = {"sqnr_db": target_sqnr, "max_drop_points": max_drop}
         if max_drop is not None:
-            result.target["drop_measure"] = "top-1 accuracy" if self._labels is not None else "top-1 agreement"
+            result.target["drop_measure"] = (f"metric {self._metric.name}" if self._metric is not None else
+                                             "top-1 accuracy" if self._labels is not None else "top-1 agreement")
         best = self._verify([], target_sqnr, max_drop)
         result.all_int8 = result.all_int8 or best
         result.steps = [best]

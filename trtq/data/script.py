@@ -37,15 +37,17 @@ def parse_script_spec(spec: str) -> tuple[Path, str]:
     return Path(spec), DEFAULT_FUNCTION
 
 
-def load_function(path: Path, function: str) -> Callable[[], Iterable]:
-    """Import the script as a module (its folder on ``sys.path`` meanwhile) and return the function."""
+def load_function(path: Path, function: str, what: str = "data loader script") -> Callable[..., object]:
+    """Import the script as a module (its folder on ``sys.path`` meanwhile) and return the function.
+
+    ``what`` names the script in errors (a data loader, a ``--metric`` script)."""
     if not path.is_file():
-        raise TrtqError(f"data loader script not found: {path}")
+        raise TrtqError(f"{what} not found: {path}")
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
     module_name = f"trtq_data_loader_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise TrtqError(f"cannot load {path} as a Python script")
+        raise TrtqError(f"cannot load {path} as a Python script ({what})")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling inside the script look it up
     folder = str(path.resolve().parent)
@@ -54,15 +56,15 @@ def load_function(path: Path, function: str) -> Callable[[], Iterable]:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:
         sys.modules.pop(module_name, None)
-        raise TrtqError(f"data loader script {path} failed on import: {one_line(exc)}") from exc
+        raise TrtqError(f"{what} {path} failed on import: {one_line(exc)}") from exc
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
     func = getattr(module, function, None)
     if func is None:
-        raise TrtqError(f"data loader script {path} defines no function '{function}'")
+        raise TrtqError(f"{what} {path} defines no function '{function}'")
     if not callable(func):
-        raise TrtqError(f"'{function}' in data loader script {path} is not a function")
+        raise TrtqError(f"'{function}' in {what} {path} is not a function")
     return func
 
 

@@ -1,0 +1,70 @@
+"""The evaluation set of ``trtq quantize`` / ``--calibrator auto`` when the user gives no ``--eval-data``:
+a deterministic split of the calibration data, made while the calibration pass reads it.
+
+Rule: of every ``HOLDOUT_EVERY`` batches, the second (batch index ``k % HOLDOUT_EVERY == 1``) is held
+out for evaluation and not calibrated on, until ``max_samples`` evaluation samples are held; later
+batches all calibrate. Holding out whole batches keeps the data sources untouched (ranges do not
+depend on batching: the statistics are batch-size invariant), and evaluating on data the ranges never
+saw keeps the measurement honest (on its own calibration data, a method that clips nothing looks
+best). A source of a single batch cannot be split: that batch serves both, and :attr:`shared` says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HOLDOUT_EVERY = 5
+DEFAULT_EVAL_SAMPLES = 256
+
+
+def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
+    first = np.asarray(next(iter(feed.values())))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+@dataclass
+class HoldoutSplit:
+    """Wraps the calibration batches; collects the held-out ones (in memory) as it yields the rest."""
+
+    batches: Iterable[Mapping[str, np.ndarray]]
+    max_samples: int = DEFAULT_EVAL_SAMPLES
+    held: list[dict[str, np.ndarray]] = field(default_factory=list)
+    held_positions: list[np.ndarray] = field(default_factory=list)  # sample positions in feed order
+    fed: int = 0  # samples the source yielded (calibrated + held out)
+    shared: bool = False
+
+    def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
+        self.held, self.held_positions, self.fed, self.shared = [], [], 0, False
+        held_samples, first = 0, None
+        for index, feed in enumerate(self.batches):
+            samples = batch_samples(feed)
+            positions = np.arange(self.fed, self.fed + samples)
+            self.fed += samples
+            if index == 0:
+                first = (dict(feed), positions)
+            if index % HOLDOUT_EVERY == 1 and held_samples < self.max_samples:
+                self.held.append(dict(feed))
+                self.held_positions.append(positions)
+                held_samples += samples
+                continue
+            yield feed
+        if not self.held and first is not None:  # one batch: it is both calibrated on and evaluated
+            self.held, self.held_positions, self.shared = [first[0]], [first[1]], True
+
+    @property
+    def samples(self) -> int:
+        return int(sum(p.size for p in self.held_positions))
+
+    def describe(self) -> str:
+        if self.shared:
+            return (f"the calibration data itself ({self.samples} samples: one batch cannot be split; "
+                    "give --eval-data for an honest measurement)")
+        return (f"{self.samples} samples held out from the calibration data (every {HOLDOUT_EVERY}th batch, "
+                "not calibrated on)")
+
+    def labels(self, all_labels: np.ndarray) -> np.ndarray:
+        """The held-out samples' labels, from the labels of every sample fed (in feed order)."""
+        return all_labels[np.concatenate(self.held_positions)] if self.held_positions else all_labels[:0]
