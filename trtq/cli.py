@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("trtq.commands.evaluate:evaluate", "Simulated INT8 vs FP32 accuracy on held-out data (no GPU)."),
     "sensitivity": ("trtq.commands.sensitivity:sensitivity",
                     "Rank layers by INT8 error (clipping or rounding); find the few to keep in FP16."),
+    "quantize": ("trtq.commands.quantize:quantize",
+                 "FP32 ONNX -> a verified INT8 Q/DQ model (auto ranges, layers kept in float only where needed)."),
     "run": ("trtq.commands.run:run", "The whole job from trtq.toml: calibrate, export, evaluate, build; a manifest."),
 }
 

@@ -1,0 +1,256 @@
+"""``--calibrator auto`` and ``trtq quantize`` on real data: the MNIST zoo model on real MNIST digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from trtq.accuracy.holdout import HOLDOUT_EVERY, HoldoutSplit
+from trtq.accuracy.quantize import quantize
+from trtq.accuracy.targets import TaskMetric, resolve_target
+from trtq.autorange import (
+    MAX_CLIPPED,
+    SPIKE,
+    SPIKE_BAND,
+    data_independent_tensors,
+    diagnose_all,
+    guarded_ranges,
+)
+from trtq.cache import parse_cache
+from trtq.calibrate import collect_statistics, compute_ranges
+from trtq.cli import cli
+from trtq.errors import TrtqError
+from trtq.model import Model, load_model
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_model_path, mnist_digits):
+    images, labels = mnist_digits
+    return load_model(mnist_model_path), images, labels
+
+
+def _feeds(images: np.ndarray) -> list[dict[str, np.ndarray]]:
+    return [{"Input3": image[None]} for image in images]  # the zoo model fixes batch 1
+
+
+@pytest.fixture(scope="module")
+def mnist_stats(mnist):
+    model, images, _ = mnist
+    return collect_statistics(model, _feeds(images[:400]))
+
+
+def test_mnist_input_is_a_spike_and_auto_never_clips_it(mnist, mnist_stats):
+    """MNIST's strokes put a spike of values at 255: entropy2 clips them, the guards do not."""
+    model, _, _ = mnist
+    diagnoses = diagnose_all(mnist_stats, data_independent_tensors(model.proto))
+    assert SPIKE in diagnoses["Input3"].flags
+    assert diagnoses["Input3"].top_share > 0.1
+    plain = compute_ranges(mnist_stats, "entropy2")
+    assert mnist_stats["Input3"].fraction_above(plain["Input3"]) > MAX_CLIPPED  # TensorRT's KL clips the spike
+    for method, percentile in (("entropy2", 99.99), ("mse", 99.99), ("percentile", 99.9), ("minmax", 99.99)):
+        guarded = guarded_ranges(mnist_stats, method, percentile, diagnoses)
+        for s in mnist_stats:
+            clipped = s.fraction_above(guarded[s.name])
+            assert clipped <= MAX_CLIPPED + 1e-12, (method, s.name, clipped)
+            if SPIKE in diagnoses[s.name].flags:  # nothing of the top band is clipped
+                assert guarded[s.name] == s.absmax
+                assert s.fraction_above((1 - SPIKE_BAND) * s.absmax) > 0
+
+
+def test_data_independent_tensors_are_those_computed_from_shapes_only():
+    """An anchor grid made by Range over Shape depends on no input value; the activations do."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["width"], axis=0),
+        helper.make_node("Cast", ["width"], ["width_f"], to=TensorProto.FLOAT),
+        helper.make_node("Range", ["zero", "width_f", "step"], ["grid"]),
+        helper.make_node("Relu", ["x"], ["act"]),
+        helper.make_node("Add", ["act", "grid"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(1, np.int64), "one"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "step")]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    independent = data_independent_tensors(proto)
+    assert {"shape", "width", "width_f", "grid"} <= independent
+    assert not {"act", "y"} & independent
+
+
+def test_holdout_split_is_deterministic_and_disjoint(mnist):
+    _, images, _ = mnist
+    feeds = _feeds(images[:50])
+    split = HoldoutSplit(feeds, max_samples=100)
+    calibrated = [f["Input3"] for f in split]
+    assert split.samples == 50 // HOLDOUT_EVERY
+    assert len(calibrated) + split.samples == 50
+    held = np.concatenate(split.held_positions)
+    assert held.tolist() == list(range(1, 50, HOLDOUT_EVERY))
+    assert np.array_equal(split.held[0]["Input3"], feeds[1]["Input3"])
+    assert split.labels(np.arange(50)).tolist() == held.tolist()
+
+
+def test_quantize_meets_the_default_target_and_its_outputs_agree(mnist):
+    model, images, labels = mnist
+    result = quantize(model, _feeds(images[:300]), eval_batches=_feeds(images[500:700]),
+                      eval_labels=labels[500:700])
+    assert result.ok, result.failure
+    assert result.target.defaulted and result.target.max_drop == 1.0 and result.target.min_sqnr is None
+    assert result.final_step.meets_target and result.final_step.drop_points <= 1.0
+    # auto measured every candidate and chose one that is not worse than any other on the drop
+    drops = [c.drop_points for c in result.auto.candidates]
+    assert result.auto.chosen.drop_points <= min(drops) + 1.0
+    # the Q/DQ model's activation scales are the ranges / 127
+    scales = {init.name: numpy_helper.to_array(init) for init in result.export.model.graph.initializer}
+    for node in result.export.model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in result.amax:
+            assert float(scales[node.input[1]]) == pytest.approx(result.amax[node.input[0]] / 127, rel=1e-6)
+
+
+def test_a_missed_target_keeps_layers_and_the_keep_list_is_the_float_layers(mnist):
+    model, images, _ = mnist
+    result = quantize(model, _feeds(images[:300]), eval_batches=_feeds(images[500:600]), min_sqnr=44.0)
+    assert result.ok and result.keep
+    assert result.final_step.sqnr_db >= 44.0
+    quantized = set(result.export.plan.quantized_nodes)
+    assert not quantized & set(result.keep)
+    assert quantized | set(result.keep) == set(result.quantized_nodes)
+
+
+def test_a_target_only_float_meets_fails_without_a_model(mnist):
+    model, images, _ = mnist
+    result = quantize(model, _feeds(images[:100]), eval_batches=_feeds(images[500:540]), min_sqnr=90.0)
+    assert not result.ok and result.export is None
+    assert "not an INT8 model" in result.failure
+
+
+def test_a_task_metric_drives_the_target(mnist):
+    model, images, labels = mnist
+    calls = []
+
+    def exact(fp32, int8, batch_labels):
+        calls.append(batch_labels is not None)
+        return float(np.mean(np.argmax(int8["Plus214_Output_0"], axis=1) == batch_labels))
+
+    result = quantize(model, _feeds(images[:200]), eval_batches=_feeds(images[500:600]),
+                      eval_labels=labels[500:600], metric=TaskMetric("exact", exact), max_drop=0.5)
+    assert result.ok and all(calls)
+    assert result.target.drop_measure == "metric exact"
+    assert result.final.metric_scores[None] == pytest.approx(
+        np.mean(np.argmax(np.stack([model_out(model, f) for f in _feeds(images[500:600])]), axis=1)
+                == labels[500:600]))
+
+
+def model_out(model: Model, feed):
+    from trtq.export.compare import fake_quant_session, session_runner
+
+    return session_runner(fake_quant_session(model.proto), ["Plus214_Output_0"])(feed)[0][0]
+
+
+def test_a_metric_that_returns_nan_is_a_clear_error(mnist):
+    model, images, _ = mnist
+    with pytest.raises(TrtqError, match="not a finite number"):
+        quantize(model, _feeds(images[:50]), eval_batches=_feeds(images[500:520]),
+                 metric=TaskMetric("nan", lambda a, b, c: float("nan")))
+
+
+def test_no_finite_value_in_an_input_is_an_error(mnist):
+    model, images, _ = mnist
+    bad = [{"Input3": np.full((1, 1, 28, 28), np.nan, np.float32)} for _ in range(6)]
+    with pytest.raises(TrtqError, match="no finite value"):
+        quantize(model, bad)
+
+
+def test_default_target_without_labels_or_metric():
+    target = resolve_target(None, None, metric=None, labelled=False, class_scores=False)
+    assert target.min_sqnr == 30.0 and target.max_drop is None
+    with pytest.raises(TrtqError, match="--max-drop needs"):
+        resolve_target(None, 1.0, metric=None, labelled=False, class_scores=False)
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory, mnist):
+    _, images, labels = mnist
+    folder = tmp_path_factory.mktemp("digits")
+    np.save(folder / "cal.npy", images[:150])
+    np.save(folder / "val.npy", images[600:700])
+    np.save(folder / "val_labels.npy", labels[600:700])
+    np.save(folder / "bad_shape.npy", np.zeros((4, 1, 14, 14), np.float32))
+    return folder
+
+
+def test_cli_writes_a_consistent_set_of_files(tmp_path, mnist_model_path, digits_npz):
+    out = tmp_path / "m.int8.onnx"
+    result = CliRunner().invoke(cli, ["quantize", str(mnist_model_path), "--data", str(digits_npz / "cal.npy"),
+                                       "--eval-data", str(digits_npz / "val.npy"),
+                                       "--labels", str(digits_npz / "val_labels.npy"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("m.int8.onnx", "m.int8.cache", "m.int8.keep.txt", "m.int8.report.json", "m.int8.report.html"):
+        assert (tmp_path / name).is_file(), name
+    report = json.loads((tmp_path / "m.int8.report.json").read_text())
+    assert report["ok"] and report["evaluation"]["samples"] == 100
+    cache = parse_cache((tmp_path / "m.int8.cache").read_bytes())
+    assert "00000000" not in (tmp_path / "m.int8.cache").read_text()
+    qdq = onnx.load(str(out))
+    scales = {i.name: float(numpy_helper.to_array(i)) for i in qdq.graph.initializer if i.dims == []}
+    for node in qdq.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in cache.scales:
+            assert scales[node.input[1]] == pytest.approx(cache.scales[node.input[0]], rel=1e-6)
+    keep = [line for line in (tmp_path / "m.int8.keep.txt").read_text().splitlines() if not line.startswith("#")]
+    assert keep == report["keep"]
+    assert "<svg" in (tmp_path / "m.int8.report.html").read_text()
+
+
+def test_cli_missed_target_exits_3_and_writes_no_model(tmp_path, mnist_model_path, digits_npz):
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(cli, ["quantize", str(mnist_model_path), "--data", str(digits_npz / "cal.npy"),
+                                       "--min-sqnr", "90", "-q", "-o", str(out)])
+    assert result.exit_code == 3
+    assert "not an INT8 model" in result.output
+    assert not out.exists() and not (tmp_path / "m.cache").exists()
+    assert (tmp_path / "m.report.json").is_file()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "--metric script not found"),
+    ("raises", "raised ZeroDivisionError"),
+    ("string", "not a number"),
+    ("shape", "dimension"),
+    ("labels", "labels"),
+])
+def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path, mnist_model_path, digits_npz, case, message):
+    script = tmp_path / "metric.py"
+    script.write_text("def metric(fp32, int8, labels):\n    return 1 / 0\n\n"
+                      "def text(fp32, int8, labels):\n    return 'good'\n")
+    args = ["quantize", str(mnist_model_path), "--data", str(digits_npz / "cal.npy"), "-o", str(tmp_path / "q.onnx")]
+    args += {"missing": ["--metric", str(tmp_path / "nope.py")],
+             "raises": ["--metric", str(script)],
+             "string": ["--metric", f"{script}:text"],
+             "shape": ["--eval-data", str(digits_npz / "bad_shape.npy")],
+             "labels": ["--eval-data", str(digits_npz / "val.npy"),
+                        "--labels", str(digits_npz / "cal.npy")]}[case]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("trtq: error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metric.py"]
+
+
+def test_report_html_exists_only_as_a_whole_file(tmp_path: Path):
+    """The output names next to -o are fixed (the build and export commands read them by name)."""
+    from trtq.commands.quantize import output_paths
+
+    paths = output_paths(str(tmp_path / "det.int8.onnx"))
+    assert paths["cache"].name == "det.int8.cache" and paths["keep"].name == "det.int8.keep.txt"

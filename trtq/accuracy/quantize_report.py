@@ -1,0 +1,104 @@
+"""The HTML report of ``trtq quantize``: the pictures a user needs to trust the INT8 model.
+
+* accuracy vs the number of layers kept in float, with the share of the MACs still in INT8 (what
+  each kept layer costs in speed);
+* the range-method candidates ``auto`` measured, and the tensors whose guards changed a range;
+* the sensitivity ranking (when the search ran);
+* the |x| histogram with every method's threshold for the tensors whose choice mattered most
+  (where the candidates' ranges disagree most, and the inputs of the kept layers).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from trtq.accuracy.figures import bar_chart
+from trtq.accuracy.quantize import QuantizeResult
+from trtq.accuracy.report import Figure, _db, _figure_html, _page, _table, histogram_figures, ranking_figure
+from trtq.ranges import range_function
+
+MAX_HISTOGRAMS = 8
+_MET, _MISSED = "#2ca02c", "#d62728"
+
+
+def _steps_figure(result: QuantizeResult, mac_shares: Sequence[float | None]) -> Figure:
+    rows = []
+    for step, share in zip(result.steps, mac_shares, strict=True):
+        note = f"{_db(step.sqnr_db)} dB"
+        if step.drop_points is not None:
+            note += f", drop {step.drop_points:.2f} pt"
+        if share is not None:
+            note += f", {100 * share:.0f} % of MACs in INT8"
+        value = step.sqnr_db if math.isfinite(step.sqnr_db) else 100.0
+        rows.append((f"{step.step} ({len(step.kept)} kept)", max(value, 0.0),
+                     _MET if step.meets_target else _MISSED, note))
+    canvas = bar_chart(rows, title="accuracy vs layers kept in float (verified configurations)",
+                       legend=[("meets the target", _MET), ("misses it", _MISSED)],
+                       value_label="SQNR of the worst output (dB); MAC share = INT8 arithmetic left")
+    return Figure("steps", canvas, "every configuration the loop measured, in order")
+
+
+def mattering_tensors(result: QuantizeResult, limit: int = MAX_HISTOGRAMS) -> list[str]:
+    """Tensors whose range choice mattered most: the kept layers' inputs first, then those where
+    the candidate methods' ranges disagree most (max/min amax ratio)."""
+    chosen: list[str] = []
+    if result.sensitivity is not None:
+        kept = set(result.keep)
+        for entry in result.sensitivity.ranking:
+            if entry.layer.node in kept:
+                chosen.extend(t for t in entry.layer.tensors if t not in chosen)
+    spread = []
+    for s in result.stats:
+        if not s.count or s.absmax == 0 or s.name not in result.amax:
+            continue
+        values = [float(range_function(m, p or 99.99)(s)) for m, p in
+                  (("entropy2", None), ("mse", None), ("percentile", 99.99), ("minmax", None))]
+        low = min(values)
+        spread.append(((max(values) / low) if low > 0 else math.inf, s.name))
+    spread.sort(reverse=True)
+    chosen.extend(name for _, name in spread if name not in chosen)
+    return chosen[:limit]
+
+
+def quantize_figures(result: QuantizeResult, mac_shares: Sequence[float | None]) -> list[Figure]:
+    figures = [_steps_figure(result, mac_shares)]
+    if result.sensitivity is not None:
+        figures.append(ranking_figure(result.sensitivity))
+    figures.extend(histogram_figures(result.stats, result.amax, mattering_tensors(result)))
+    return figures
+
+
+def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: str, data: str,
+                  mac_shares: Sequence[float | None]) -> str:
+    verdict = ("INT8 model written" if result.ok else f"no INT8 model written: {result.failure}")
+    step_rows = [(s.step, len(s.kept), _db(s.sqnr_db), "-" if s.drop_points is None else f"{s.drop_points:.2f}",
+                  "-" if share is None else f"{100 * share:.1f} %", "yes" if s.meets_target else "no",
+                  f"{s.seconds:.2f}") for s, share in zip(result.steps, mac_shares, strict=True)]
+    steps = [f for f in figures if f.name == "steps"]
+    sections = [("Verified configurations",
+                 "".join(_figure_html(f) for f in steps)
+                 + _table(["configuration", "kept", "SQNR dB", "drop (points)", "INT8 MAC share", "meets target",
+                           "seconds"], step_rows, numeric=(1, 2, 3, 4, 6)))]
+    if result.auto is not None:
+        rows = [(c.label, _db(c.sqnr_db), "-" if c.drop_points is None else f"{c.drop_points:.2f}", c.guarded,
+                 "yes" if c.meets_target else "no", "chosen" if c.label == result.auto.label else "")
+                for c in result.auto.candidates]
+        body = _table(["method (guarded)", "SQNR dB", "drop (points)", "tensors guarded", "meets target", ""],
+                      rows, numeric=(1, 2, 3))
+        degenerate = result.auto.degenerate()
+        if degenerate:
+            body += _table(["tensor", "why its range is not searched"],
+                           [(d.name, d.describe()) for d in degenerate[:60]])
+        sections.append(("Range method (auto)", body))
+    if result.sensitivity is not None:
+        sections.append(("Sensitivity ranking", "".join(_figure_html(f) for f in figures if f.name == "ranking")))
+    histograms = [f for f in figures if f.name.startswith("hist-")]
+    if histograms:
+        sections.append(("Tensors whose range mattered most", "".join(_figure_html(f) for f in histograms)))
+    meta = [f"model: {model}", f"calibration: {data} ({result.stats.samples} samples)",
+            f"evaluation: {result.eval_description}", f"target: {result.target.describe()}",
+            f"ranges: {result.method}" + (" (chosen by auto)" if result.auto is not None else ""),
+            f"kept in float: {', '.join(result.keep) or 'nothing'}", verdict]
+    return _page("trtq quantize: a verified INT8 model", meta, sections)
+

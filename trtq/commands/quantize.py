@@ -1,0 +1,169 @@
+"""``trtq quantize``: FP32 ONNX -> a verified INT8 Q/DQ model, its TensorRT cache, keep list and report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES
+from trtq.accuracy.options import label_options
+from trtq.accuracy.quantize import CALIBRATORS
+from trtq.accuracy.sensitivity import MODES
+from trtq.data.options import data_options
+from trtq.ranges import DEFAULT_PERCENTILE
+
+GATE_FAILED = 3  # the exit status of a missed target, as a failed gate of `trtq run`
+
+
+def output_paths(output: str) -> dict[str, Path]:
+    """The files written next to ``-o OUT.onnx``."""
+    out = Path(output)
+    stem = out.with_suffix("") if out.suffix.lower() == ".onnx" else out
+    return {"model": out, "cache": Path(f"{stem}.cache"), "keep": Path(f"{stem}.keep.txt"),
+            "json": Path(f"{stem}.report.json"), "html": Path(f"{stem}.report.html")}
+
+
+@click.command("quantize")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@data_options
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="OUT.onnx",
+              help="The INT8 Q/DQ model; OUT.cache, OUT.keep.txt, OUT.report.json and OUT.report.html go beside it.")
+@click.option("--eval-data", type=click.Path(),
+              help="Held-out evaluation data (the other data options apply) [default: every 5th batch of the "
+                   "calibration data is held out and not calibrated on].")
+@label_options
+@click.option("--metric", metavar="FILE.py[:FUNC]",
+              help="Task metric FUNC(fp32, int8, labels) -> float per batch, higher is better (default FUNC: "
+                   "metric); the drop is its FP32 score minus its INT8 score, x 100.")
+@click.option("--max-drop", type=float, metavar="PCT",
+              help="Target: at most PCT points lost (the --metric, else accuracy with --labels, else top-1 "
+                   "agreement of a [batch, classes] output) [default: 1 where such a measure exists].")
+@click.option("--min-sqnr", type=float, metavar="DB",
+              help="Target: worst-output SQNR of at least DB [default: 30 without --labels/--metric].")
+@click.option("--calibrator", type=click.Choice(CALIBRATORS), default="auto", show_default=True,
+              help="auto: every guarded method measured end to end, the closest to FP32 kept; or one method.")
+@click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
+              help="Percentile of |x| for --calibrator percentile.")
+@click.option("--mode", type=click.Choice(MODES), default="alone", show_default=True,
+              help="Sensitivity ranking used when all-INT8 misses the target.")
+@click.option("--max-eval-samples", type=click.IntRange(min=1), default=DEFAULT_EVAL_SAMPLES, show_default=True,
+              help="Evaluation samples held in memory.")
+@click.option("--trt-version", help="TensorRT version for the cache header [default: installed, else 10.16.1].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; errors and warnings only.")
+def quantize(model_path, output, eval_data, labels_path, labels_from_folders, logits, metric, max_drop, min_sqnr,
+             calibrator, percentile, mode, max_eval_samples, trt_version, quiet, **data_kwargs):
+    """Quantize MODEL to INT8 and verify it: one command from FP32 ONNX to a Q/DQ model that meets
+    an accuracy target.
+
+    One calibration pass collects the statistics; --calibrator auto measures every guarded range
+    method against FP32 on the evaluation data and keeps the closest; if the all-INT8 model still
+    misses the target, the layers that hurt most are kept in float, each step verified; the final
+    Q/DQ model is evaluated again. A target met only by keeping nearly every layer in float writes
+    the report but no model, and exits with status 3.
+
+    \b
+    Examples:
+      trtq quantize calib_data/mnist-8.onnx --data calib_data/mnist -o mnist-8.int8.onnx
+      trtq quantize det.onnx --data calib/ --eval-data val/ --metric boxes.py:f1 --max-drop 2 -o det.int8.onnx
+      trtq build det.onnx --int8 --cache det.int8.cache --keep-precision @det.int8.keep.txt   # TensorRT 10
+    """
+    from trtq.accuracy.labels import labels_for_fed, read_labels
+    from trtq.accuracy.quantize import format_steps, materialize
+    from trtq.accuracy.quantize import quantize as run_quantize
+    from trtq.accuracy.quantize_report import quantize_figures, quantize_html
+    from trtq.accuracy.sensitivity import keep_file_text
+    from trtq.accuracy.targets import load_metric
+    from trtq.cache import DEFAULT_TRT_VERSION, cache_from_amax, write_cache
+    from trtq.data.options import batches_from_options
+    from trtq.export import save_model
+    from trtq.fileio import atomic_write, check_output_path, write_json
+    from trtq.messages import note, warn
+    from trtq.model import load_model
+    from trtq.ranges import check_percentile
+    from trtq.versions import installed_trt_version
+
+    check_percentile(percentile)
+    paths = output_paths(output)
+    for path in paths.values():
+        check_output_path(path)
+    labels = read_labels(labels_path, labels_from_folders)
+    task_metric = load_metric(metric) if metric else None
+    model = load_model(model_path)
+    calibration = batches_from_options(model, warn=warn, **data_kwargs)
+    eval_batches = eval_labels = None
+    calibration_labels = labels
+    eval_description = None
+    if eval_data:
+        options = {**data_kwargs, "data": eval_data, "data_loader_script": None, "max_samples": max_eval_samples,
+                   "seed": None}
+        source = batches_from_options(model, warn=warn, **options)
+        eval_batches = materialize(source, max_eval_samples)
+        fed = sum(int(next(iter(b.values())).shape[0]) for b in eval_batches)
+        eval_labels = labels_for_fed(labels, source, fed) if labels is not None else None
+        calibration_labels, eval_description = None, source.description
+
+    progress = None
+    bar = None
+    if not quiet:
+        click.echo(f"quantizing {model.name} on {calibration.description}", err=True)
+        if calibration.total_samples and sys.stderr.isatty():
+            bar = click.progressbar(length=calibration.total_samples, label="calibration", file=sys.stderr)
+            bar.__enter__()
+            progress = bar.update
+    try:
+        result = run_quantize(model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
+                              calibration_labels=calibration_labels, metric=task_metric, min_sqnr=min_sqnr,
+                              max_drop=max_drop, calibrator=calibrator, percentile=percentile, logits=logits,
+                              mode=mode, max_eval_samples=max_eval_samples, progress=progress,
+                              note=None if quiet else (lambda line: click.echo(line, err=True)))
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if eval_description:
+        result.eval_description = f"{result.eval_samples} samples of {eval_description}"
+
+    quantized = result.quantized_nodes
+    shares = result.mac_shares
+
+    # everything is computed: write the outputs (the report always, the model only when it is verified)
+    figures = quantize_figures(result, shares)
+    document = {**result.document(), "model": model.name, "data": calibration.provenance(),
+                "int8_mac_share": shares[-1], "outputs": {k: str(v) for k, v in paths.items()}}
+    if result.ok:
+        save_model(result.export.model, paths["model"])
+        version = trt_version or installed_trt_version() or DEFAULT_TRT_VERSION
+        usable = {name: value for name, value in result.amax.items() if value > 0}
+        if len(usable) < len(result.amax):
+            note(f"{len(result.amax) - len(usable)} tensors without a usable range (all zero or no finite value) "
+                 "are left out of the cache: TensorRT keeps them in higher precision")
+        write_cache(paths["cache"], cache_from_amax(usable, "auto" if calibrator == "auto" else calibrator, version))
+        atomic_write(paths["keep"], keep_file_text_for(result, model.name, keep_file_text))
+    write_json(paths["json"], document)
+    atomic_write(paths["html"], quantize_html(result, figures, model=model.name, data=calibration.description,
+                                              mac_shares=shares))
+    if not quiet:
+        if result.auto is not None:
+            click.echo("range methods (guarded), simulated INT8 vs FP32 on the evaluation data:")
+            click.echo(result.auto.format_table())
+        click.echo("verified configurations:")
+        for line in format_steps(result):
+            click.echo(line)
+        if shares[-1] is not None:
+            click.echo(f"INT8 layers: {len(quantized) - len(result.keep)} of {len(quantized)} "
+                       f"({100 * shares[-1]:.1f} % of the MACs)")
+        written = [paths["model"], paths["cache"], paths["keep"]] if result.ok else []
+        click.echo("wrote " + ", ".join(str(p) for p in [*written, paths["json"], paths["html"]]))
+    if not result.ok:
+        click.echo(f"trtq: error: {result.failure} (report: {paths['html']})", err=True)
+        sys.exit(GATE_FAILED)
+
+
+def keep_file_text_for(result, model_name: str, keep_file_text) -> str:
+    """The keep list: the sensitivity search's, or an empty list with the same header when all INT8 met the target."""
+    if result.sensitivity is not None:
+        return keep_file_text(result.sensitivity, model_name)
+    return (f"# layers of {model_name} to keep in higher precision (trtq quantize: none needed; "
+            f"target {result.target.describe()})\n"
+            "# use: trtq export MODEL --qdq ... --exclude @FILE, or trtq build --keep-precision @FILE\n")
