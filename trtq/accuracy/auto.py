@@ -102,7 +102,10 @@ class AutoChoice:
 
 
 def drop_of(comparison: Comparison, key: str) -> float | None:
-    """The drop in points of candidate ``key``: task metric, else accuracy, else top-1 agreement."""
+    """The drop in points of candidate ``key``: task metric, else accuracy, else top-1 agreement.
+
+    Callers ask only when the target has a drop measure: the top-1 agreement of an output that is not
+    a row of class scores (a detection head's argmax over anchors) means nothing."""
     if comparison.metric_scores:
         return comparison.metric_drop_points(key)
     if comparison.reference_accuracy is not None:
@@ -149,7 +152,8 @@ def choose_ranges(model: Model, stats: StatsCollector, batches: Sequence[Mapping
     scores = []
     for method, percentile in candidates:
         label = candidate_label(method, percentile)
-        sqnr, drop = comparison.outcomes[label].sqnr_db, drop_of(comparison, label)
+        sqnr = comparison.outcomes[label].sqnr_db
+        drop = drop_of(comparison, label) if target.drop_measure else None
         scores.append(CandidateScore(label, method, percentile, sqnr, drop, target.meets(sqnr, drop), guarded[label]))
     best = _pick(scores, comparison)
     return AutoChoice(best.label, best.method, best.percentile, ranges[best.label], scores, diagnoses, comparison)

@@ -215,7 +215,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     else:
         amax, method = compute_ranges(stats, calibrator, percentile), calibrator
         comparison = _measure(model, amax, [], batches, labels, metric, logits)
-        sqnr, drop = comparison.outcomes["int8"].sqnr_db, drop_of(comparison, "int8")
+        sqnr, drop = comparison.outcomes["int8"].sqnr_db, _drop(target, comparison)
         first_step = Verification(f"all INT8 ({method})", [], sqnr, drop, target.meets(sqnr, drop),
                                   time.perf_counter() - step_started)
     timings["range choice"] = time.perf_counter() - step_started
@@ -237,7 +237,8 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         for step in sensitivity.steps[1:]:
             if step.accepted:
                 steps.append(Verification(f"keep {len(step.kept)} in float", list(step.kept), step.sqnr_db,
-                                          step.drop_points, step.meets_target, 0.0))
+                                          step.drop_points if target.drop_measure else None, step.meets_target,
+                                          0.0))
         timings["sensitivity"] = time.perf_counter() - step_started
 
     result = QuantizeResult(target, calibrator, method, amax, stats, description, eval_samples, keep, layers,
@@ -252,7 +253,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     step_started = time.perf_counter()
     export = export_qdq(model, amax, exclude=keep, ranges_source=f"the {method} ranges")
     final = _measure(model, amax, keep, batches, labels, metric, logits, exported=export)
-    sqnr, drop = final.outcomes["int8"].sqnr_db, drop_of(final, "int8")
+    sqnr, drop = final.outcomes["int8"].sqnr_db, _drop(target, final)
     steps.append(Verification("final Q/DQ model", keep, sqnr, drop, target.meets(sqnr, drop),
                               time.perf_counter() - step_started))
     timings["final check"] = time.perf_counter() - step_started
@@ -261,6 +262,11 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         result.failure = f"the final INT8 model misses the target ({_describe(steps[-1])}; {target.describe()})"
     timings["total"] = time.perf_counter() - started
     return result
+
+
+def _drop(target: Target, comparison: Comparison) -> float | None:
+    """The candidate's drop on the target's measure (None when the target measures no drop)."""
+    return drop_of(comparison, "int8") if target.drop_measure else None
 
 
 def _logits_position(names: list[str], logits: str | None) -> int:
