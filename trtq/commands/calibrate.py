@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from trtq.data.options import batches_from_options, data_given, data_options
+from trtq.commands.options.data import batches_from_options, data_given, data_options
 from trtq.errors import TrtqError
 from trtq.messages import warn
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS

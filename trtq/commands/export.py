@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from trtq.data.options import data_given, data_options
+from trtq.commands.options.data import data_given, data_options
 from trtq.messages import note
 
 
@@ -72,7 +72,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
     compare = data_given(data_kwargs)
     batches = None
     if compare:
-        from trtq.data.options import batches_from_options
+        from trtq.commands.options.data import batches_from_options
 
         batches = batches_from_options(model, warn=warn, **data_kwargs)
 

@@ -6,7 +6,7 @@ import click
 
 from trtq.accuracy.options import label_options, ranges_options, report_options
 from trtq.accuracy.sensitivity import MODES
-from trtq.data.options import data_options
+from trtq.commands.options.data import data_options
 
 DEFAULT_SAMPLES = 500
 TOP_HISTOGRAMS = 8
@@ -49,7 +49,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
     """
     from trtq.accuracy.options import check_outputs, load_inputs
     from trtq.accuracy.sensitivity import SensitivityAnalysis, format_ranking, format_steps, keep_file_text
-    from trtq.data.options import batches_from_options
+    from trtq.commands.options.data import batches_from_options
     from trtq.export import describe_ranges
     from trtq.fileio import atomic_write, write_json
     from trtq.messages import note, warn

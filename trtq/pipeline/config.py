@@ -82,6 +82,11 @@ class DataConfig:
     labels: Path | None = None
     logits: str | None = None
 
+    def open_options(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+        """The data options mapping :func:`trtq.data.options.open_batches_from_options` reads (the
+        command line's names: ``options`` already uses them for everything but the source)."""
+        return {**self.options, "data": self.path, "data_loader_script": self.loader_script, "shapes": shapes}
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -570,9 +575,7 @@ class _Checker:
 
     def preprocess_values(self, value: dict, key: str) -> dict[str, Any]:
         """resize/crop (N, "HxW" or [H, W]), scale (number or "1/255"), mean/std (list or "a,b,c")."""
-        import click
-
-        from trtq.data.options import FloatListType, ScaleType, SizeType
+        from trtq.data.parsing import parse_fraction, parse_image_size, parse_number_list
 
         out: dict[str, Any] = {}
         for name, square in (("resize", False), ("crop", True)):
@@ -583,8 +586,8 @@ class _Checker:
                 out[name] = (raw[0], raw[1])
             elif (_is_kind(raw, "int") and raw > 0) or isinstance(raw, str):
                 try:
-                    out[name] = SizeType(single_is_square=square).convert(str(raw), None, None)
-                except click.BadParameter:  # its message names a CLI option: this one names the key
+                    out[name] = parse_image_size(str(raw), single_is_square=square)
+                except TrtqError:  # this message names the key and the forms TOML allows
                     self.problem(f"{key}.{name}", f"expected N, \"HxW\" or [H, W] with positive integers, got {raw!r}")
             else:
                 self.problem(f"{key}.{name}", f"expected N, \"HxW\" or [H, W] with positive integers, got {raw!r}")
@@ -594,8 +597,8 @@ class _Checker:
                 out["scale"] = float(raw)
             elif isinstance(raw, str):
                 try:
-                    out["scale"] = ScaleType().convert(raw, None, None)
-                except click.BadParameter:
+                    out["scale"] = parse_fraction(raw)
+                except TrtqError:
                     self.problem(f"{key}.scale", f"expected a number or a fraction like \"1/255\", got {raw!r}")
             else:
                 self.problem(f"{key}.scale", f"expected a finite number or a fraction like \"1/255\", "
@@ -610,8 +613,8 @@ class _Checker:
                 out[name] = tuple(float(v) for v in raw)
             elif isinstance(raw, str):
                 try:
-                    out[name] = FloatListType().convert(raw, None, None)
-                except click.BadParameter:
+                    out[name] = parse_number_list(raw)
+                except TrtqError:
                     self.problem(f"{key}.{name}", f"expected a list of numbers, got {raw!r}")
             else:
                 self.problem(f"{key}.{name}", f"expected a list of finite numbers, got {_describe(raw)}")
@@ -685,24 +688,10 @@ class _Checker:
 
 
 def open_data(model, data: DataConfig, shapes: dict[str, tuple[int, ...]], warn: Callable[[str], None] | None = None):
-    """``open_batches`` for a :class:`DataConfig` (the same checks and conventions as ``trtq calibrate``)."""
-    from trtq.data import Preprocess, open_batches
+    """``open_batches`` for a :class:`DataConfig`, through the adapter the commands use."""
+    from trtq.data.options import open_batches_from_options
 
-    options = dict(data.options)
-    preprocess = Preprocess(**{k: options.pop(k) for k in ("preset", "resize", "crop", "interpolation", "scale",
-                                                           "mean", "std", "channel_order", "layout") if k in options})
-    return open_batches(
-        model,
-        str(data.path) if data.path is not None else None,
-        loader_script=data.loader_script,
-        shapes=shapes,
-        batch_size=options.get("batch_size"),
-        max_samples=options.get("max_samples"),
-        seed=options.get("seed"),
-        preprocess=preprocess,
-        input_name=options.get("input_name"),
-        warn=warn,
-    )
+    return open_batches_from_options(model, data.open_options(shapes), warn=warn)
 
 
 _KIND_TEXT = {
