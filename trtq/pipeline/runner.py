@@ -27,9 +27,9 @@ from typing import Any
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_write, sha256_file, write_json
 from trtq.pipeline import steps as impl
-from trtq.pipeline.config import DataConfig, ModelConfig, PipelineConfig, Variant
 from trtq.pipeline.environment import Machine, describe_machine
 from trtq.pipeline.manifest import MANIFEST_FORMAT, Manifest, file_record, fingerprint
+from trtq.pipeline.schema import DataConfig, ModelConfig, PipelineConfig, Variant
 from trtq.pipeline.signals import Interrupted, SignalGuard
 from trtq.pipeline.summary import FAIL, check_gates, render
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from trtq.fileio import atomic_write, json_text, write_json
-from trtq.pipeline.config import ModelConfig, Variant, open_data
 from trtq.pipeline.manifest import fingerprint
+from trtq.pipeline.schema import DataConfig, ModelConfig, Variant
 
 Echo = Callable[[str], None]
 
@@ -93,6 +93,13 @@ def keep_rules(model: ModelConfig, variant: Variant) -> tuple[dict[str, str], li
 def ranges_digest(amax: dict[str, float]) -> str:
     """Fingerprint of the ranges themselves (not of the cache file, whose header names a TensorRT version)."""
     return fingerprint(amax)
+
+
+def open_data(model, data: DataConfig, shapes: dict[str, tuple[int, ...]], warn: Echo):
+    """The batches of ``data``, through the adapter the commands use (``trtq.data.options``)."""
+    from trtq.data.options import open_batches_from_options
+
+    return open_batches_from_options(model, data.open_options(shapes), warn=warn)
 
 
 def cache_amax(path: Path) -> dict[str, float]:
