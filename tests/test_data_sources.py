@@ -20,9 +20,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 from PIL import Image
 
+from trtq.commands.options.data import batches_from_options, data_options
 from trtq.data import ArraySource, ImageFolderSource, Preprocess, ScriptSource, open_batches
 from trtq.data.arrays import _MappedReader, _ZipStreamReader
-from trtq.data.options import batches_from_options, data_options
 from trtq.errors import TrtqError
 from trtq.model import load_model
 

@@ -1,15 +1,34 @@
-"""What trtq tells the user besides errors: one line each on stderr, never mixed with a command's output."""
+"""What trtq tells the user besides errors: one line each on stderr, never mixed with a command's output.
+
+Plain ``sys.stderr`` (looked up at each call, so a test runner's capture sees it), not click: library
+modules warn through here too, and only the CLI layer imports click.
+"""
 
 from __future__ import annotations
 
-import click
+import sys
+
+
+def _say(line: str) -> None:
+    """Write one line to stderr and flush it, as ``click.echo(..., err=True)`` did: a stream that cannot
+    encode a character gets a replacement character, not an exception."""
+    stream = sys.stderr
+    if stream is None:  # no standard streams (pythonw)
+        return
+    text = line + "\n"
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        stream.write(text.encode(encoding, "replace").decode(encoding))
+    stream.flush()
 
 
 def warn(message: str) -> None:
     """Something the user should look at; the work goes on."""
-    click.echo(f"trtq: warning: {message}", err=True)
+    _say(f"trtq: warning: {message}")
 
 
 def note(message: str) -> None:
     """Something trtq did on the user's behalf (an opset upgrade, a default it chose)."""
-    click.echo(f"trtq: note: {message}", err=True)
+    _say(f"trtq: note: {message}")

@@ -187,12 +187,12 @@ def compare_methods_for_calibration(model: Model, stats: StatsCollector, calibra
     calibration's other data options: preprocessing, shapes, batch size) or else on the calibration
     data itself. Returns the comparison and a description of the data it ran on."""
     from trtq.accuracy.labels import read_labels
-    from trtq.data.options import batches_from_options
+    from trtq.data.options import open_batches_from_options
 
     labels = read_labels(eval_labels)
     if eval_data:
         options = {**data_options, "data": eval_data, "data_loader_script": None, "max_samples": None, "seed": None}
-        batches = batches_from_options(model, warn=warn, **options)
+        batches = open_batches_from_options(model, options, warn=warn)
     elif calibration_batches is not None:
         batches = calibration_batches
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from trtq.commands.options.common import quiet_option
 from trtq.messages import note
 
 
@@ -176,7 +177,7 @@ def _trtexec_stats(log, source: str):
     "--json", "json_path", type=click.Path(dir_okay=False), help='Write {"trtq": STATS, "trtexec": STATS} as JSON.'
 )
 @click.option("--markdown", is_flag=True, help="Print Markdown (for CI job summaries).")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (use with --json).")
+@quiet_option("Print nothing but errors (use with --json).")
 def bench(
     engine_path,
     shapes,

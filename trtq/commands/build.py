@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from trtq.data.options import batches_from_options, data_given, data_options
+from trtq.commands.options.data import batches_from_options, data_given, data_options
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.trt.cuda import BACKENDS
 from trtq.trt.plan import ALL_CALIBRATORS, SOURCES

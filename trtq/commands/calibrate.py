@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from trtq.data.options import batches_from_options, data_given, data_options
+from trtq.commands.options.common import quiet_option
+from trtq.commands.options.data import batches_from_options, data_given, data_options
 from trtq.errors import TrtqError
 from trtq.messages import warn
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS
@@ -36,7 +37,7 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
               help="Derive ranges from statistics saved with --save-stats instead of running the model.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="onnxruntime execution provider (cuda needs onnxruntime-gpu).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary; errors and warnings only.")
+@quiet_option("No progress bar and no summary; errors and warnings only.")
 # -- method comparison (trtq.accuracy) --
 @click.option("--compare-methods", is_flag=True,
               help="Also evaluate entropy2, minmax, percentile 99.9/99.99/99.999 and mse ranges (from the same "

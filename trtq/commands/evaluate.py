@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from trtq.accuracy.options import label_options, ranges_options, report_options
-from trtq.data.options import data_options
+from trtq.commands.options.accuracy import label_options, ranges_options, report_options
+from trtq.commands.options.data import data_options
 
 
 @click.command("evaluate")
@@ -33,8 +33,8 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
       trtq evaluate model.onnx --cache m.cache --data val.npz --exclude @keep.txt
     """
     from trtq.accuracy.evaluate import evaluate_int8, format_accuracy
-    from trtq.accuracy.options import check_outputs, load_inputs
-    from trtq.data.options import batches_from_options
+    from trtq.commands.options.accuracy import check_outputs, load_inputs
+    from trtq.commands.options.data import batches_from_options
     from trtq.export import describe_ranges, format_agreement_table
     from trtq.fileio import atomic_write, write_json
     from trtq.messages import note, warn

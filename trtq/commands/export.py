@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from trtq.data.options import data_given, data_options
+from trtq.commands.options.common import quiet_option
+from trtq.commands.options.data import data_given, data_options
 from trtq.messages import note
 
 
@@ -27,7 +28,7 @@ from trtq.messages import note
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the exported .onnx model.")
 @data_options
-@click.option("-q", "--quiet", is_flag=True, help="Print errors and warnings only.")
+@quiet_option()
 def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quiet, **data_kwargs):
     """Write MODEL as an explicit-precision ONNX model for TensorRT 11 (strongly typed).
 
@@ -72,7 +73,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
     compare = data_given(data_kwargs)
     batches = None
     if compare:
-        from trtq.data.options import batches_from_options
+        from trtq.commands.options.data import batches_from_options
 
         batches = batches_from_options(model, warn=warn, **data_kwargs)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from trtq.commands.options.common import quiet_option
 from trtq.errors import TrtqError
 from trtq.messages import note
 
@@ -65,7 +66,7 @@ def _load_ranges(path: str) -> set[str]:
 @click.option("--wide", is_flag=True, help="Do not shorten layer names.")
 @click.option("--reformat-threshold", type=click.FloatRange(min=0, max=100), default=5.0, show_default=True,
               help="Lint reformat layers that take more than this % of the time.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (use with --json/--html).")
+@quiet_option("Print nothing but errors (use with --json/--html).")
 def report(source, profile_path, compare_path, compare_profile_path, ranges_path, build_log_path, expect_int8,
            json_path, html_path, markdown, sort, top, wide, reformat_threshold, quiet):
     """Per-layer precision, kernel class and latency of a TensorRT engine, with lints.

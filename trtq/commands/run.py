@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from trtq.commands.options.common import quiet_option
+
 
 def _err(message: str) -> None:
     click.echo(message, err=True)
@@ -23,7 +25,7 @@ def _err(message: str) -> None:
 @click.option("--check", is_flag=True, help="Check the config and the data, print the plan, run nothing.")
 @click.option("--step-summary", type=click.Path(dir_okay=False), metavar="FILE",
               help='Append the Markdown summary to FILE (in GitHub Actions: --step-summary "$GITHUB_STEP_SUMMARY").')
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines; warnings, errors and the summary only.")
+@quiet_option("No progress lines; warnings, errors and the summary only.")
 @click.pass_context
 def run(ctx, config_path, output, steps, force, require_gpu, check, step_summary, quiet):
     """Run the pipeline declared in CONFIG (default: ./trtq.toml, else [tool.trtq] in ./pyproject.toml).

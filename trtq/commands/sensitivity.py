@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from trtq.accuracy.options import label_options, ranges_options, report_options
 from trtq.accuracy.sensitivity import MODES
-from trtq.data.options import data_options
+from trtq.commands.options.accuracy import label_options, ranges_options, report_options
+from trtq.commands.options.data import data_options
 
 DEFAULT_SAMPLES = 500
 TOP_HISTOGRAMS = 8
@@ -47,9 +47,9 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
       trtq sensitivity model.onnx --ranges r.json --data val.npz --target-sqnr 30 --keep-out keep.txt
       trtq export model.onnx --qdq --ranges r.json --exclude @keep.txt -o model.qdq.onnx
     """
-    from trtq.accuracy.options import check_outputs, load_inputs
     from trtq.accuracy.sensitivity import SensitivityAnalysis, format_ranking, format_steps, keep_file_text
-    from trtq.data.options import batches_from_options
+    from trtq.commands.options.accuracy import check_outputs, load_inputs
+    from trtq.commands.options.data import batches_from_options
     from trtq.export import describe_ranges
     from trtq.fileio import atomic_write, write_json
     from trtq.messages import note, warn

@@ -8,17 +8,8 @@ builds, reports and benchmarks where TensorRT and a GPU are present, into one ar
 """
 
 from trtq.pipeline.config import ConfigError, PipelineConfig, find_config, load_config
-from trtq.pipeline.runner import (
-    EXIT_BAD_INPUT,
-    EXIT_GATE_FAILED,
-    EXIT_OK,
-    EXIT_STEP_FAILED,
-    STEP_KINDS,
-    Pipeline,
-    RunResult,
-    parse_steps,
-    plan,
-)
+from trtq.pipeline.plan import STEP_KINDS, parse_steps, plan
+from trtq.pipeline.runner import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, EXIT_STEP_FAILED, Pipeline, RunResult
 from trtq.pipeline.signals import Interrupted, SignalGuard
 
 __all__ = [

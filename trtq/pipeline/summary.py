@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trtq.pipeline.config import GATE_KEYS
+from trtq.pipeline.schema import GATE_KEYS
 
 PASS, FAIL, NOT_EVALUATED = "pass", "fail", "not evaluated"
 

@@ -1,5 +1,5 @@
 """Click options shared by ``trtq evaluate`` and ``trtq sensitivity`` (and the glue they share), so that
-an option means the same thing in both."""
+an option means the same thing in both. The library side is :mod:`trtq.accuracy`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+
+from trtq.commands.options.common import quiet_option
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,7 +55,7 @@ def report_options(func: F) -> F:
         click.option("--plot-tensor", multiple=True, metavar="TENSOR",
                      help="Draw the |x| histogram of this quantized activation (repeatable) [default: the ones "
                           "with the largest expected quantization error, up to 24 / the top layers' inputs]."),
-        click.option("-q", "--quiet", is_flag=True, help="Print errors and warnings only."),
+        quiet_option(),
     ])
 
 

@@ -1,0 +1,57 @@
+"""Where each artifact of a model and variant lives in the output folder, and where a step stages it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trtq.pipeline.schema import ModelConfig, Variant
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each artifact of a model/variant lives, relative to the output folder (POSIX paths)."""
+
+    model: ModelConfig
+
+    @property
+    def stem(self) -> str:
+        return self.model.path.stem
+
+    def statistics(self) -> str:
+        return f"{self.model.name}/statistics.npz"
+
+    def variant_dir(self, variant: Variant) -> str:
+        return f"{self.model.name}/{variant.name}"
+
+    def cache(self, variant: Variant) -> str:
+        return f"{self.variant_dir(variant)}/{self.stem}.cache"
+
+    def ranges(self, variant: Variant) -> str:
+        return f"{self.variant_dir(variant)}/{self.stem}.ranges.json"
+
+    def onnx(self, variant: Variant) -> str:
+        return f"{self.variant_dir(variant)}/{self.stem}.{variant.name}.onnx"
+
+    def evaluation(self, variant: Variant) -> str:
+        return f"{self.variant_dir(variant)}/evaluate.json"
+
+    def engine(self, variant: Variant) -> str:
+        return f"{self.variant_dir(variant)}/{self.stem}.engine"
+
+    def engine_manifest(self, variant: Variant) -> str:
+        return f"{self.engine(variant)}.json"
+
+    def bench(self, variant: Variant) -> str:
+        return f"{self.variant_dir(variant)}/bench.json"
+
+    def profile(self, variant: Variant) -> str:
+        return f"{self.variant_dir(variant)}/profile.json"
+
+    def report(self, variant: Variant, suffix: str) -> str:
+        return f"{self.variant_dir(variant)}/report.{suffix}"
+
+
+def staged(staging: Path, rel: str) -> Path:
+    """The staging path of artifact ``rel`` (flat: one step's files never share a name)."""
+    return staging / Path(rel).name
