@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES
-from trtq.accuracy.options import label_options
 from trtq.accuracy.quantize import CALIBRATORS
 from trtq.accuracy.sensitivity import MODES
-from trtq.data.options import data_options
+from trtq.commands.options.accuracy import label_options
+from trtq.commands.options.data import data_options
 from trtq.ranges import DEFAULT_PERCENTILE
 
 GATE_FAILED = 3  # the exit status of a missed target, as a failed gate of `trtq run`
@@ -76,7 +76,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.accuracy.sensitivity import keep_file_text
     from trtq.accuracy.targets import load_metric
     from trtq.cache import DEFAULT_TRT_VERSION, cache_from_amax, write_cache
-    from trtq.data.options import batches_from_options
+    from trtq.commands.options.data import batches_from_options
     from trtq.export import save_model
     from trtq.fileio import atomic_write, check_output_path, write_json
     from trtq.messages import note, warn

@@ -53,20 +53,18 @@ def describe_machine(probe_gpu: bool) -> Machine:
     machine.probed = True
     device_problem = None
     try:
-        from trtq.trt.cuda import get_backend
+        from trtq.trt import device_info
 
-        backend = get_backend(None)
-        machine.device = backend.device_info()
+        machine.device = device_info()
         versions["cuda"] = machine.device.get("cuda_runtime_version")
         versions["driver"] = machine.device.get("driver_version")
         versions["gpu"] = machine.device.get("name")
     except TrtqError as exc:
         device_problem = str(exc)
     try:
-        from trtq.trt import import_tensorrt
+        from trtq.trt import tensorrt_info
 
-        trt = import_tensorrt("building engines")
-        versions["tensorrt"] = str(trt.__version__)
+        versions["tensorrt"] = str(tensorrt_info("building engines").version)
     except TrtqError as exc:
         machine.gpu_reason = str(exc)
         return machine

@@ -119,3 +119,11 @@ def tensorrt_info(purpose: str = "building a TensorRT engine") -> TensorRTInfo:
     """What the installed TensorRT offers (:func:`probe` of :func:`import_tensorrt`): for callers outside
     this package, which need the version and features but must not hold the module itself."""
     return probe(import_tensorrt(purpose))
+
+
+def device_info() -> dict:
+    """The CUDA device's name, compute capability, runtime and driver versions (from the installed CUDA
+    binding), for callers outside this package: a one-line :class:`TrtqError` when there is none."""
+    from trtq.trt.cuda import get_backend
+
+    return get_backend(None).device_info()
