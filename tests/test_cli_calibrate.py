@@ -43,13 +43,13 @@ def assert_user_error(result, fragment: str) -> None:
 def test_bundled_default_writes_a_cache_where_it_says(tmp_path, mnist_model_path):
     result = run("calibrate", str(mnist_model_path), "--data", str(MNIST_DIGITS), cwd=tmp_path)
     assert result.exit_code == 0, result.output
-    cache_path = tmp_path / "mnist-8-entropy2.cache"
+    cache_path = tmp_path / "mnist-8-auto.cache"  # the default is auto (trtq's ranges, entropy2's cache header)
     assert f"cache written to {cache_path.name}" in result.output
     cache = read_cache(cache_path)
     assert cache.header == "TRT-101601-EntropyCalibration2"
     assert len(cache.scales) == 12 and all(s > 0 for s in cache.scales.values())
-    assert "300 samples" in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist-8-entropy2.cache"]  # no temp files
+    assert "300 samples" in result.output and "(auto: " in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist-8-auto.cache"]  # no temp files
 
 
 def test_json_stats_and_from_stats(tmp_path, mnist_model_path):
@@ -67,13 +67,22 @@ def test_json_stats_and_from_stats(tmp_path, mnist_model_path):
     assert result.exit_code == 0, result.output
     assert read_cache(cache).header == "TRT-100001-EntropyCalibration2"
     # the same statistics with the same model are accepted; another model is refused
-    assert run("calibrate", str(mnist_model_path), "--from-stats", str(stats), "--cache", str(cache)).exit_code == 0
+    assert run("calibrate", str(mnist_model_path), "--from-stats", str(stats), "--calibrator", "mse",
+               "--cache", str(cache)).exit_code == 0
+    # auto chooses by evaluating: from saved statistics it needs data to evaluate on
+    assert_user_error(run("calibrate", str(mnist_model_path), "--from-stats", str(stats), "--cache", str(cache)),
+                      "--calibrator auto with --from-stats needs MODEL and --eval-data")
+    auto = run("calibrate", str(mnist_model_path), "--from-stats", str(stats), "--eval-data", str(MNIST_DIGITS),
+               "--json", str(ranges), "-q")
+    assert auto.exit_code == 0, auto.output
+    chosen = json.loads(ranges.read_text())["provenance"]["options"]["auto"]["chosen"]
+    assert chosen in {"mse", "minmax", "entropy2", "percentile 99.99", "percentile 99.999"}
     other = tmp_path / "other.onnx"
     proto = onnx.load(str(mnist_model_path))
     proto.producer_name = "changed"
     onnx.save(proto, str(other))
-    assert_user_error(run("calibrate", str(other), "--from-stats", str(stats), "--cache", str(cache)),
-                      "different model")
+    assert_user_error(run("calibrate", str(other), "--from-stats", str(stats), "--calibrator", "mse",
+                          "--cache", str(cache)), "different model")
 
 
 def test_entropy_alias_warns(tmp_path, mnist_model_path):

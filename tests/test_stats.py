@@ -130,3 +130,26 @@ def test_load_rejects_other_files(tmp_path):
         StatsCollector.load(bad)
     with pytest.raises(TrtqError, match="not found"):
         StatsCollector.load(tmp_path / "missing.npz")
+
+
+def test_merged_statistics_equal_one_pass_over_both(mnist_digits):
+    """Statistics of two parts of the data merge into exactly those of one pass (auto calibrates on the
+    held-out batches after choosing, and merges them in)."""
+    from trtq.stats import TensorStats
+
+    images = mnist_digits[0]
+    parts = [images[:7] * 0.01, images[7:40], np.zeros((3, 1, 28, 28), np.float32), images[40:90] * 3.0]
+    for order in (parts, parts[::-1], parts[2:] + parts[:2]):
+        whole = TensorStats("x")
+        for part in order:
+            whole.update(part)
+        pieces = []
+        for part in order:
+            piece = TensorStats("x")
+            piece.update(part)
+            pieces.append(piece)
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            merged.merge(piece)
+        assert merged.exponent == whole.exponent and np.array_equal(merged.hist, whole.hist)
+        assert (merged.count, merged.zeros, merged.min, merged.max) == (whole.count, whole.zeros, whole.min, whole.max)

@@ -107,6 +107,7 @@ class CalibrationResult:
     stats: StatsCollector
     percentile: float = DEFAULT_PERCENTILE
     seconds: float = 0.0
+    details: dict | None = None  # how the ranges were chosen (auto: the candidates and the method picked)
 
     @property
     def samples(self) -> int:
@@ -162,6 +163,8 @@ class CalibrationResult:
         options = {"calibrator": self.calibrator, "cache_header": cache.header}
         if self.calibrator == "percentile":
             options["percentile"] = self.percentile
+        if self.details:
+            options[self.calibrator] = self.details
         return {
             "format": RANGES_FORMAT,
             "calibrator": self.calibrator,

@@ -123,6 +123,33 @@ class TensorStats:
                 self.zeros += int(np.count_nonzero(chunk == 0))
             self.hist += counts
 
+    def merge(self, other: TensorStats) -> None:
+        """Fold in the statistics of the same tensor on other data: exactly what updating with that data
+        would give (histograms on power-of-two grids merge bin for bin, whatever the order)."""
+        if self.keep_histogram != other.keep_histogram:
+            raise TrtqError(f"cannot merge statistics of '{self.name}' with and without a histogram")
+        self.count += other.count
+        self.nonfinite += other.nonfinite
+        self.zeros += other.zeros
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        if not self.keep_histogram or other.exponent is None:
+            if self.keep_histogram and other.exponent is None:
+                self.hist[0] += other.hist[0]
+            return
+        hist = other.hist
+        if self.exponent is None:
+            hist = hist.copy()
+            hist[0] += self.hist[0]
+            self.hist, self.exponent = hist, other.exponent
+            return
+        if other.exponent > self.exponent:
+            self._grow(other.exponent)
+        elif other.exponent < self.exponent:
+            widened = TensorStats(other.name, exponent=other.exponent, hist=other.hist.copy())
+            widened._grow(self.exponent)
+            hist = widened.hist
+        self.hist += hist
+
     def _bin_index(self, x: np.ndarray) -> np.ndarray:
         shift = _FINE_LOG2 - self.exponent
         if -120 < shift < 120:  # the power-of-two factor is exact in float32
@@ -216,6 +243,16 @@ class StatsCollector:
             if stats is None:
                 stats = self.tensors[name] = TensorStats(name, keep_histogram=self.keep_histograms)
             yield stats, values
+
+    def merge(self, other: StatsCollector) -> None:
+        """Fold in statistics collected on other data (same model): as if one pass had seen both."""
+        for name, stats in other.tensors.items():
+            if name in self.tensors:
+                self.tensors[name].merge(stats)
+            else:
+                self.tensors[name] = stats
+        self.samples += other.samples
+        self.batches += other.batches
 
     def __getitem__(self, name: str) -> TensorStats:
         return self.tensors[name]

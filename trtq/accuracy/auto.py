@@ -18,15 +18,18 @@ least robust on the models we measured.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from trtq.accuracy.evaluate import Comparison, compare_candidates
+from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, HoldoutSplit, batch_samples
 from trtq.accuracy.labels import Labels
-from trtq.accuracy.targets import MetricTracker, Target, TaskMetric
+from trtq.accuracy.targets import MetricTracker, Target, TaskMetric, looks_like_class_scores, resolve_target
 from trtq.autorange import TensorDiagnosis, data_independent_tensors, diagnose_all, guarded_ranges
+from trtq.calibrate import CalibrationResult, collect_statistics
 from trtq.errors import TrtqError
 from trtq.export import export_qdq
 from trtq.export.compare import fake_quant_session, session_runner
@@ -171,3 +174,47 @@ def _pick(scores: list[CandidateScore], comparison: Comparison) -> CandidateScor
         if score.sqnr_db > best.sqnr_db + SQNR_TIE_DB:
             best = score
     return best
+
+
+def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
+                   eval_batches: Sequence[Mapping[str, np.ndarray]] | None = None,
+                   eval_labels: np.ndarray | None = None, max_eval_samples: int = DEFAULT_EVAL_SAMPLES,
+                   providers: list[str] | None = None,
+                   progress: Callable[[int], None] | None = None) -> tuple[CalibrationResult, AutoChoice, str]:
+    """``trtq calibrate --calibrator auto``: choose the method on data the ranges did not see, then derive
+    the final ranges from ALL the calibration data.
+
+    Without ``eval_batches`` the calibration data is split (:mod:`trtq.accuracy.holdout`); the held-out
+    batches' statistics are collected after the choice and merged in (statistics merge exactly), so the
+    cache covers every sample, as the other methods' caches do. The target is the default one of
+    :func:`trtq.accuracy.targets.resolve_target` (it orders the candidates; nothing is kept in float here).
+    Returns the result, the choice, and a description of the evaluation data.
+    """
+    started = time.perf_counter()
+    split = HoldoutSplit(batches, max_eval_samples) if eval_batches is None else None
+    stats = collect_statistics(model, split if split is not None else batches, providers=providers,
+                               progress=progress, keep_histograms=True)
+    if split is not None:
+        held, description = split.held, split.describe()
+    else:
+        held = list(eval_batches)
+        description = f"{sum(batch_samples(b) for b in held)} samples of the evaluation data"
+    if not held:
+        raise TrtqError("the evaluation data yielded no batch: nothing to choose the auto ranges on")
+    names = list(model.output_names)
+    first = session_runner(fake_quant_session(model.proto), names)(held[0])
+    target = resolve_target(None, None, metric=None, labelled=eval_labels is not None,
+                            class_scores=looks_like_class_scores(np.shape(first[0])))
+    choice = choose_ranges(model, stats, held, target, labels=eval_labels)
+    if split is not None and not split.shared:
+        data = stats.meta.get("data")
+        stats.merge(collect_statistics(model, held, providers=providers, keep_histograms=True))
+        stats.meta["data"] = data
+        if hasattr(batches, "provenance"):
+            stats.meta["data"] = batches.provenance()
+        diagnoses = diagnose_all(stats, data_independent_tensors(model.proto))
+        pct = choice.percentile if choice.percentile is not None else DEFAULT_PERCENTILE
+        choice.amax = guarded_ranges(stats, choice.method, pct, diagnoses)
+        choice.diagnoses = diagnoses
+    result = CalibrationResult("auto", dict(choice.amax), stats, seconds=time.perf_counter() - started)
+    return result, choice, description

@@ -19,9 +19,11 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.command("calibrate")
 @click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
 @data_options
-@click.option("--calibrator", type=click.Choice(METHODS), default="entropy2", show_default=True,
-              help="Range method: entropy2 (TensorRT's KL search), entropy (same search, legacy header), "
-                   "minmax (absmax), percentile (--percentile of |x|), mse (least squared error).")
+@click.option("--calibrator", type=click.Choice(("auto", *METHODS)), default="auto", show_default=True,
+              help="Range method: auto (every method below, guarded against degenerate tensors, measured as "
+                   "simulated INT8 vs FP32 on held-out data; the closest kept), entropy2 (TensorRT's KL search), "
+                   "entropy (same search, legacy header), minmax (absmax), percentile (--percentile of |x|), "
+                   "mse (least squared error).")
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
               help="Percentile of |x| used by --calibrator percentile, in (0, 100].")
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
@@ -44,9 +46,10 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
                    "statistics) as simulated INT8 vs FP32, and recommend one. Evaluates on --eval-data, else on "
                    "the calibration data.")
 @click.option("--eval-data", type=click.Path(),
-              help="Held-out data for --compare-methods (every sample; the other data options apply).")
+              help="Held-out data for --calibrator auto and --compare-methods (the other data options apply) "
+                   "[default: auto holds out every 5th calibration batch for its choice].")
 @click.option("--eval-labels", type=click.Path(dir_okay=False),
-              help="Labels of the --compare-methods data (.npy in data order, or a file,label CSV): adds accuracy.")
+              help="Labels of the --eval-data (.npy in data order, or a file,label CSV): adds accuracy.")
 def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_version, save_stats, from_stats,
               device, quiet, compare_methods, eval_data, eval_labels, **data_kwargs):
     """Compute INT8 ranges for MODEL's tensors and write a TensorRT calibration cache.
@@ -71,8 +74,12 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
     from trtq.versions import installed_trt_version
 
     check_percentile(percentile)
-    if (eval_data or eval_labels) and not compare_methods:
-        raise click.UsageError("--eval-data and --eval-labels belong to --compare-methods")
+    if (eval_data or eval_labels) and not (compare_methods or calibrator == "auto"):
+        raise click.UsageError("--eval-data and --eval-labels belong to --calibrator auto and --compare-methods")
+    if eval_labels and not eval_data:
+        raise click.UsageError("--eval-labels labels the --eval-data; give --eval-data PATH too")
+    if calibrator == "auto" and from_stats and not (model_path and eval_data):
+        raise click.UsageError("--calibrator auto with --from-stats needs MODEL and --eval-data PATH to choose on")
     if compare_methods and from_stats and not (model_path and eval_data):
         raise click.UsageError("--compare-methods with --from-stats needs MODEL and --eval-data PATH")
     if from_stats and data_given(data_kwargs):
@@ -94,7 +101,10 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
             if stats.meta.get("model_sha256") not in (None, model.sha256):
                 raise TrtqError(f"{from_stats} was collected on a different model than {model_path} "
                                 "(sha256 differs); recollect the statistics")
-        result = api.ranges_from_stats(stats, calibrator, percentile)
+        if calibrator == "auto":
+            result = _auto_from_stats(model, stats, data_kwargs, eval_data, eval_labels, quiet)
+        else:
+            result = api.ranges_from_stats(stats, calibrator, percentile)
     else:
         model = load_model(model_path)
         batches = batches_from_options(model, **data_kwargs)
@@ -107,11 +117,23 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 raise TrtqError("--device cuda needs onnxruntime-gpu (pip install onnxruntime-gpu)")
         if not quiet:
             click.echo(f"calibrating {model.name} on {batches.description}", err=True)
-        # saved or compared statistics need the histograms whatever the method; else the method decides
-        run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
-                                providers=device_providers,
-                                keep_histograms=True if save_stats or compare_methods else None)
-        result = _run_with_progress(run, batches.total_samples, quiet)
+        if calibrator == "auto":
+            from trtq.accuracy.auto import calibrate_auto
+
+            eval_batches, labels = _eval_set(model, data_kwargs, eval_data, eval_labels)
+            run = functools.partial(calibrate_auto, model, batches, eval_batches=eval_batches, eval_labels=labels,
+                                    providers=device_providers)
+            result, choice, described = _run_with_progress(run, batches.total_samples, quiet)
+            result.details = choice.document()
+            if not quiet:
+                click.echo(f"auto: guarded range methods, simulated INT8 vs FP32 on {described}:", err=True)
+                click.echo(choice.format_table(), err=True)
+        else:
+            # saved or compared statistics need the histograms whatever the method; else the method decides
+            run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
+                                    providers=device_providers,
+                                    keep_histograms=True if save_stats or compare_methods else None)
+            result = _run_with_progress(run, batches.total_samples, quiet)
 
     for line in result.problems():
         warn(line)
@@ -140,6 +162,48 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                    f"best = {methods.rule}):")
         click.echo(methods.format_table())
         click.echo(f"recommended: {methods.best.label}")
+
+
+def _eval_set(model, data_kwargs, eval_data, eval_labels):
+    """The --eval-data batches in memory (with the calibration's other data options) and their labels."""
+    if not eval_data:
+        return None, None
+    from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES
+    from trtq.accuracy.labels import labels_for_fed, read_labels
+    from trtq.accuracy.quantize import materialize
+    from trtq.commands.options.data import batches_from_options
+
+    options = {**data_kwargs, "data": eval_data, "data_loader_script": None, "max_samples": DEFAULT_EVAL_SAMPLES,
+               "seed": None}
+    source = batches_from_options(model, warn=warn, **options)
+    batches = materialize(source, DEFAULT_EVAL_SAMPLES)
+    labels = read_labels(eval_labels)
+    if labels is not None:
+        fed = sum(int(next(iter(b.values())).shape[0]) for b in batches)
+        labels = labels_for_fed(labels, source, fed)
+    return batches, labels
+
+
+def _auto_from_stats(model, stats, data_kwargs, eval_data, eval_labels, quiet):
+    """auto from saved statistics: choose on --eval-data, ranges from the saved statistics."""
+    import numpy as np
+
+    from trtq.accuracy.auto import choose_ranges
+    from trtq.accuracy.targets import looks_like_class_scores, resolve_target
+    from trtq.calibrate import CalibrationResult
+    from trtq.export.compare import fake_quant_session, session_runner
+
+    batches, labels = _eval_set(model, data_kwargs, eval_data, eval_labels)
+    if not batches:
+        raise TrtqError("--eval-data yielded no batch: nothing to choose the auto ranges on")
+    first = session_runner(fake_quant_session(model.proto), list(model.output_names))(batches[0])
+    target = resolve_target(None, None, metric=None, labelled=labels is not None,
+                            class_scores=looks_like_class_scores(np.shape(first[0])))
+    choice = choose_ranges(model, stats, batches, target, labels=labels)
+    if not quiet:
+        click.echo("auto: guarded range methods, simulated INT8 vs FP32 on the --eval-data:", err=True)
+        click.echo(choice.format_table(), err=True)
+    return CalibrationResult("auto", dict(choice.amax), stats, details=choice.document())
 
 
 def _run_with_progress(run, total: int | None, quiet: bool):
@@ -180,7 +244,8 @@ def _run_with_progress(run, total: int | None, quiet: bool):
 def _print_summary(result, written) -> None:
     stats = result.stats
     click.echo(f"{len(stats)} tensors, {result.samples} samples in {stats.batches} batches, "
-               f"{result.seconds:.2f} s ({result.calibrator})")
+               f"{result.seconds:.2f} s ({result.calibrator}"
+               + (f": {result.details['chosen']})" if result.details and "chosen" in result.details else ")"))
     clipped = result.most_clipped()
     if clipped:
         click.echo("most clipped tensors (share of values beyond the range):")
