@@ -40,6 +40,7 @@ from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 from trtq.stats import StatsCollector
 
+RANK_SAMPLES = 64  # the sensitivity ranking's samples: it orders layers; every keep step is verified on all
 MAX_KEPT_SHARE = 0.9  # keeping more than this share of the quantized layers in float is not INT8
 CALIBRATORS = ("auto", *METHODS)
 
@@ -231,7 +232,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         analysis = SensitivityAnalysis(model, amax, batches, logits=logits, metric=metric,
                                        labels=Labels("evaluation labels", by_index=labels) if labels is not None
                                        else None, ranges_source=f"the {method} ranges")
-        sensitivity = analysis.rank(mode)
+        sensitivity = analysis.rank(mode, max_samples=RANK_SAMPLES)
         analysis.keep_set(sensitivity, target_sqnr=target.min_sqnr, max_drop=target.max_drop)
         keep = list(sensitivity.keep or [])
         for step in sensitivity.steps[1:]:

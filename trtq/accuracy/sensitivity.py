@@ -143,6 +143,7 @@ class SensitivityResult:
     steps: list[KeepStep] = field(default_factory=list)
     keep: list[str] | None = None
     target: dict = field(default_factory=dict)
+    verified_samples: int | None = None  # samples of the keep steps (the ranking may use fewer)
 
     def document(self) -> dict:
         document: dict = {
@@ -209,22 +210,39 @@ class SensitivityAnalysis:
             self._reference[key] = self._capture(feed)
         return self._reference[key]
 
-    def evaluate(self, configurations: Mapping[str, Iterable[str]]) -> Comparison:
-        """One pass: every configuration (key -> node names in INT8) against the float reference."""
+    def _prefix(self, max_samples: int | None) -> list[dict[str, np.ndarray]]:
+        """The first batches, up to ``max_samples`` samples (whole batches; all of them for None)."""
+        if max_samples is None:
+            return self.batches
+        chosen, samples = [], 0
+        for feed in self.batches:
+            if samples >= max_samples:
+                break
+            chosen.append(feed)
+            first = np.asarray(next(iter(feed.values())))
+            samples += int(first.shape[0]) if first.ndim else 1
+        return chosen
+
+    def evaluate(self, configurations: Mapping[str, Iterable[str]], max_samples: int | None = None) -> Comparison:
+        """One pass: every configuration (key -> node names in INT8) against the float reference, on the
+        first ``max_samples`` samples (all by default)."""
         runners = {key: session_runner(self.session, self.names, self.switchable.switches(int8))
                    for key, int8 in configurations.items()}
         tracker = None
         if self._metric is not None:
             truth = self._labels.by_index if self._labels is not None else None
             tracker = MetricTracker(self._metric, self.names, truth)
-        comparison = compare_candidates(self._reference_run, runners, self.names, self.batches,
+        comparison = compare_candidates(self._reference_run, runners, self.names, self._prefix(max_samples),
                                         labels=self._labels, source=self._source, logits=self.logits,
                                         metric=tracker)
         self.samples = comparison.samples
         return comparison
 
-    def rank(self, mode: str = "alone") -> SensitivityResult:
-        """Rank the quantized layers, most harmful first."""
+    def rank(self, mode: str = "alone", max_samples: int | None = None) -> SensitivityResult:
+        """Rank the quantized layers, most harmful first, on the first ``max_samples`` samples.
+
+        The ranking costs ``layers + 1`` forward passes per sample and only orders the layers (every keep
+        step is then verified on all the data), so ``trtq quantize`` ranks on a bounded subset."""
         if mode not in MODES:
             raise TrtqError(f"unknown sensitivity mode '{mode}' (choose from {', '.join(MODES)})")
         nodes = self.switchable.nodes
@@ -233,7 +251,7 @@ class SensitivityAnalysis:
         else:
             configurations = {node: [n for n in nodes if n != node] for node in nodes}
             configurations[_ALL_INT8] = nodes
-        comparison = self.evaluate(configurations)
+        comparison = self.evaluate(configurations, max_samples)
         result = SensitivityResult(mode, comparison.samples, [], _top1(comparison.reference_accuracy))
         if mode == "alone":
             noise = {node: comparison.outcomes[node].noise for node in nodes}
@@ -318,6 +336,7 @@ class SensitivityAnalysis:
             best = self._verify(list(self.switchable.nodes), target_sqnr, max_drop)
             result.steps.append(best)
         result.keep = list(best.kept)
+        result.verified_samples = self.samples
         return result
 
     def _has_classes(self) -> bool:
@@ -383,7 +402,7 @@ def keep_file_text(result: SensitivityResult, model_name: str) -> str:
              "# use: trtq export MODEL --qdq ... --exclude @FILE"]
     last = result.steps[-1] if result.steps else None
     if last is not None:
-        lines.append(f"# verified on {result.samples} samples: SQNR {last.sqnr_db:.2f} dB"
+        lines.append(f"# verified on {result.verified_samples or result.samples} samples: SQNR {last.sqnr_db:.2f} dB"
                      + (f", drop {last.drop_points:.2f} points" if last.drop_points is not None else ""))
     lines.extend(result.keep or [])
     return "\n".join(lines) + "\n"
