@@ -1,11 +1,12 @@
 """Small charts drawn once and written as SVG (inline in HTML, or a file) or PNG (Pillow), no matplotlib.
 
 A :class:`Canvas` records rectangles, lines and text in pixel coordinates; ``to_svg`` and ``to_png``
-render the same drawing, so the two formats cannot disagree. Two charts use it:
+render the same drawing, so the two formats cannot disagree. Three charts use it:
 
 * :func:`histogram_chart` -- a tensor's |x| histogram (log counts) with each range method's
   threshold marked: the classic figure of entropy calibration;
-* :func:`bar_chart` -- labelled horizontal bars (the sensitivity ranking).
+* :func:`bar_chart` -- labelled horizontal bars (the sensitivity ranking);
+* :func:`tradeoff_chart` -- accuracy and INT8 MAC share vs layers kept in float (trtq quantize).
 """
 
 from __future__ import annotations
@@ -250,3 +251,52 @@ def bar_chart(rows: Sequence[tuple[str, float, str, str]], *, title: str, legend
         canvas.text(label_w, axis_y + 18, value_label, size=10, color=AXIS_COLOR)
     return canvas
 
+
+
+def tradeoff_chart(points: Sequence[tuple[int, float, bool, float | None]], *, title: str, target: float | None = None,
+                   width: int = 760, height: int = 300) -> Canvas:
+    """Accuracy vs layers kept in float: ``points`` = (layers kept, SQNR dB, meets target, INT8 MAC share or
+    None). SQNR on the left axis (dots green where the target is met, red where not), the share of the MACs
+    still in INT8 on the right axis (dashed), ``target`` as a horizontal line."""
+    left, right, top, bottom = 56, 64, 40, 42
+    canvas = Canvas(width, height)
+    canvas.text(12, 18, title, size=13, bold=True)
+    plot_w, plot_h = width - left - right, height - top - bottom
+    finite = [p[1] for p in points if math.isfinite(p[1])]
+    high = max([*finite, target or 0.0, 1.0]) * 1.1
+    most = max(max((p[0] for p in points), default=0), 1)
+
+    def x(kept: int) -> float:
+        return left + plot_w * kept / most
+
+    def y(value: float) -> float:
+        return top + plot_h * (1.0 - min(value, high) / high)
+
+    for tick in nice_ticks(high):
+        canvas.line(left, y(tick), left + plot_w, y(tick), GRID_COLOR)
+        canvas.text(left - 6, y(tick) + 4, _format_number(tick), size=10, anchor="end", color=AXIS_COLOR)
+    for share in (0.0, 0.5, 1.0):
+        canvas.text(left + plot_w + 6, top + plot_h * (1.0 - share) + 4, f"{100 * share:.0f} %", size=10,
+                    color=AXIS_COLOR)
+    for kept in sorted({p[0] for p in points}):
+        canvas.text(x(kept), top + plot_h + 16, str(kept), size=10, anchor="middle", color=AXIS_COLOR)
+    canvas.line(left, top, left, top + plot_h)
+    canvas.line(left, top + plot_h, left + plot_w, top + plot_h)
+    if target is not None:
+        canvas.line(left, y(target), left + plot_w, y(target), "#2ca02c", 1.0, dash=True)
+        canvas.text(left + 6, y(target) - 4, f"target {target:g} dB", size=10, color="#2ca02c")
+    previous = previous_share = None
+    for kept, sqnr, meets, share in points:
+        value = sqnr if math.isfinite(sqnr) else high
+        if previous is not None:
+            canvas.line(x(previous[0]), y(previous[1]), x(kept), y(value), "#444444", 1.5)
+        if share is not None:
+            share_y = top + plot_h * (1.0 - share)
+            if previous_share is not None:
+                canvas.line(x(previous_share[0]), previous_share[1], x(kept), share_y, "#1f77b4", 1.5, dash=True)
+            previous_share = (kept, share_y)
+        canvas.rect(x(kept) - 4, y(value) - 4, 8, 8, "#2ca02c" if meets else "#d62728", f"{kept} kept: {value:.2f} dB")
+        previous = (kept, value)
+    canvas.text(left, height - 8, "layers kept in float  (solid: SQNR of the worst output, dB;  dashed, right axis: "
+                "share of the MACs still in INT8)", size=10, color=AXIS_COLOR)
+    return canvas

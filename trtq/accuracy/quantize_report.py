@@ -13,30 +13,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from trtq.accuracy.figures import bar_chart
+from trtq.accuracy.figures import tradeoff_chart
 from trtq.accuracy.quantize import QuantizeResult
 from trtq.accuracy.report import Figure, _db, _figure_html, _page, _table, histogram_figures, ranking_figure
 from trtq.ranges import range_function
 
 MAX_HISTOGRAMS = 8
-_MET, _MISSED = "#2ca02c", "#d62728"
 
 
 def _steps_figure(result: QuantizeResult, mac_shares: Sequence[float | None]) -> Figure:
-    rows = []
-    for step, share in zip(result.steps, mac_shares, strict=True):
-        note = f"{_db(step.sqnr_db)} dB"
-        if step.drop_points is not None:
-            note += f", drop {step.drop_points:.2f} pt"
-        if share is not None:
-            note += f", {100 * share:.0f} % of MACs in INT8"
-        value = step.sqnr_db if math.isfinite(step.sqnr_db) else 100.0
-        rows.append((f"{step.step} ({len(step.kept)} kept)", max(value, 0.0),
-                     _MET if step.meets_target else _MISSED, note))
-    canvas = bar_chart(rows, title="accuracy vs layers kept in float (verified configurations)",
-                       legend=[("meets the target", _MET), ("misses it", _MISSED)],
-                       value_label="SQNR of the worst output (dB); MAC share = INT8 arithmetic left")
-    return Figure("steps", canvas, "every configuration the loop measured, in order")
+    points = [(len(step.kept), step.sqnr_db, step.meets_target, share)
+              for step, share in zip(result.steps, mac_shares, strict=True)]
+    canvas = tradeoff_chart(points, title="accuracy vs layers kept in float (every verified configuration)",
+                            target=result.target.min_sqnr)
+    return Figure("steps", canvas, "each point is a configuration the loop measured; the last one is the model written")
 
 
 def mattering_tensors(result: QuantizeResult, limit: int = MAX_HISTOGRAMS) -> list[str]:
