@@ -302,7 +302,8 @@ def check_served_quantize(trt, model_path: Path, workdir: Path) -> dict:
     lines: list[str] = []
     ranges, result = quantize_ranges(load_model(model_path), options, [{"Input3": i[None]} for i in images], info,
                                      lines.append)
-    calibrator = make_calibrator(trt, "entropy2", trt_version=info.patch_version, served_cache=served_cache(ranges, info))
+    calibrator = make_calibrator(trt, "entropy2", trt_version=info.patch_version,
+                                 served_cache=served_cache(ranges, info))
     read = calibrator.read_calibration_cache()
     cache = parse_cache(bytes(read))
     served = cache.amax()
