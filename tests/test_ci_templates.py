@@ -99,13 +99,14 @@ def test_cpu_mode_runs_the_cpu_steps_and_appends_the_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     text = summary.read_text()
     assert text.startswith("## an earlier step\n## trtq run: `")
-    assert "| mnist | int8-entropy2 | 200 |" in text and "| mnist | fp16 | 200 |" in text
-    assert "**Gates:** all 2 evaluated passed" in text
-    assert "skipped build, bench, report of mnist/int8-entropy2, mnist/fp16: not selected" in text
+    # no calibrator configured: the int8 variant is trtq quantize's ("auto"), its target gate passed too
+    assert "| mnist | int8-auto | 200 |" in text and "| mnist | fp16 | 200 |" in text
+    assert "**Gates:** all 3 evaluated passed" in text
+    assert "skipped build, bench, report of mnist/int8-auto, mnist/fp16: not selected" in text
     doc = json.loads((tmp_path / "artifacts" / "manifest.json").read_text())
     assert doc["steps_selected"] == ["calibrate", "export", "evaluate"]
     assert doc["status"] == "complete"
-    assert (tmp_path / "artifacts" / "mnist" / "int8-entropy2" / "mnist-8.cache").is_file()
+    assert (tmp_path / "artifacts" / "mnist" / "int8-auto" / "mnist-8.cache").is_file()
 
 
 def test_gpu_mode_fails_before_any_work_without_a_gpu(tmp_path):

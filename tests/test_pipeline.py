@@ -284,9 +284,9 @@ def test_steps_option_selects_steps_and_what_they_need(tmp_path):
 
 
 def test_a_failing_step_exits_4_and_its_dependents_are_skipped(tmp_path):
-    """A data loader that breaks after its first batch (the one the config check reads): the statistics
-    step fails with the script's error; calibrate/export/evaluate of the INT8 variant cannot run; the FP16
-    export does not need the data and completes."""
+    """A data loader that breaks after its first batch (the one the config check reads): the INT8 variant's
+    quantize step (no calibrator configured: the default) fails with the script's error; export/evaluate of
+    the INT8 variant cannot run; the FP16 export does not need the data and completes."""
     (tmp_path / "broken.py").write_text(
         "import numpy as np\n\n"
         "def load_data():\n"
@@ -300,13 +300,14 @@ def test_a_failing_step_exits_4_and_its_dependents_are_skipped(tmp_path):
     out = tmp_path / "out"
     doc = assert_consistent(out)
     assert doc["exit_code"] == 4
-    failed = doc["steps"]["mnist/statistics"]
+    assert "mnist/statistics" not in doc["steps"]  # quantize makes its own calibration pass
+    failed = doc["steps"]["mnist/int8-auto/quantize"]
     assert failed["status"] == "failed" and "the data share went away" in failed["reason"] and not failed["files"]
-    assert doc["actions"]["mnist/int8-entropy2/calibrate"] == {
-        "action": "skipped", "reason": "needs statistics (mnist/statistics), which failed"}
+    assert doc["actions"]["mnist/int8-auto/export"] == {
+        "action": "skipped", "reason": "needs quantize (mnist/int8-auto/quantize), which failed"}
     assert doc["actions"]["mnist/fp16/export"]["action"] == "ran"
     assert doc["actions"]["mnist/fp16/evaluate"]["action"] == "failed"
-    assert "FAILED mnist/statistics: " in result.stdout
+    assert "FAILED mnist/int8-auto/quantize: " in result.stdout
 
 
 def test_a_manifest_never_makes_trtq_delete_outside_its_folder(copy_of_demo, tmp_path):
@@ -341,3 +342,100 @@ def test_a_file_where_an_artifact_folder_goes_fails_the_step_in_one_line(tmp_pat
     assert doc["actions"]["mnist/fp16/evaluate"]["action"] == "skipped"
     assert not doc["files"].keys() - {"summary.md"}
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mnist", "summary.md"]  # no staging left
+
+
+# -- int8 without an explicit calibrator: trtq quantize, with the gates as its target -----------------------
+
+
+def quantize_config(folder: Path, gates: str) -> Path:
+    """The demo config with no ``calibrators`` key (the default: trtq quantize) and the given gates."""
+    path = demo_config(folder, gates=gates)
+    path.write_text("\n".join(line for line in path.read_text().splitlines() if not line.startswith("calibrators")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def quantized_demo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quantized")
+    config = quantize_config(folder, "max_top1_drop = 1.0\nmin_sqnr_db = 44.0")
+    out = folder / "artifacts"
+    return config, out, run_trtq(str(config), "--output", str(out))
+
+
+def test_a_variant_without_calibrator_runs_quantize_and_exports_what_it_chose(quantized_demo, tmp_path):
+    from trtq.cache import read_cache
+    from trtq.model import load_model
+    from trtq.trt.explicit import strongly_typed_model
+
+    config, out, result = quantized_demo
+    assert result.exit_code == 0, result.output
+    doc = assert_consistent(out)
+    steps = ("mnist/int8-auto/quantize", "mnist/int8-auto/export", "mnist/int8-auto/evaluate")
+    assert [doc["actions"][s]["action"] for s in steps] == ["ran"] * 3
+    assert "mnist/statistics" not in doc["steps"]  # quantize makes its own calibration pass
+    assert doc["models"]["mnist"]["variants"]["int8-auto"]["files"] == sorted(
+        f"mnist/int8-auto/{name}" for name in ("evaluate.json", "mnist-8.cache", "mnist-8.int8-auto.onnx",
+                                              "mnist-8.keep.txt", "mnist-8.quantize.html", "mnist-8.quantize.json"))
+    report = json.loads((out / "mnist/int8-auto/mnist-8.quantize.json").read_text())
+    assert report["ok"] and report["target"] == {"min_sqnr_db": 44.0, "max_drop_points": 1.0,
+                                                 "drop_measure": "top-1 accuracy", "default": False}
+    keep = report["keep"]
+    assert keep  # 44 dB is more than all-INT8 MNIST reaches: layers are kept in float
+    listed = [line for line in (out / "mnist/int8-auto/mnist-8.keep.txt").read_text().splitlines()
+              if not line.startswith("#")]
+    assert listed == keep
+    cache = read_cache(out / "mnist/int8-auto/mnist-8.cache")
+    assert cache.header.endswith("-EntropyCalibration2")
+    assert cache.amax() == pytest.approx({n: t["amax"] for n, t in report["tensors"].items() if t["amax"] > 0},
+                                         rel=1e-6)
+    # the exported model is the Q/DQ model of the cached ranges with the kept layers in float (what the
+    # build step hands `trtq build`: the same ranges and the same kept layers)
+    model = load_model(MODEL)
+    expected = strongly_typed_model(model, int8=True, fp16=False, amax=cache.amax(),
+                                    keep_precision=dict.fromkeys(keep, "fp32"))
+    exported = onnx.load(str(out / "mnist/int8-auto/mnist-8.int8-auto.onnx"))
+    assert exported.SerializeToString() == expected.proto.SerializeToString()
+    producers = {o: n.op_type for n in exported.graph.node for o in n.output}
+    for node in (n for n in exported.graph.node if n.name in keep):
+        assert all(producers.get(name) != "DequantizeLinear" for name in node.input), node.name
+    gates = {g["gate"]: g for g in doc["models"]["mnist"]["variants"]["int8-auto"]["gates"]}
+    assert gates["quantize_target"]["status"] == "pass" and gates["quantize_target"]["kept"] == len(keep)
+    assert gates["min_sqnr_db"]["status"] == "pass" and gates["min_sqnr_db"]["value"] >= 44.0  # evaluate agrees
+    assert doc["steps"]["mnist/int8-auto/quantize"]["result"]["record"]["keep"] == keep
+
+    # reuse: same config elsewhere -> every step reused; another gate (another target) -> quantize again
+    copy = tmp_path / "artifacts"
+    shutil.copytree(out, copy)
+    assert run_trtq(str(config), "--output", str(copy)).exit_code == 0
+    assert all(a == "reused" for s, a in actions(copy).items() if not s.endswith(("build", "bench", "report")))
+    result = run_trtq(str(quantize_config(tmp_path, "max_top1_drop = 1.0")), "--output", str(copy))
+    assert result.exit_code == 0, result.output
+    done = actions(copy)
+    assert done["mnist/int8-auto/quantize"] == "ran" and done["mnist/fp16/export"] == "reused"
+    assert_consistent(copy)
+
+
+def test_a_gate_quantize_cannot_meet_exits_3_and_makes_no_int8_model(tmp_path):
+    out = tmp_path / "artifacts"
+    result = run_trtq(str(quantize_config(tmp_path, "min_sqnr_db = 90.0")), "--output", str(out))
+    assert result.exit_code == 3, result.output
+    doc = assert_consistent(out)
+    assert doc["exit_code"] == 3 and doc["actions"]["mnist/int8-auto/quantize"]["action"] == "ran"
+    for kind in ("export", "evaluate"):
+        record = doc["actions"][f"mnist/int8-auto/{kind}"]
+        assert record["action"] == "skipped" and record["reason"].startswith("trtq quantize missed its target: ")
+    assert sorted(p.name for p in (out / "mnist/int8-auto").iterdir()) == ["mnist-8.quantize.html",
+                                                                           "mnist-8.quantize.json"]
+    assert "mnist/int8-auto: quantize_target" in doc["gates"]["failed"]
+    gate = doc["models"]["mnist"]["variants"]["int8-auto"]["gates"][0]
+    assert gate["gate"] == "quantize_target" and gate["status"] == "fail" and "not an INT8 model" in gate["reason"]
+    assert "mnist/int8-auto: quantize_target (SQNR >= 90 dB): missed: " in result.stdout
+
+
+def test_an_explicit_calibrator_keeps_the_former_steps(demo):
+    out, _ = demo
+    steps = manifest(out)["steps"]
+    assert "mnist/statistics" in steps and "mnist/int8-entropy2/calibrate" in steps
+    assert not any("quantize" in step for step in steps)
+    assert [g["gate"] for g in manifest(out)["models"]["mnist"]["variants"]["int8-entropy2"]["gates"]] == [
+        "max_top1_drop", "min_top1_agreement"]

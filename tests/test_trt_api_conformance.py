@@ -140,6 +140,25 @@ def test_trtq_ranges_are_served_as_a_cache_without_batches(trt_api_report):
                       "expected_header": "TRT-101601-EntropyCalibration2", "get_batch": None, "cache_used": True}
 
 
+def test_quantize_ranges_are_served_as_the_cache_through_the_real_calibrator(trt_api_report):
+    """10.x default INT8 path: the cache TensorRT reads through trtq's real IInt8EntropyCalibrator2 subclass
+    holds quantize's ranges (every usable tensor, float32 scales), is the --cache written, and no batch is
+    served."""
+    if not _is_10(trt_api_report):
+        pytest.skip("TensorRT 11 builds quantize's Q/DQ model instead")
+    served = trt_api_report["served_quantize"]
+    assert served["header"] == served["expected_header"] == "TRT-101601-EntropyCalibration2"
+    assert served["tensors"] == served["quantize_tensors"] and len(served["tensors"]) > 5
+    assert served["max_rel_error"] < 1e-6
+    assert served["cache_file_equal"] and served["get_batch"] is None and served["cache_used"]
+    keep = len(served["keep"])
+    layers = f"{keep} layer{'' if keep == 1 else 's'}"
+    assert served["origin"] == f"trtq quantize (auto ranges + {layers} kept) on 80 samples"
+    assert served["echo"][0].startswith("trtq: trtq quantize (auto ranges + keep-in-float search) on the CPU")
+    assert any(line.startswith("trtq: quantize: target: ") for line in served["echo"])
+    assert "quantized layers kept in float" in served["echo"][-1]
+
+
 def test_progress_monitor_subclasses_the_real_interface(trt_api_report):
     progress = trt_api_report["progress"]
     assert progress["isinstance"] and progress["mro"][:3] == ["TrtqProgressMonitor", "BuildProgress",
@@ -177,6 +196,14 @@ def test_builder_failure_is_one_clean_line_and_leaves_no_file(trt_api_report):
     ranges_only = builder["int8_ranges_only"]  # a ranges file alone means trtq's ranges, also on 10.x
     assert ranges_only["files_left"] == [] and ranges_only["error"].startswith(f"TensorRT {short} {NO_BUILDER}")
     assert ranges_only["echo"] == builder["int8_trtq_ranges"]["echo"]
+    quantizing = builder["int8_quantize"]  # the default INT8 path: the builder fails before quantize runs
+    assert quantizing["error"].startswith(f"TensorRT {short} {NO_BUILDER}") and quantizing["files_left"] == []
+    assert "trtq quantize (auto ranges + keep-in-float search)" in quantizing["echo"][0]
+    assert len(quantizing["echo"]) == 1
+    no_quantize_data = builder["int8_quantize_no_data"]  # checked before TensorRT is even asked anything
+    assert no_quantize_data["echo"] == [] and no_quantize_data["files_left"] == []
+    assert no_quantize_data["error"].startswith("INT8 without --calibrator runs trtq quantize on the CPU, which "
+                                                "needs --data")
     no_data = builder["int8_no_data"]  # a user error is reported before the GPU is needed
     assert no_data["files_left"] == [] and NO_BUILDER not in no_data["error"]
     assert no_data["error"].startswith("INT8 calibration needs data: give --data, or a --cache holding "
@@ -223,21 +250,35 @@ def test_tensorrt_without_its_libraries_is_a_clean_error(trt_api_env: TrtApiEnv)
     assert "trtq calibrate" in out and "\n" not in out
 
 
-def test_cli_build_reports_the_path_then_the_missing_gpu_and_exits_2(trt_api_env: TrtApiEnv, tmp_path):
+@pytest.mark.parametrize("calibrator", [None, "entropy2"], ids=["default-quantize", "entropy2"])
+def test_cli_build_reports_the_path_then_the_missing_gpu_and_exits_2(trt_api_env: TrtApiEnv, tmp_path, calibrator):
+    """Without --calibrator the path is trtq quantize (the default since issue 10); the builder is created
+    before quantize runs, so a machine without a GPU says so before minutes of CPU work, and no cache is
+    written. An explicit --calibrator entropy2 keeps the former default path."""
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     digits = tmp_path / "digits.npy"
     with np.load(REPO / "tests" / "data" / "mnist-test-first1000.npz") as data:
         np.save(digits, data["images"][:16, None].astype(np.float32))
+    chosen = ["--calibrator", calibrator] if calibrator else []
     result = trt_api_env.run(["-m", "trtq", "build", str(REPO / "calib_data" / "mnist-8.onnx"), "--int8",
                               "--data", str(digits), "--cache", str(out_dir / "mnist.cache"),
-                              "-o", str(out_dir / "mnist.engine")], cwd=tmp_path)
+                              "-o", str(out_dir / "mnist.engine"), *chosen], cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     short = ".".join(trt_api_env.version.split(".")[:2])
-    expected_path = ("INT8 by implicit quantization" if trt_api_env.version.startswith("10.")
-                     else "no built-in calibrators; using trtq's entropy2 ranges as explicit Q/DQ")
+    is_10 = trt_api_env.version.startswith("10.")
+    if calibrator:
+        expected_path = ("INT8 by implicit quantization" if is_10
+                         else "no built-in calibrators; using trtq's entropy2 ranges as explicit Q/DQ")
+    else:
+        expected_path = ("INT8 by implicit quantization; trtq quantize (auto ranges + keep-in-float search) on the "
+                         "CPU, its ranges served to TensorRT as an EntropyCalibration2 cache and its kept layers as "
+                         "precision constraints" if is_10 else
+                         "no built-in calibrators; building the Q/DQ model of trtq quantize (auto ranges + "
+                         "keep-in-float search), verified on the CPU")
     assert lines[0].startswith(f"trtq: TensorRT {short}: ") and expected_path in lines[0]
     assert lines[-1].startswith(f"trtq: error: TensorRT {short} {NO_BUILDER}")
+    assert not any("quantize:" in line for line in lines)  # the builder failed before quantize could start
     assert result.stdout == ""
     assert list(out_dir.iterdir()) == []

@@ -616,3 +616,246 @@ def test_a_missing_keep_precision_file_is_named_as_such(tmp_path):
 
     with pytest.raises(TrtqError, match="^keep-precision list not found: "):
         parse_keep_precision([f"@{tmp_path / 'keep.txt'}"])
+
+
+# -- INT8 by trtq quantize (the default without --calibrator): the CPU side, up to TensorRT's calls --------
+
+
+def _digit_feeds(images: np.ndarray) -> list[dict[str, np.ndarray]]:
+    return [{"Input3": image[None]} for image in images]
+
+
+@pytest.fixture(scope="module")
+def quantized_mnist(mnist_model_path, mnist_digits, tmp_path_factory):
+    """quantize as build runs it, on 200 real digits, with a target (44 dB) all-INT8 misses: layers are kept."""
+    from trtq.trt import probe
+    from trtq.trt.build import BuildOptions, quantize_ranges
+
+    images, _ = mnist_digits
+    folder = tmp_path_factory.mktemp("quantize-build")
+    options = BuildOptions(engine_path=folder / "m.engine", int8=True, calibrator="auto", min_sqnr=44.0,
+                           cache_path=folder / "m.cache")
+    lines: list[str] = []
+    ranges, result = quantize_ranges(load_model(mnist_model_path), options, _digit_feeds(images[:200]),
+                                     probe(_Surface(TRT10, "10.16.1.11")), lines.append)
+    return options, ranges, result, lines
+
+
+def test_quantize_path_is_planned_and_named_on_both_generations():
+    from trtq.trt import probe
+    from trtq.trt.plan import IMPLICIT, STRONGLY_TYPED, plan_build
+
+    trt10, trt11 = probe(_Surface(TRT10, "10.16.1.11")), probe(_Surface(TRT11, "11.4.0.106"))
+    plan = plan_build(trt10, int8=True, fp16=True, calibrator="auto")
+    assert plan.path == IMPLICIT and plan.source == "trtq" and plan.quantize
+    assert plan.message.startswith("TensorRT 10.16: INT8 by implicit quantization; trtq quantize (auto ranges + "
+                                   "keep-in-float search) on the CPU, its ranges served to TensorRT as an "
+                                   "EntropyCalibration2 cache and its kept layers as precision constraints")
+    assert "trtq quantize (auto ranges + 2 layers kept) on the CPU" in plan.quantized(2).message
+    assert "(auto ranges + 1 layer kept)" in plan.quantized(1).message
+    plan = plan_build(trt11, int8=True, calibrator="auto")
+    assert plan.path == STRONGLY_TYPED and plan.onnx_variant == "qdq" and plan.quantize
+    assert plan.quantized(0).message == ("TensorRT 11.4: no built-in calibrators; building the Q/DQ model of trtq "
+                                         "quantize (auto ranges + 0 layers kept), verified on the CPU, with its kept "
+                                         "layers left in float (the default INT8 path)")
+    assert not plan_build(trt11, fp16=True, calibrator="auto").quantize
+    with pytest.raises(TrtqError, match="for TensorRT's own calibrator give --calibrator entropy2"):
+        plan_build(trt10, int8=True, calibrator="auto", source="tensorrt")
+
+
+def test_quantize_for_10x_writes_its_ranges_as_the_served_cache(quantized_mnist):
+    """The cache served to TensorRT (and written to --cache at once) holds quantize's ranges, header
+    EntropyCalibration2 of the build's TensorRT; the record names what was chosen and verified."""
+    from trtq.cache import parse_cache
+    from trtq.trt import probe
+    from trtq.trt.build import served_cache
+
+    options, ranges, result, lines = quantized_mnist
+    assert result.ok and result.keep and ranges.computed
+    served = parse_cache(served_cache(ranges, probe(_Surface(TRT10, "10.16.1.11"))))
+    assert served.header == "TRT-101601-EntropyCalibration2"
+    usable = {name: value for name, value in result.amax.items() if value > 0}
+    assert set(served.amax()) == set(usable) and served.amax() == pytest.approx(usable, rel=1e-6)
+    assert options.cache_path.read_bytes() == served.to_bytes()
+    record = ranges.quantize
+    assert record["keep"] == result.keep and record["method"] == result.method and record["chosen_by_auto"]
+    assert record["target"]["min_sqnr_db"] == 44.0 and record["verification"]["meets_target"]
+    assert record["verification"]["sqnr_db"] == pytest.approx(result.final_step.sqnr_db)
+    assert ranges.origin == f"trtq quantize (auto ranges + {len(result.keep)} layers kept) on {result.stats.samples} " \
+                           "samples"
+    assert lines[0].startswith("trtq: trtq quantize (auto ranges + keep-in-float search) on the CPU")
+    assert lines[-1].startswith(f"trtq: quantize: {result.method} ranges (chosen by auto); {len(result.keep)} of "
+                                f"{result.layers} quantized layers kept in float ({', '.join(result.keep)})")
+
+
+class _Layer:
+    def __init__(self, name: str, outputs: list[str], dtype):
+        self.name, self.num_outputs, self.precision = name, len(outputs), None
+        self._outputs = [type("Tensor", (), {"name": o, "dtype": dtype})() for o in outputs]
+        self.output_types: dict[int, object] = {}
+
+    def get_output(self, index):
+        return self._outputs[index]
+
+    def set_output_type(self, index, data_type):
+        self.output_types[index] = data_type
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["int8", "best"])
+def test_quantize_for_10x_turns_the_kept_layers_into_precision_constraints(quantized_mnist, mnist_model_path, fp16):
+    """The kept layers become --keep-precision rules exactly as bare names of @FILE do (fp16 with FP16,
+    else fp32), and implicit.apply_keep_precision pins those layers of a network named after the ONNX
+    nodes (TensorRT names layers so): the enums are stand-ins, the matching and pinning code is trtq's."""
+    from types import SimpleNamespace
+
+    from trtq.trt import implicit
+    from trtq.trt.build import parse_keep_precision, with_kept_layers
+
+    _, ranges, result, _ = quantized_mnist
+    rules = with_kept_layers({}, ranges.quantize["keep"], fp16=fp16)
+    listing = "\n".join(result.keep)
+    assert rules == parse_keep_precision(listing.splitlines(), fp16=fp16)
+    assert with_kept_layers({result.keep[0]: "fp32"}, result.keep, fp16=True)[result.keep[0]] == "fp32"  # user wins
+
+    trt = SimpleNamespace(DataType=SimpleNamespace(FLOAT="FLOAT", HALF="HALF"),
+                          BuilderFlag=SimpleNamespace(PREFER_PRECISION_CONSTRAINTS="PREFER",
+                                                      OBEY_PRECISION_CONSTRAINTS="OBEY"))
+    nodes = load_model(mnist_model_path).graph.node
+    layers = [_Layer(node.name, list(node.output), "FLOAT") for node in nodes]
+    network = SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
+    flags = []
+    config = SimpleNamespace(set_flag=flags.append)
+    matched = implicit.apply_keep_precision(trt, network, config, rules, "prefer")
+    assert matched == {name: [name] for name in result.keep} and flags == ["PREFER"]
+    pinned = {layer.name: layer.precision for layer in layers if layer.precision is not None}
+    assert pinned == {name: "HALF" if fp16 else "FLOAT" for name in result.keep}
+
+
+def test_quantize_for_11x_hands_the_builder_quantizes_own_qdq_model(quantized_mnist, mnist_model_path, tmp_path):
+    """11.x: the ONNX file TensorRT parses is quantize's verified Q/DQ model, byte for byte; exported again
+    from the recorded ranges with the kept layers (what `trtq run` builds from) it is the same model; with
+    --best the kept layers run in FP16 and only the quantized layers are fed by DequantizeLinear."""
+    from trtq.trt import probe
+    from trtq.trt.build import BuildOptions, _model_to_parse, with_kept_layers
+    from trtq.trt.plan import plan_build
+
+    _, ranges, result, _ = quantized_mnist
+    model = load_model(mnist_model_path)
+    info = probe(_Surface(TRT11, "11.4.0.106"))
+    plan = plan_build(info, int8=True, calibrator="auto").quantized(len(result.keep))
+    options = BuildOptions(engine_path=tmp_path / "m.engine", int8=True, calibrator="auto")
+    rules = with_kept_layers({}, result.keep, fp16=False)
+    path, derived = _model_to_parse(model, plan, options, ranges, tmp_path, lambda text: None, rules,
+                                    result.export.model)
+    assert derived["variant"] == "qdq"
+    assert onnx.load(str(path)).SerializeToString() == result.export.model.SerializeToString()
+    (tmp_path / "again").mkdir()
+    again, _ = _model_to_parse(model, plan, options, ranges, tmp_path / "again", lambda text: None, rules)
+    assert onnx.load(str(again)).SerializeToString() == result.export.model.SerializeToString()
+
+    best = plan_build(info, int8=True, fp16=True, calibrator="auto").quantized(len(result.keep))
+    options = BuildOptions(engine_path=tmp_path / "m.engine", int8=True, fp16=True, calibrator="auto")
+    (tmp_path / "best").mkdir()
+    path, derived = _model_to_parse(model, best, options, ranges, tmp_path / "best", lambda text: None,
+                                    with_kept_layers({}, result.keep, fp16=True), result.export.model)
+    assert derived["variant"] == "qdq+fp16"
+    proto = onnx.load(str(path))
+    producers = {out: node.op_type for node in proto.graph.node for out in node.output}
+    fed_by_dq = {node.name for node in proto.graph.node
+                 if any(producers.get(name) == "DequantizeLinear" for name in node.input)
+                 and node.op_type not in ("QuantizeLinear", "DequantizeLinear")}
+    assert fed_by_dq == set(result.export.plan.quantized_nodes) and not fed_by_dq & set(result.keep)
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+
+
+def test_a_missed_quantize_target_is_exit_3_and_writes_nothing(tmp_path, mnist_model_path, mnist_digits):
+    from trtq.errors import TargetMissed
+    from trtq.trt import probe
+    from trtq.trt.build import BuildOptions, quantize_ranges
+
+    images, _ = mnist_digits
+    options = BuildOptions(engine_path=tmp_path / "m.engine", int8=True, calibrator="auto", min_sqnr=90.0,
+                           cache_path=tmp_path / "m.cache")
+    with pytest.raises(TargetMissed) as info:
+        quantize_ranges(load_model(mnist_model_path), options, _digit_feeds(images[:100]),
+                        probe(_Surface(TRT10, "10.16.1.11")), lambda text: None)
+    assert info.value.exit_code == 3 and "\n" not in str(info.value)
+    assert str(info.value).startswith("trtq quantize: the target (SQNR >= 90 dB) is met only with 5 of 5")
+    assert "no engine built" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fake_builder_tensorrt(monkeypatch, surface, version):
+    """TensorRT as far as build_engine gets before its first builder call: the recorded API surface for the
+    probe and the plan, a logger and a builder that exist (so that the CPU work after them runs)."""
+    import trtq.trt.build as build_module
+    from trtq.trt import engine
+
+    monkeypatch.setattr(build_module, "import_tensorrt", lambda purpose=None: _Surface(surface, version))
+    monkeypatch.setattr(engine, "logger_class", lambda trt: lambda **kwargs: object())
+    monkeypatch.setattr(engine, "create_builder", lambda trt, logger: object())
+
+
+@pytest.mark.parametrize("surface,version", [(TRT10, "10.16.1.11"), (TRT11, "11.4.0.106")], ids=["trt10", "trt11"])
+def test_cli_build_with_a_missed_quantize_target_exits_3_in_one_line_and_writes_nothing(
+        tmp_path, mnist_model_path, mnist_digits, monkeypatch, surface, version):
+    images, _ = mnist_digits
+    data = tmp_path / "digits.npy"
+    np.save(data, images[:60])
+    out = tmp_path / "out"
+    out.mkdir()
+    _fake_builder_tensorrt(monkeypatch, surface, version)
+    result = CliRunner().invoke(_cli(), ["build", str(mnist_model_path), "--int8", "--data", str(data),
+                                         "--min-sqnr", "90", "--cache", str(out / "m.cache"),
+                                         "-o", str(out / "m.engine")])
+    assert result.exit_code == 3, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert "trtq quantize (auto ranges + keep-in-float search)" in lines[0]
+    errors = [line for line in lines if line.startswith("trtq: error:")]
+    assert errors == [lines[-1]] and "met only with 5 of 5 quantized layers kept in float" in errors[0]
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "INT8 without --calibrator runs trtq quantize on the CPU, which needs --data"),
+    (["--best", "--cache", "CACHE"], "INT8 without --calibrator runs trtq quantize on the CPU, which needs --data"),
+    (["--calibrator", "minmax", "--max-drop", "1", "--data", "DATA"], "--min-sqnr/--max-drop set the accuracy target"),
+    (["--calibrator", "auto", "--ranges", "RANGES"], "give --calibrator with --ranges, or drop --ranges"),
+])
+def test_cli_build_quantize_usage_errors_come_before_tensorrt(tmp_path, mnist_model_path, args, message):
+    """On this machine (no tensorrt package) these must be the error, not the missing TensorRT."""
+    ranges = tmp_path / "ranges.json"
+    ranges.write_text('{"tensors": {}}')
+    data = tmp_path / "d.npy"
+    np.save(data, np.zeros((2, 1, 28, 28), np.float32))
+    swap = {"RANGES": str(ranges), "DATA": str(data), "CACHE": str(tmp_path / "m.cache")}
+    result = CliRunner().invoke(_cli(), ["build", str(mnist_model_path), "--int8", "-o", str(tmp_path / "m.engine"),
+                                         *[swap.get(a, a) for a in args]])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("trtq: error:")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npy", "ranges.json"]
+
+
+def test_engine_manifest_records_what_quantize_chose(quantized_mnist, mnist_model_path, tmp_path):
+    from trtq.trt import probe
+    from trtq.trt.build import _manifest, resolve_shapes, with_kept_layers
+    from trtq.trt.plan import plan_build
+
+    options, ranges, result, _ = quantized_mnist
+    model = load_model(mnist_model_path)
+    info = probe(_Surface(TRT10, "10.16.1.11"))
+    plan = plan_build(info, int8=True, calibrator="auto").quantized(len(result.keep))
+    rules = with_kept_layers({}, result.keep, fp16=False)
+    manifest = _manifest(model, options, info, plan, resolve_shapes(model, {}, {}, {}), None, ranges, None,
+                         {name: [name] for name in rules}, None, None, 1.0, b"engine", tmp_path / "m.engine", None,
+                         rules)
+    kept = len(result.keep)
+    assert f"trtq quantize (auto ranges + {kept} layers kept)" in manifest["path"]["reason"]
+    assert manifest["calibration"]["ranges"].startswith(f"trtq quantize (auto ranges + {kept} layers kept)")
+    assert manifest["calibration"]["calibrator"] == "auto" and manifest["calibration"]["source"] == "trtq"
+    chosen = manifest["calibration"]["quantize"]
+    assert chosen["method"] == result.method and chosen["keep"] == result.keep
+    assert chosen["target"]["text"] == "SQNR >= 44 dB" and chosen["verification"]["meets_target"]
+    assert manifest["keep_precision"]["rules"] == rules and manifest["keep_precision"]["from_quantize"] == result.keep
+    json.dumps(manifest)  # all of it is JSON

@@ -285,6 +285,36 @@ def check_served_cache(trt) -> dict:
             "cache_used": calibrator.cache_used}
 
 
+def check_served_quantize(trt, model_path: Path, workdir: Path) -> dict:
+    """The default INT8 path on 10.x: ``trtq quantize`` runs (real MNIST digits) and its ranges are served
+    through trtq's calibrator on the real IInt8EntropyCalibrator2 (what TensorRT reads instead of calibrating)."""
+    from trtq.cache import parse_cache
+    from trtq.model import load_model
+    from trtq.trt import probe
+    from trtq.trt.build import BuildOptions, quantize_ranges, served_cache
+    from trtq.trt.calibrators import make_calibrator
+
+    with np.load(REPO / "tests" / "data" / "mnist-test-first1000.npz") as data:
+        images = data["images"][:100, None].astype(np.float32)
+    info = probe(trt)
+    options = BuildOptions(engine_path=workdir / "q.engine", int8=True, calibrator="auto",
+                           cache_path=workdir / "q.cache")
+    lines: list[str] = []
+    ranges, result = quantize_ranges(load_model(model_path), options, [{"Input3": i[None]} for i in images], info,
+                                     lines.append)
+    calibrator = make_calibrator(trt, "entropy2", trt_version=info.patch_version,
+                                 served_cache=served_cache(ranges, info))
+    read = calibrator.read_calibration_cache()
+    cache = parse_cache(bytes(read))
+    served = cache.amax()
+    return {"header": cache.header, "expected_header": calibrator.expected_header,
+            "tensors": sorted(served), "quantize_tensors": sorted(name for name, v in result.amax.items() if v > 0),
+            "max_rel_error": max(abs(served[n] - ranges.amax[n]) / ranges.amax[n] for n in served),
+            "cache_file_equal": (workdir / "q.cache").read_bytes() == bytes(read),
+            "get_batch": calibrator.get_batch(["Input3"]), "cache_used": calibrator.cache_used,
+            "keep": list(result.keep), "origin": ranges.origin, "echo": lines}
+
+
 def check_progress(trt) -> dict:
     from trtq.trt.progress import progress_monitor_class
 
@@ -363,13 +393,17 @@ def check_builder(trt, model_path: Path, workdir: Path) -> dict:
         "int8_tensorrt_source": BuildOptions(engine_path=workdir / "out-src" / "m.engine", int8=True,
                                              calibration_source="tensorrt"),
         "int8_no_data": BuildOptions(engine_path=workdir / "out-nodata" / "m.engine", int8=True),
+        "int8_quantize": BuildOptions(engine_path=workdir / "out-q" / "m.engine", int8=True, calibrator="auto",
+                                      cache_path=workdir / "out-q" / "m.cache"),
+        "int8_quantize_no_data": BuildOptions(engine_path=workdir / "out-qnodata" / "m.engine", int8=True,
+                                              calibrator="auto"),
     }
     for name, options in cases.items():
         options.engine_path.parent.mkdir()
         lines: list[str] = []
         result: dict = {}
         try:
-            with_data = name.startswith("int8") and name != "int8_no_data"
+            with_data = name.startswith("int8") and not name.endswith("no_data")
             build_engine(model, options, digits if with_data else None, trt=trt, echo=lines.append)
             result["error"] = None
         except TrtqError as exc:
@@ -428,6 +462,7 @@ def main() -> None:
         report["calibrators"] = {a: check_calibrator(trt, a, workdir) for a in ("entropy2", "entropy", "minmax",
                                                                                  "legacy")}
         report["served_cache"] = check_served_cache(trt)
+        report["served_quantize"] = check_served_quantize(trt, Path(args.model), workdir)
     else:
         from trtq.errors import TrtqError
         from trtq.trt.calibrators import calibrator_class

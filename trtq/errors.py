@@ -27,3 +27,9 @@ def first_line(exc: BaseException, default: str | None = None) -> str:
     else ``default``, else the exception's type name: what a one-line error shows of a cause."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else (default or type(exc).__name__)
+
+
+class TargetMissed(TrtqError):
+    """``trtq quantize``'s accuracy target was not met (exit status 3, as a failed gate of ``trtq run``)."""
+
+    exit_code = 3

@@ -10,7 +10,7 @@ import click
 from trtq.commands.options.data import batches_from_options, data_given, data_options
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.trt.cuda import BACKENDS
-from trtq.trt.plan import ALL_CALIBRATORS, SOURCES
+from trtq.trt.plan import BUILD_CALIBRATORS, QUANTIZE, SOURCES
 
 
 def _echo(message: str) -> None:
@@ -24,11 +24,20 @@ def _echo(message: str) -> None:
                    "A manifest ENGINE.json is written beside it.")
 @data_options
 @click.option("--fp16", is_flag=True, help="Allow FP16 (10.x: builder flag; 11.x: an FP16 copy of the model).")
-@click.option("--int8", is_flag=True, help="INT8 (10.x: TensorRT calibrates; 11.x: Q/DQ from trtq's ranges).")
+@click.option("--int8", is_flag=True,
+              help="INT8: trtq quantize on the CPU (needs --data), then 10.x: its ranges as a cache + its kept layers "
+                   "as precision constraints; 11.x: its Q/DQ model. With --calibrator: as that calibrator says.")
 @click.option("--best", is_flag=True, help="Both --int8 and --fp16.")
-@click.option("--calibrator", type=click.Choice(ALL_CALIBRATORS), default="entropy2", show_default=True,
-              help="INT8 range method. entropy2/entropy/minmax/legacy are TensorRT 10.x calibrators; "
-                   "percentile and mse (and all of them on TensorRT 11) are computed by trtq.")
+@click.option("--calibrator", type=click.Choice(BUILD_CALIBRATORS), default=None,
+              help="INT8 range method. auto: trtq quantize (auto ranges, layers kept in float where the target needs "
+                   "it, verified). entropy2/entropy/minmax/legacy are TensorRT 10.x calibrators; percentile and mse "
+                   "(and all of them on TensorRT 11) are computed by trtq, unverified. [default: auto via trtq "
+                   "quantize; entropy2 with --ranges or --calibration-source tensorrt]")
+@click.option("--max-drop", type=float, metavar="PCT",
+              help="trtq quantize's target: at most PCT points of top-1 agreement lost against FP32 (a "
+                   "[batch, classes] output) [default: 1 where that measure exists].")
+@click.option("--min-sqnr", type=float, metavar="DB",
+              help="trtq quantize's target: worst-output SQNR of at least DB [default: 30 without a drop measure].")
 @click.option("--calibration-source", type=click.Choice(SOURCES), default=None,
               help="Who computes INT8 ranges: TensorRT's calibrator fed with --data (10.x default), or trtq on "
                    "the CPU (11.x, percentile, mse), served to 10.x as a cache and to 11.x as Q/DQ.")
@@ -60,20 +69,25 @@ def _echo(message: str) -> None:
               help="CUDA binding for device buffers [default: the first installed of cuda-python, pycuda].")
 @click.option("--json", "as_json", is_flag=True, help="Print the build manifest as JSON on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorRT's verbose log.")
-def build(model_path, engine_path, fp16, int8, best, calibrator, calibration_source, cache_path, ranges_path,
-          percentile, regression_cutoff, keep_precision, precision_constraints, workspace, timing_cache,
+def build(model_path, engine_path, fp16, int8, best, calibrator, max_drop, min_sqnr, calibration_source, cache_path,
+          ranges_path, percentile, regression_cutoff, keep_precision, precision_constraints, workspace, timing_cache,
           min_shapes, opt_shapes, max_shapes, cuda_backend, as_json, verbose, **data_kwargs):
     """Build a TensorRT engine from MODEL, on TensorRT 10.x or 11.x.
 
-    TensorRT 10.x calibrates INT8 itself through the calibrator you choose, fed with --data and
-    preprocessed exactly as `trtq calibrate` does. TensorRT 11.x has no calibrators and no precision
-    flags: trtq computes the ranges and builds the Q/DQ (and/or FP16) model instead. The first line
-    of output says which path ran and why; ENGINE.json records versions, GPU, precisions, data,
-    cache, shapes and build time.
+    INT8 without --calibrator runs `trtq quantize` on --data first (on the CPU): auto range choice,
+    layers kept in float where the accuracy target needs it, the final Q/DQ model verified; a missed
+    target exits 3 and builds nothing. TensorRT 10.x then gets its ranges as a calibration cache and
+    its kept layers as precision constraints; TensorRT 11.x (no calibrators, no precision flags)
+    builds its Q/DQ model strongly typed. With --calibrator, TensorRT 10.x calibrates through that
+    calibrator fed with --data (preprocessed as `trtq calibrate` does), and on 11.x trtq computes
+    that method's ranges as Q/DQ. The first line of output says which path ran and why;
+    ENGINE.json records versions, GPU, precisions, data, cache, what quantize chose, shapes and
+    build time.
 
     \b
     Examples:
       trtq build calib_data/mnist-8.onnx --int8 --data calib_data/mnist --cache mnist.cache
+      trtq build calib_data/mnist-8.onnx --int8 --calibrator entropy2 --data calib_data/mnist
       trtq build model.onnx --best --data images/ --preset imagenet --opt-shapes input:8x3x224x224
       trtq build model.onnx --int8 --calibrator percentile --percentile 99.9 --data calib.npz
       trtq build model.onnx --fp16 --keep-precision /head/Softmax=fp32 -o model-fp16.engine
@@ -83,6 +97,8 @@ def build(model_path, engine_path, fp16, int8, best, calibrator, calibration_sou
     from trtq.trt.build import BuildOptions, build_engine, parse_keep_precision, parse_size
 
     fp16, int8 = fp16 or best, int8 or best
+    if calibrator is None:  # stored ranges and TensorRT's own calibrator keep their former default
+        calibrator = "entropy2" if ranges_path or calibration_source == "tensorrt" else QUANTIZE
     options = BuildOptions(
         engine_path=Path(engine_path or Path(model_path).with_suffix(".engine").name),
         fp16=fp16,
@@ -102,6 +118,8 @@ def build(model_path, engine_path, fp16, int8, best, calibrator, calibration_sou
         max_shapes=parse_shape_spec(max_shapes),
         cuda_backend=cuda_backend,
         verbose=verbose,
+        min_sqnr=min_sqnr,
+        max_drop=max_drop,
     )
     model = load_model(model_path)
     batches = None

@@ -30,6 +30,12 @@ class Layout:
     def ranges(self, variant: Variant) -> str:
         return f"{self.variant_dir(variant)}/{self.stem}.ranges.json"
 
+    def quantize_report(self, variant: Variant, suffix: str = "json") -> str:
+        return f"{self.variant_dir(variant)}/{self.stem}.quantize.{suffix}"
+
+    def keep(self, variant: Variant) -> str:
+        return f"{self.variant_dir(variant)}/{self.stem}.keep.txt"
+
     def onnx(self, variant: Variant) -> str:
         return f"{self.variant_dir(variant)}/{self.stem}.{variant.name}.onnx"
 

@@ -1,7 +1,8 @@
 """The plan of a run: every step of every model and variant, in the order they run, and ``--steps``.
 
-Per model: ``statistics`` (one pass over the calibration data, shared by every INT8 variant), then per
-variant ``calibrate`` (int8/best) and ``export``, then ``evaluate`` (all variants in one pass), then
+Per model: ``statistics`` (one pass over the calibration data, shared by every INT8 variant with an
+explicit calibrator), then per variant ``calibrate`` (int8/best; ``quantize`` for the default calibrator
+``auto``, which makes its own calibration pass) and ``export``, then ``evaluate`` (all variants in one pass), then
 ``build``, ``bench`` and ``report`` (the GPU steps).
 """
 
@@ -15,6 +16,7 @@ from trtq.pipeline.steps import (
     CalibrateStep,
     EvaluateStep,
     ExportStep,
+    QuantizeStep,
     ReportStep,
     StatisticsStep,
     Step,
@@ -47,14 +49,16 @@ def plan(config: PipelineConfig) -> list[Step]:
     steps: list[Step] = []
     for model in config.models:
         stats_id = f"{model.name}/statistics"
-        if any(v.int8 for v in model.variants):
+        if any(v.int8 and not v.quantize for v in model.variants):
             steps.append(StatisticsStep(stats_id, model, None))
         per_variant: dict[str, list[Step]] = {}
         for v in model.variants:
             base = f"{model.name}/{v.name}"
-            calibrate = (f"{base}/calibrate",) if v.int8 else ()
+            ranges_kind = "quantize" if v.quantize else "calibrate"
+            calibrate = (f"{base}/{ranges_kind}",) if v.int8 else ()
             per_variant[v.name] = [
-                *([CalibrateStep(f"{base}/calibrate", model, v, (stats_id,))] if v.int8 else []),
+                *([QuantizeStep(f"{base}/quantize", model, v)] if v.quantize else []),
+                *([CalibrateStep(f"{base}/calibrate", model, v, (stats_id,))] if v.int8 and not v.quantize else []),
                 ExportStep(f"{base}/export", model, v, calibrate),
                 EvaluateStep(f"{base}/evaluate", model, v, (f"{base}/export",)),
                 BuildStep(f"{base}/build", model, v, calibrate),
@@ -62,7 +66,7 @@ def plan(config: PipelineConfig) -> list[Step]:
                 ReportStep(f"{base}/report", model, v, (f"{base}/build",)),
             ]
         # CPU steps of every variant, then the evaluations (one pass), then the GPU steps.
-        for kinds in (("calibrate", "export"), ("evaluate",), GPU_KINDS):
+        for kinds in (("quantize", "calibrate", "export"), ("evaluate",), GPU_KINDS):
             for v in model.variants:
                 steps.extend(s for s in per_variant[v.name] if s.kind in kinds)
     return steps

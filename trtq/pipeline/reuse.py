@@ -1,6 +1,7 @@
 """The reuse policy: whether a step runs, is reused, keeps an earlier result, or is skipped.
 
-- an upstream step has no result here: skipped (with the upstream's reason);
+- an upstream step has no result here, or its result blocks its dependents (a missed quantize target):
+  skipped (with the upstream's reason);
 - not selected with ``--steps``, or a GPU step without a GPU: its earlier result is kept when its
   inputs are unchanged and its files still hash as recorded, else skipped (and the stale result goes);
 - inputs and environment unchanged and the files verified: reused, unless ``--force``;
@@ -50,6 +51,9 @@ def decide(step_id: str, needs: tuple[str, ...], gpu: bool, manifest: Manifest, 
             else:
                 reason = f"needs {need_kinds[need]} ({need}), which {upstream.get('status', 'did not run')}"
             return Decision(SKIPPED, reason)
+        blocked = (manifest.entry(need).get("result") or {}).get("blocks")
+        if blocked:
+            return Decision(SKIPPED, blocked)
     parts = fingerprint_parts()
     digests = {"inputs_sha256": fingerprint(parts["inputs"]), "env_sha256": fingerprint(parts["env"])}
     previous = manifest.entry(step_id)

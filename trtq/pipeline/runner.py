@@ -265,11 +265,13 @@ class Pipeline:
                 base = f"{m.name}/{v.name}"
                 evaluation = self.manifest.entry(f"{base}/evaluate")
                 bench = self.manifest.entry(f"{base}/bench")
+                quantized = self.manifest.entry(f"{base}/quantize") if v.quantize else None
                 metrics = evaluation.get("result") if evaluation else None
                 latency = bench.get("result") if bench else None
+                quantize = quantized.get("result") if quantized else None
                 rows.append({"model": m.name, "variant": v.name, "precision": v.precision,
                              "calibrator": v.calibrator, "evaluation": metrics, "bench": latency,
-                             "gates": check_gates(m.gates, metrics, latency)})
+                             "gates": check_gates(m.gates, metrics, latency, quantize)})
         return rows
 
     def finish(self, status: str) -> None:

@@ -16,7 +16,8 @@ from trtq.errors import TrtqError
 PRECISIONS = ("fp16", "int8", "best")
 DEFAULT_OUTPUT = "trtq-artifacts"
 DEFAULT_PRECISIONS = ("int8", "fp16")
-DEFAULT_CALIBRATORS = ("entropy2",)
+QUANTIZE = "auto"  # trtq quantize: auto ranges, layers kept in float where the target needs it, verified
+DEFAULT_CALIBRATORS = (QUANTIZE,)
 CONFIG_NAMES = ("trtq.toml", "pyproject.toml")
 
 GATE_KEYS = {
@@ -80,6 +81,11 @@ class Variant:
     @property
     def int8(self) -> bool:
         return self.precision in ("int8", "best")
+
+    @property
+    def quantize(self) -> bool:
+        """INT8 by ``trtq quantize`` (the default calibrator ``auto``), with the gates as its target."""
+        return self.int8 and self.calibrator == QUANTIZE
 
     @property
     def fp16(self) -> bool:

@@ -78,9 +78,10 @@ class StructureChecker(DataTableChecks):
         return self.choice_list(table, "precisions", where, PRECISIONS, "precision")
 
     def calibrators(self, table: dict, where: str) -> list[str] | None:
+        from trtq.pipeline.schema import QUANTIZE
         from trtq.ranges import METHODS
 
-        return self.choice_list(table, "calibrators", where, METHODS, "calibrator")
+        return self.choice_list(table, "calibrators", where, (QUANTIZE, *METHODS), "calibrator")
 
     def choice_list(self, table: dict, key: str, where: str, allowed: tuple[str, ...], noun: str) -> list[str] | None:
         """A non-empty list of ``allowed`` names (duplicates dropped), or None when ``key`` is not set."""

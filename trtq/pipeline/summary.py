@@ -9,13 +9,16 @@ from trtq.pipeline.schema import GATE_KEYS
 PASS, FAIL, NOT_EVALUATED = "pass", "fail", "not evaluated"
 
 
-def check_gates(gates: dict[str, float], evaluation: dict | None, bench: dict | None) -> list[dict[str, Any]]:
+def check_gates(gates: dict[str, float], evaluation: dict | None, bench: dict | None,
+                quantize: dict | None = None) -> list[dict[str, Any]]:
     """One record per configured gate: ``{"gate", "threshold", "value", "status", "reason"}``.
 
     ``evaluation`` is the evaluate step's metrics, ``bench`` the bench step's result (None when the
     step has no result here); a gate without its number is "not evaluated", which is not a failure.
+    ``quantize`` (the quantize step's result, for variants without an explicit calibrator) adds the
+    ``quantize_target`` gate: the target quantize verified (the gates it could express, else its default).
     """
-    records = []
+    records = [quantize_gate(quantize)] if quantize else []
     for gate, threshold in gates.items():
         value, reason = _value(gate, evaluation, bench)
         if value is None and reason is None:  # SQNR of identical outputs: infinite
@@ -28,6 +31,20 @@ def check_gates(gates: dict[str, float], evaluation: dict | None, bench: dict | 
         records.append({"gate": gate, "threshold": threshold, "value": shown, "status": status,
                         "unit": GATE_KEYS[gate][1], **({"reason": reason} if reason else {})})
     return records
+
+
+def quantize_gate(result: dict[str, Any]) -> dict[str, Any]:
+    record = result["record"]
+    final = record["verification"]
+    score = "SQNR inf" if final["sqnr_db"] is None else f"SQNR {final['sqnr_db']:.2f} dB"
+    if final["drop_points"] is not None:
+        score += f", drop {final['drop_points']:.2f} points"
+    gate = {"gate": "quantize_target", "threshold": record["target"]["text"], "value": score,
+            "status": PASS if result["ok"] else FAIL, "unit": "",
+            "kept": len(record["keep"]), "layers": record["layers"]}
+    if not result["ok"]:
+        gate["reason"] = record["failure"]
+    return gate
 
 
 def _value(gate: str, evaluation: dict | None, bench: dict | None) -> tuple[float | None, str | None]:
@@ -53,6 +70,11 @@ def describe_gate(record: dict[str, Any]) -> str:
     """``min_sqnr_db: 23.21 dB < 40 dB (fail)``."""
     unit = f" {record['unit']}" if record["unit"] else ""
     gate, threshold, value, status = record["gate"], record["threshold"], record["value"], record["status"]
+    if gate == "quantize_target":
+        kept = f"{record['kept']} of {record['layers']} layers kept in float"
+        if status == PASS:
+            return f"{gate} ({threshold}): met, {value}, {kept}"
+        return f"{gate} ({threshold}): missed: {record.get('reason')}"
     if status == NOT_EVALUATED:
         return f"{gate} {_num(threshold)}{unit}: not evaluated ({record.get('reason')})"
     if isinstance(value, str):

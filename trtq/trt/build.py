@@ -1,10 +1,12 @@
 """``build_engine``: ONNX model + options (+ data) -> a TensorRT engine and its ``ENGINE.json`` manifest.
 
 Order of work, chosen so that the user learns about a problem before the long part:
-outputs and options checked -> shapes resolved -> TensorRT imported and probed -> path planned (and
-printed) -> stored ranges read (``--ranges``, a reusable ``--cache``) or the CUDA binding for TensorRT's
-calibrator found -> builder created (fails here without a GPU) -> trtq calibrates if it must (``--cache``
-written at once) -> the model TensorRT parses prepared (11.x: Q/DQ/FP16 export, from trtq's ranges) ->
+outputs and options checked (INT8 by ``trtq quantize``, the default, needs data) -> shapes resolved ->
+TensorRT imported and probed -> path planned (and printed) -> stored ranges read (``--ranges``, a reusable
+``--cache``) or the CUDA binding for TensorRT's calibrator found -> builder created (fails here without a
+GPU) -> trtq quantizes or calibrates if it must (``--cache`` written at once; a missed quantize target
+stops here, exit 3) -> the model TensorRT parses prepared (11.x: quantize's Q/DQ model, or the Q/DQ/FP16
+export from trtq's ranges; 10.x: quantize's kept layers become precision constraints) ->
 network parsed and configured -> build with progress -> engine and manifest written atomically, the
 manifest last.
 """
@@ -25,13 +27,13 @@ import numpy as np
 
 from trtq import __version__
 from trtq.cache import HEADER_ALGORITHM, cache_from_amax, parse_cache, write_cache
-from trtq.errors import TrtqError
+from trtq.errors import TargetMissed, TrtqError
 from trtq.fileio import atomic_path, check_output_path, json_text, read_input_bytes, sha256_file
 from trtq.model import Model, resolve_shape
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.shapes import Shape
 from trtq.trt import TensorRTInfo, import_tensorrt, probe
-from trtq.trt.plan import IMPLICIT, TRTQ_ONLY_CALIBRATORS, BuildPlan, plan_build
+from trtq.trt.plan import IMPLICIT, QUANTIZE, TRTQ_ONLY_CALIBRATORS, BuildPlan, plan_build, quantize_label
 
 Echo = Callable[[str], None]
 MANIFEST_FORMAT = "trtq-engine-1"
@@ -49,7 +51,7 @@ class BuildOptions:
     engine_path: Path
     fp16: bool = False
     int8: bool = False
-    calibrator: str = "entropy2"
+    calibrator: str = "entropy2"  # "auto": trtq quantize (the CLI's default for --int8/--best)
     calibration_source: str | None = None  # None: trtq with ranges_path, else TensorRT's calibrator where it exists
     cache_path: Path | None = None
     ranges_path: Path | None = None
@@ -64,6 +66,9 @@ class BuildOptions:
     max_shapes: dict[str, Shape] = field(default_factory=dict)
     cuda_backend: str | None = None
     verbose: bool = False
+    min_sqnr: float | None = None  # trtq quantize's target (calibrator "auto"); None: quantize's default target
+    max_drop: float | None = None
+    quantized: dict | None = None  # a recorded quantize result (quantize_record): build from ranges_path, no rerun
 
     @property
     def manifest_path(self) -> Path:
@@ -202,8 +207,11 @@ class TrtqRanges:
     amax: dict[str, float]
     origin: str  # what the manifest and messages call them
     computed: bool  # True when calibrated now from the data (then --cache is written)
+    quantize: dict | None = None  # the trtq quantize record (quantize_record) when quantize chose them
 
 
+NEEDS_QUANTIZE_DATA = ("INT8 without --calibrator runs trtq quantize on the CPU, which needs --data; to build from "
+                       "stored ranges instead give --calibrator entropy2 with a TensorRT --cache, or --ranges FILE")
 NEEDS_RANGES = ("INT8 needs ranges: give --data (trtq calibrates on it), --ranges RANGES.json "
                 "(from trtq calibrate --json) or an existing --cache")
 
@@ -261,6 +269,76 @@ def calibrate_ranges(model: Model, options: BuildOptions, batches: Iterable, inf
     return TrtqRanges(result.amax, f"trtq {options.calibrator} on {result.samples} samples", True)
 
 
+def quantize_record(result) -> dict:
+    """What ENGINE.json (and ``trtq run``) keep of a :class:`~trtq.accuracy.quantize.QuantizeResult`: JSON."""
+    return {"ok": result.ok, "failure": result.failure, "method": result.method,
+            "chosen_by_auto": result.auto is not None, "keep": list(result.keep), "layers": result.layers,
+            "target": {**result.target.document(), "text": result.target.describe()},
+            "verification": result.final_step.document(),
+            "evaluation": {"data": result.eval_description, "samples": result.eval_samples},
+            "calibration_samples": result.stats.samples}
+
+
+def describe_quantize(record: dict) -> str:
+    """One line: the ranges chosen, the layers kept and the verified score against the target."""
+    final = record["verification"]
+    keep = record["keep"]
+    sqnr = final["sqnr_db"]
+    score = "SQNR inf" if sqnr is None else f"SQNR {sqnr:.2f} dB"
+    if final["drop_points"] is not None:
+        score += f", drop {final['drop_points']:.2f} points"
+    return (f"{record['method']} ranges{' (chosen by auto)' if record['chosen_by_auto'] else ''}; "
+            f"{len(keep)} of {record['layers']} quantized layers kept in float"
+            f"{' (' + ', '.join(keep) + ')' if keep else ''}; final Q/DQ model {score} "
+            f"({'meets' if final['meets_target'] else 'misses'} {record['target']['text']}) "
+            f"on {record['evaluation']['data']}")
+
+
+def with_kept_layers(rules: Mapping[str, str], kept: Iterable[str], *, fp16: bool) -> dict[str, str]:
+    """quantize's kept layers as ``--keep-precision`` rules, read as bare names are in ``@FILE``: fp16 when
+    the build allows FP16, else fp32; the user's own rules win where they name the same layer."""
+    merged = {name: "fp16" if fp16 else "fp32" for name in kept}
+    merged.update(rules)
+    return merged
+
+
+def quantize_ranges(model: Model, options: BuildOptions, batches: Iterable, info: TensorRTInfo,
+                    echo: Echo) -> tuple[TrtqRanges, object]:
+    """``trtq quantize`` on the data now (auto ranges, keep-in-float search, final Q/DQ model verified);
+    its ranges are written to ``--cache`` at once. A missed target raises :class:`TargetMissed`."""
+    from trtq.accuracy.quantize import quantize
+
+    echo(f"trtq: {quantize_label(None)} on the CPU: one calibration pass, every guarded range method measured "
+         "against FP32, layers kept in float only where the target needs them ...")
+    result = quantize(model, batches, calibrator=QUANTIZE, min_sqnr=options.min_sqnr, max_drop=options.max_drop,
+                      note=lambda line: echo(f"trtq: quantize: {line}"))
+    record = quantize_record(result)
+    if not result.ok:
+        raise TargetMissed(f"trtq quantize: {result.failure}; no engine built (`trtq quantize` writes the "
+                           "report; --calibrator entropy2 builds without the accuracy check)")
+    echo(f"trtq: quantize: {describe_quantize(record)}")
+    usable = {name: value for name, value in result.amax.items() if value > 0}  # as `trtq quantize` writes them
+    if options.cache_path is not None:
+        write_cache(options.cache_path, cache_from_amax(usable, QUANTIZE, trt_version=info.patch_version))
+    origin = f"{quantize_label(len(result.keep))} on {result.stats.samples} samples"
+    return TrtqRanges(usable, origin, True, record), result
+
+
+def _check_quantize_options(options: BuildOptions, have_data: bool) -> None:
+    """The quantize path's inputs, checked before TensorRT is imported."""
+    if options.int8 and options.calibrator == QUANTIZE:
+        if options.quantized is not None and options.ranges_path is None:
+            raise TrtqError("a recorded trtq quantize result needs the ranges it chose (ranges_path)")
+        if options.quantized is None and options.ranges_path is not None:
+            raise TrtqError("--ranges gives stored ranges, but --calibrator auto (the default) computes them with "
+                            "trtq quantize: give --calibrator with --ranges, or drop --ranges")
+        if options.quantized is None and not have_data:
+            raise TrtqError(NEEDS_QUANTIZE_DATA)
+    elif options.min_sqnr is not None or options.max_drop is not None:
+        raise TrtqError("--min-sqnr/--max-drop set the accuracy target of trtq quantize, which runs for --int8/--best "
+                        "without --calibrator (or with --calibrator auto)")
+
+
 # -- the build -----------------------------------------------------------------------------------------
 
 
@@ -275,6 +353,7 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
         raise TrtqError("--precision-constraints must be prefer or obey")
     if any(v == "fp16" for v in options.keep_precision.values()) and not options.fp16:
         raise TrtqError("--keep-precision NAME=fp16 needs --fp16 or --best")
+    _check_quantize_options(options, batches is not None)
     source = options.calibration_source
     if options.ranges_path is not None:  # a ranges file is trtq's ranges, on any TensorRT
         if source == "tensorrt":
@@ -292,8 +371,11 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
         echo(f"trtq: note: {note}")
     backend = None
     ranges = None
-    if plan.source == "trtq":  # None: calibrated on the data below, once TensorRT has a builder
-        ranges = stored_ranges(options, batches is not None, echo)
+    if plan.source == "trtq" and not (plan.quantize and options.quantized is None):
+        ranges = stored_ranges(options, batches is not None, echo)  # None: calibrated below, once there is a builder
+        if plan.quantize:  # a quantize result recorded earlier (trtq run): its ranges and kept layers
+            ranges = TrtqRanges(ranges.amax, f"{quantize_label(len(options.quantized['keep']))}, recorded: "
+                                f"{ranges.origin}", False, options.quantized)
     if plan.source == "tensorrt":
         from trtq.trt.cuda import get_backend
 
@@ -305,9 +387,23 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
     logger = engine.logger_class(trt)(show="VERBOSE" if options.verbose else "WARNING", echo=echo)
     builder = engine.create_builder(trt, logger)
     with tempfile.TemporaryDirectory(prefix="trtq-build-") as workdir:
+        quantized = None  # the QuantizeResult, when quantize runs here
         if plan.source == "trtq" and ranges is None:
-            ranges = calibrate_ranges(model, options, batches, info, echo)
-        onnx_path, derived = _model_to_parse(model, plan, options, ranges, Path(workdir), echo)
+            if plan.quantize:
+                ranges, quantized = quantize_ranges(model, options, batches, info, echo)
+            else:
+                ranges = calibrate_ranges(model, options, batches, info, echo)
+        keep_rules = dict(options.keep_precision)
+        if ranges is not None and ranges.quantize is not None:
+            plan = plan.quantized(len(ranges.quantize["keep"]))
+            keep_rules = with_kept_layers(options.keep_precision, ranges.quantize["keep"], fp16=plan.fp16)
+        qdq = None  # 11.x: quantize's own (verified) Q/DQ model, unless the user keeps more layers in float
+        if quantized is not None and not options.keep_precision:
+            qdq = quantized.export.model
+        elif quantized is not None and plan.path != IMPLICIT:
+            echo("trtq: note: --keep-precision keeps more layers in float than quantize measured: the Q/DQ model "
+                 "is exported again from quantize's ranges with both sets kept")
+        onnx_path, derived = _model_to_parse(model, plan, options, ranges, Path(workdir), echo, keep_rules, qdq)
         network = engine.create_network(trt, builder)
         parser = engine.parse_onnx(trt, network, logger, onnx_path)
         network_inputs = engine.network_inputs(network)
@@ -324,7 +420,7 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
             engine.check_profile_against_network(network_inputs, profile)
             engine.add_optimization_profile(trt, builder, config, profile)
         calibrator, kept = _configure_implicit(trt, info, plan, options, builder, network, config, backend,
-                                               batches, ranges, shapes, echo)
+                                               batches, ranges, shapes, echo, keep_rules)
         monitor = _progress(trt, info, config)
         started = time.perf_counter()
         try:
@@ -339,7 +435,7 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
         del parser
         engine.save_timing_cache(timing_cache, options.timing_cache)
         manifest = _manifest(model, options, info, plan, shapes, derived, ranges, calibrator, kept, batches,
-                             backend, seconds, serialized, engine_path, monitor)
+                             backend, seconds, serialized, engine_path, monitor, keep_rules)
         _write_outputs(engine_path, manifest_path, serialized, manifest)
     echo(f"trtq: wrote {engine_path} ({len(serialized) / 1e6:.1f} MB, {seconds:.1f} s) and {manifest_path}")
     return BuildResult(engine_path, manifest_path, manifest, plan)
@@ -361,14 +457,17 @@ def _check_calibration_inputs(info: TensorRTInfo, plan: BuildPlan, options: Buil
 
 
 def _model_to_parse(model: Model, plan: BuildPlan, options: BuildOptions, ranges: TrtqRanges | None,
-                    workdir: Path, echo: Echo) -> tuple[Path, dict | None]:
-    """The ONNX file TensorRT parses, and what was derived from the user's model (``None``: parsed as is)."""
+                    workdir: Path, echo: Echo, keep_rules: Mapping[str, str] | None = None,
+                    qdq=None) -> tuple[Path, dict | None]:
+    """The ONNX file TensorRT parses, and what was derived from the user's model (``None``: parsed as is).
+    ``keep_rules`` (default: ``--keep-precision``) may hold quantize's kept layers; ``qdq`` is a ready Q/DQ
+    model (quantize's) used as the INT8 model instead of exporting one from the ranges."""
     if plan.path != IMPLICIT:
         from trtq.trt.explicit import strongly_typed_model
 
         typed = strongly_typed_model(model, int8=plan.int8, fp16=plan.fp16, amax=ranges.amax if ranges else None,
-                                     keep_precision=options.keep_precision,
-                                     ranges_source=ranges.origin if ranges else "trtq's ranges")
+                                     keep_precision=options.keep_precision if keep_rules is None else keep_rules,
+                                     ranges_source=ranges.origin if ranges else "trtq's ranges", qdq=qdq)
         for note in typed.notes:
             echo(f"trtq: note: {note}")
         for warning in typed.warnings:
@@ -389,16 +488,24 @@ def _save_proto(proto, path: Path) -> Path:
     return path
 
 
+def served_cache(ranges: TrtqRanges, info: TensorRTInfo) -> bytes:
+    """10.x: trtq's ranges as the EntropyCalibration2 cache TensorRT reads instead of calibrating."""
+    return cache_from_amax(ranges.amax, "entropy2", trt_version=info.patch_version).to_bytes()
+
+
 def _configure_implicit(trt, info: TensorRTInfo, plan: BuildPlan, options: BuildOptions, builder, network, config,
-                        backend, batches, ranges: TrtqRanges | None, shapes: ResolvedShapes, echo: Echo):
-    """10.x: precision flags, precision constraints and the calibrator. Returns (calibrator, kept layers)."""
+                        backend, batches, ranges: TrtqRanges | None, shapes: ResolvedShapes, echo: Echo,
+                        keep_rules: Mapping[str, str] | None = None):
+    """10.x: precision flags, precision constraints (``keep_rules``, default ``--keep-precision``) and the
+    calibrator. Returns (calibrator, kept layers)."""
     if plan.path != IMPLICIT:
         return None, {}
     from trtq.trt import implicit
     from trtq.trt.calibrators import make_calibrator
 
     implicit.set_precision_flags(trt, config, fp16=plan.fp16, int8=plan.int8)
-    kept = implicit.apply_keep_precision(trt, network, config, options.keep_precision,
+    kept = implicit.apply_keep_precision(trt, network, config,
+                                         options.keep_precision if keep_rules is None else keep_rules,
                                          options.precision_constraints)
     if not plan.int8:
         return None, kept
@@ -407,8 +514,8 @@ def _configure_implicit(trt, info: TensorRTInfo, plan: BuildPlan, options: Build
         echo(f"trtq: warning: {text}")
 
     if plan.source == "trtq":
-        served = cache_from_amax(ranges.amax, "entropy2", trt_version=info.patch_version).to_bytes()
-        calibrator = make_calibrator(trt, "entropy2", trt_version=info.patch_version, served_cache=served, warn=warn)
+        calibrator = make_calibrator(trt, "entropy2", trt_version=info.patch_version,
+                                     served_cache=served_cache(ranges, info), warn=warn)
     else:
         calibrator = make_calibrator(
             trt, plan.calibrator, trt_version=info.patch_version, batches=batches, backend=backend,
@@ -467,7 +574,8 @@ def _device(backend, options: BuildOptions) -> dict | None:
 
 def _manifest(model: Model, options: BuildOptions, info: TensorRTInfo, plan: BuildPlan, shapes: ResolvedShapes,
               derived: dict | None, ranges: TrtqRanges | None, calibrator, kept: dict, batches, backend,
-              seconds: float, serialized: bytes, engine_path: Path, monitor) -> dict:
+              seconds: float, serialized: bytes, engine_path: Path, monitor,
+              keep_rules: Mapping[str, str] | None = None) -> dict:
     import hashlib
 
     device = _device(backend, options)
@@ -487,6 +595,8 @@ def _manifest(model: Model, options: BuildOptions, info: TensorRTInfo, plan: Bui
             calibration.update({"ranges": ranges.origin, "tensors": len(ranges.amax)})
             if calibrator is not None:  # 10.x: served to TensorRT as an entropy2 cache
                 calibration["served_header"] = calibrator.expected_header
+            if ranges.quantize is not None:  # what quantize chose: method, kept layers, target, verified score
+                calibration["quantize"] = ranges.quantize
         if options.cache_path is not None and options.cache_path.is_file():
             calibration["cache_sha256"] = sha256_file(options.cache_path)
         if plan.calibrator == "percentile":
@@ -510,8 +620,7 @@ def _manifest(model: Model, options: BuildOptions, info: TensorRTInfo, plan: Bui
         "path": plan.as_dict(),
         "precisions": plan.precisions,
         "calibration": calibration,
-        "keep_precision": {"rules": options.keep_precision, "constraints": options.precision_constraints,
-                           "layers": kept} if options.keep_precision else None,
+        "keep_precision": _keep_manifest(options, ranges, keep_rules, kept),
         "onnx": {"path": str(model.path) if model.path else None, "sha256": model.sha256, "built_from": derived},
         "data": data,
         "shapes": {"profile": {k: {w: list(s) for w, s in v.items()} for k, v in shapes.profile.items()},
@@ -520,6 +629,17 @@ def _manifest(model: Model, options: BuildOptions, info: TensorRTInfo, plan: Bui
         "timing_cache": str(options.timing_cache) if options.timing_cache else None,
         "build_phases": list(getattr(monitor, "history", [])),
     }
+
+
+def _keep_manifest(options: BuildOptions, ranges: TrtqRanges | None, keep_rules: Mapping[str, str] | None,
+                   kept: dict) -> dict | None:
+    rules = options.keep_precision if keep_rules is None else dict(keep_rules)
+    if not rules:
+        return None
+    entry = {"rules": rules, "constraints": options.precision_constraints, "layers": kept}
+    if ranges is not None and ranges.quantize is not None:
+        entry["from_quantize"] = list(ranges.quantize["keep"])
+    return entry
 
 
 def _write_outputs(engine_path: Path, manifest_path: Path, serialized: bytes, manifest: dict) -> None:

@@ -68,11 +68,13 @@ def expand_names(model: Model, patterns: list[str]) -> list[str]:
 
 def strongly_typed_model(model: Model, *, int8: bool, fp16: bool, amax: Mapping[str, float] | None = None,
                          keep_precision: Mapping[str, str] | None = None,
-                         ranges_source: str = "trtq's ranges") -> StronglyTypedModel:
+                         ranges_source: str = "trtq's ranges",
+                         qdq: onnx.ModelProto | None = None) -> StronglyTypedModel:
     """The model to build on TensorRT 11 for the requested precisions.
 
     ``keep_precision`` maps node/tensor names to ``fp32`` or ``fp16``: fp32 nodes stay out of both
-    the Q/DQ and the FP16 conversion, fp16 nodes stay out of Q/DQ only.
+    the Q/DQ and the FP16 conversion, fp16 nodes stay out of Q/DQ only. ``qdq`` is a ready Q/DQ model
+    of ``model`` (``trtq quantize``'s, made with the same nodes kept out): used as the INT8 model as is.
     """
     from trtq.export import export_fp16, export_qdq
 
@@ -87,18 +89,20 @@ def strongly_typed_model(model: Model, *, int8: bool, fp16: bool, amax: Mapping[
     warnings: list[str] = []
     working = model
     if int8:
-        if not amax:
-            raise TrtqError("INT8 on the strongly typed path needs ranges (from --data, --ranges or --cache)")
-        qdq = export_qdq(model, amax, exclude=keep_float, ranges_source=ranges_source)
-        notes += qdq.notes
-        warnings += qdq.warnings
+        if qdq is None:
+            if not amax:
+                raise TrtqError("INT8 on the strongly typed path needs ranges (from --data, --ranges or --cache)")
+            exported = export_qdq(model, amax, exclude=keep_float, ranges_source=ranges_source)
+            notes += exported.notes
+            warnings += exported.warnings
+            qdq = exported.model
         if not fp16:
-            return StronglyTypedModel(qdq.model, "qdq", notes, warnings)
-        working = Model(qdq.model, model.path)
+            return StronglyTypedModel(qdq, "qdq", notes, warnings)
+        working = Model(qdq, model.path)
         if working.opset < FP16_QDQ_OPSET:
             from trtq.export.graph import upgrade_opset
 
-            working = Model(upgrade_opset(qdq.model, working.opset, FP16_QDQ_OPSET), model.path)
+            working = Model(upgrade_opset(qdq, working.opset, FP16_QDQ_OPSET), model.path)
             notes.append(f"upgraded the Q/DQ model to opset {FP16_QDQ_OPSET} so that Q/DQ can run in float16")
     half = export_fp16(working, keep_fp32=keep_fp32)
     notes += half.notes

@@ -9,7 +9,7 @@ version number, and every plan carries the sentence that tells the user what ran
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from trtq.errors import TrtqError
 from trtq.trt import CALIBRATOR_CLASSES, TensorRTInfo
@@ -20,7 +20,17 @@ STRONGLY_TYPED = "strongly-typed"  # TensorRT 11.x: precision lives in the ONNX 
 TRT_CALIBRATORS = tuple(CALIBRATOR_CLASSES)  # entropy2, entropy, minmax, legacy
 TRTQ_ONLY_CALIBRATORS = ("percentile", "mse")  # no TensorRT class: always computed by trtq
 ALL_CALIBRATORS = TRT_CALIBRATORS + TRTQ_ONLY_CALIBRATORS
+QUANTIZE = "auto"  # `trtq quantize`: auto ranges + keep-in-float search, verified on the CPU
+BUILD_CALIBRATORS = (QUANTIZE, *ALL_CALIBRATORS)
 SOURCES = ("tensorrt", "trtq")
+QUANTIZE_PENDING = "auto ranges + keep-in-float search"  # in a plan's message until quantize has run
+
+
+def quantize_label(kept: int | None) -> str:
+    """How messages and ENGINE.json name the quantize path: ``trtq quantize (auto ranges + 2 layers kept)``."""
+    if kept is None:
+        return f"trtq quantize ({QUANTIZE_PENDING})"
+    return f"trtq quantize (auto ranges + {kept} layer{'' if kept == 1 else 's'} kept)"
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,15 @@ class BuildPlan:
     source: str | None
     message: str
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def quantize(self) -> bool:
+        """INT8 from `trtq quantize` (ranges and the layers kept in float decided and verified on the CPU)."""
+        return self.int8 and self.calibrator == QUANTIZE
+
+    def quantized(self, kept: int) -> BuildPlan:
+        """This plan once quantize has kept ``kept`` layers in float: the message says how many."""
+        return replace(self, message=self.message.replace(quantize_label(None), quantize_label(kept)))
 
     @property
     def precisions(self) -> list[str]:
@@ -65,8 +84,8 @@ class BuildPlan:
 def plan_build(info: TensorRTInfo, *, fp16: bool = False, int8: bool = False, calibrator: str = "entropy2",
                source: str | None = None, keep_precision: bool = False) -> BuildPlan:
     """Decide the path for the requested precisions on this TensorRT; raise what cannot work."""
-    if calibrator not in ALL_CALIBRATORS:
-        raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(ALL_CALIBRATORS)})")
+    if calibrator not in BUILD_CALIBRATORS:
+        raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(BUILD_CALIBRATORS)})")
     if source is not None and source not in SOURCES:
         raise TrtqError(f"unknown calibration source '{source}' (choose from {', '.join(SOURCES)})")
     version = info.short_version
@@ -82,6 +101,18 @@ def _plan_implicit(info: TensorRTInfo, version: str, fp16: bool, int8: bool, cal
     if not int8:
         what = "FP16 enabled with the FP16 builder flag" if fp16 else "FP32 (no --int8/--fp16/--best given)"
         return BuildPlan(IMPLICIT, info.version, fp16, False, None, None, f"TensorRT {version}: {what}")
+    if calibrator == QUANTIZE:
+        if source == "tensorrt":
+            raise TrtqError("trtq quantize (--calibrator auto, the default) computes the ranges on the CPU; "
+                            "for TensorRT's own calibrator give --calibrator entropy2 (or entropy, minmax, legacy)")
+        message = (
+            f"TensorRT {version}: INT8 by implicit quantization; {quantize_label(None)} on the CPU, its ranges "
+            "served to TensorRT as an EntropyCalibration2 cache and its kept layers as precision constraints "
+            "(the default INT8 path; no batches go through TensorRT)"
+        )
+        if fp16:
+            message += "; FP16 enabled for the kept layers and those INT8 does not cover"
+        return BuildPlan(IMPLICIT, info.version, fp16, True, calibrator, "trtq", message)
     if calibrator in TRTQ_ONLY_CALIBRATORS:
         if source == "tensorrt":
             raise TrtqError(
@@ -137,7 +168,11 @@ def _plan_strongly_typed(info: TensorRTInfo, version: str, fp16: bool, int8: boo
             f"the legacy calibrator exists only in TensorRT 10 and earlier, and TensorRT {version} has none; "
             "choose entropy2, entropy, minmax, percentile or mse"
         )
-    message = f"TensorRT {version}: no built-in calibrators; using trtq's {calibrator} ranges as explicit Q/DQ"
+    if calibrator == QUANTIZE:
+        message = (f"TensorRT {version}: no built-in calibrators; building the Q/DQ model of {quantize_label(None)}, "
+                   "verified on the CPU, with its kept layers left in float (the default INT8 path)")
+    else:
+        message = f"TensorRT {version}: no built-in calibrators; using trtq's {calibrator} ranges as explicit Q/DQ"
     if fp16:
         message += " on an FP16 copy of the model"
     return BuildPlan(STRONGLY_TYPED, info.version, fp16, True, calibrator, "trtq", message, tuple(notes))

@@ -69,9 +69,22 @@ class Step:
         """The result of this variant's step of ``kind`` (it has one: the plan made this step need it)."""
         return ctx.manifest.entry(f"{self.variant_id}/{kind}").get("result", {})
 
+    @property
+    def ranges_kind(self) -> str:
+        """The kind of the step that gives the variant its ranges: ``quantize`` or ``calibrate``."""
+        return "quantize" if self.variant.quantize else "calibrate"
+
     def ranges_sha(self, ctx: RunContext) -> str | None:
         """The digest of the ranges the variant was calibrated with (None without INT8)."""
-        return self.variant_result(ctx, "calibrate")["ranges_sha256"] if self.variant.int8 else None
+        return self.variant_result(ctx, self.ranges_kind)["ranges_sha256"] if self.variant.int8 else None
+
+    def quantize_record(self, ctx: RunContext) -> dict[str, Any] | None:
+        """What the variant's quantize step chose and verified (None for the other calibrators)."""
+        return self.variant_result(ctx, "quantize")["record"] if self.variant.quantize else None
+
+    def kept_by_quantize(self, ctx: RunContext) -> list[str]:
+        record = self.quantize_record(ctx)
+        return list(record["keep"]) if record else []
 
     def cache_path(self, ctx: RunContext) -> Path | None:
         """The variant's calibration cache in the output folder (None without INT8)."""

@@ -1,4 +1,4 @@
-"""The CPU steps: statistics, calibrate, export and evaluate (no TensorRT, no GPU)."""
+"""The CPU steps: statistics, calibrate (or quantize), export and evaluate (no TensorRT, no GPU)."""
 
 from __future__ import annotations
 
@@ -61,12 +61,97 @@ def run_calibrate(stats_path: Path, variant: Variant, trt_version: str, staging:
     return {cache_rel: staged(staging, cache_rel), ranges_rel: staged(staging, ranges_rel)}, summary
 
 
+def quantize_target(model, config: ModelConfig) -> dict[str, Any]:
+    """The model's gates as ``trtq quantize``'s target: ``min_sqnr_db`` -> min SQNR; ``max_top1_drop`` -> max
+    drop of top-1 accuracy (the eval labels); else ``min_top1_agreement`` -> max drop of top-1 agreement
+    (100 - it, on a ``[batch, classes]`` output). The other gates (cosine, latency) and an agreement gate
+    next to a drop gate have no quantize measure: the evaluate and bench steps check them. No such
+    gate: quantize's default target."""
+    from trtq.accuracy.targets import looks_like_class_scores
+
+    gates = config.gates
+    target: dict[str, Any] = {"min_sqnr": gates.get("min_sqnr_db"), "max_drop": None,
+                              "labels": config.eval.labels is not None, "gates": []}
+    if target["min_sqnr"] is not None:
+        target["gates"].append("min_sqnr_db")
+    if "max_top1_drop" in gates:
+        target["max_drop"] = gates["max_top1_drop"]
+        target["gates"].append("max_top1_drop")
+    elif "min_top1_agreement" in gates:
+        logits = config.eval.logits or model.output_names[0]
+        output = next(o for o in model.graph.output if o.name == logits)
+        shape = [d.dim_value if d.HasField("dim_value") else 0 for d in output.type.tensor_type.shape.dim]
+        if looks_like_class_scores(shape):
+            target.update(max_drop=100.0 - gates["min_top1_agreement"], labels=False)
+            target["gates"].append("min_top1_agreement")
+    return target
+
+
+def keep_text(model_name: str, keep: list[str], target: str) -> str:
+    header = (f"# layers of {model_name} kept in float by trtq quantize (target {target})\n"
+              "# use: trtq export MODEL --qdq ... --exclude @FILE, or trtq build --keep-precision @FILE\n")
+    return header + "".join(f"{name}\n" for name in keep)
+
+
+def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str, staging: Path, layout: Layout,
+                 warn: Echo) -> tuple[dict, dict]:
+    """``trtq quantize`` with the gates as its target (:func:`quantize_target`): the report always; the
+    cache of its ranges and its keep list only when the target is met, else the result blocks the
+    variant's later steps (a failed gate of the run)."""
+    from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples
+    from trtq.accuracy.labels import labels_for_fed, read_labels
+    from trtq.accuracy.quantize import materialize, quantize
+    from trtq.accuracy.quantize_report import quantize_figures, quantize_html
+    from trtq.cache import cache_from_amax, write_cache
+    from trtq.fileio import atomic_write
+    from trtq.trt.build import describe_quantize, quantize_record
+
+    target = quantize_target(model, config)
+    calibration = open_data(model, config.data, config.shapes, warn=warn)
+    labels = read_labels(config.eval.labels) if target["labels"] and config.eval.labels else None
+    eval_batches = eval_labels = None
+    calibration_labels = labels
+    if not config.eval_is_calibration_data:
+        source = open_data(model, config.eval, config.shapes, warn=warn)
+        eval_batches = materialize(source, DEFAULT_EVAL_SAMPLES)
+        fed = sum(batch_samples(b) for b in eval_batches)
+        eval_labels = labels_for_fed(labels, source, fed) if labels is not None else None
+        calibration_labels = None
+    result = quantize(model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
+                      calibration_labels=calibration_labels, min_sqnr=target["min_sqnr"], max_drop=target["max_drop"],
+                      logits=config.eval.logits)
+    record = quantize_record(result)
+    report_rel, html_rel = layout.quantize_report(variant), layout.quantize_report(variant, "html")
+    write_json(staged(staging, report_rel), {**result.document(), "model": model.name, "data": calibration.provenance(),
+                                             "target_from_gates": target}, indent=1)
+    shares = result.mac_shares
+    atomic_write(staged(staging, html_rel), quantize_html(result, quantize_figures(result, shares), model=model.name,
+                                                          data=calibration.description, mac_shares=shares))
+    files = {report_rel: staged(staging, report_rel), html_rel: staged(staging, html_rel)}
+    summary: dict[str, Any] = {"ok": result.ok, "record": record, "target_from_gates": target["gates"]}
+    if not result.ok:
+        summary["blocks"] = f"trtq quantize missed its target: {result.failure}"
+        return files, summary
+    cache_rel, keep_rel = layout.cache(variant), layout.keep(variant)
+    cache = cache_from_amax({n: v for n, v in result.amax.items() if v > 0}, "auto", trt_version)
+    write_cache(staged(staging, cache_rel), cache)
+    atomic_write(staged(staging, keep_rel), keep_text(model.name, result.keep, result.target.describe()))
+    files.update({cache_rel: staged(staging, cache_rel), keep_rel: staged(staging, keep_rel)})
+    amax = cache.amax()  # as the cache holds them: what export and build read back
+    summary.update({"ranges_sha256": ranges_digest(amax), "tensors": len(amax), "samples": result.stats.samples,
+                    "cache_header": cache.header, "verified": describe_quantize(record)})
+    return files, summary
+
+
 def run_export(model, config: ModelConfig, variant: Variant, cache_path: Path | None, staging: Path,
-               layout: Layout, warn: Echo) -> tuple[dict, dict]:
-    """The ONNX model TensorRT 11 builds for the variant: Q/DQ (int8), FP16 (fp16) or both (best)."""
+               layout: Layout, warn: Echo, kept: list[str] | None = None) -> tuple[dict, dict]:
+    """The ONNX model TensorRT 11 builds for the variant: Q/DQ (int8), FP16 (fp16) or both (best);
+    ``kept`` are the layers quantize kept in float (with the config's ``keep_precision``)."""
+    from trtq.trt.build import with_kept_layers
     from trtq.trt.explicit import strongly_typed_model
 
     rules, notes = keep_rules(config, variant)
+    rules = with_kept_layers(rules, kept or [], fp16=variant.fp16)
     amax = cache_amax(cache_path) if variant.int8 else None
     typed = strongly_typed_model(model, int8=variant.int8, fp16=variant.fp16, amax=amax, keep_precision=rules,
                                  ranges_source=f"calibration cache {cache_path.name}" if cache_path else "ranges")
@@ -147,20 +232,44 @@ class CalibrateStep(Step):
                              staging, self.layout, ctx.step_warn(self))
 
 
+class QuantizeStep(Step):
+    """``trtq quantize`` for a variant without an explicit calibrator: selected with ``--steps calibrate``."""
+
+    kind = "quantize"
+
+    @property
+    def selector(self) -> str:
+        return "calibrate"
+
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        m = self.model
+        target = quantize_target(ctx.model(m), m)
+        return {"model": ctx.fingerprints.sha(m.path), "calibrator": self.variant.calibrator,
+                "data": ctx.fingerprints.data_inputs(m.data),
+                "eval": None if m.eval_is_calibration_data else ctx.fingerprints.data_inputs(m.eval),
+                "labels": ctx.fingerprints.data_inputs(m.eval).get("labels") if target["labels"] else None,
+                "logits": m.eval.logits, "shapes": m.shapes, "target": target,
+                "cache_trt_version": cache_trt_version(ctx.machine)}
+
+    def produce(self, ctx: RunContext, staging: Path) -> Produced:
+        return run_quantize(ctx.model(self.model), self.model, self.variant, cache_trt_version(ctx.machine),
+                            staging, self.layout, ctx.step_warn(self))
+
+
 class ExportStep(Step):
     kind = "export"
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         rules, _ = keep_rules(self.model, self.variant)
         return {"model": ctx.fingerprints.sha(self.model.path), "precision": self.variant.precision,
-                "ranges": self.ranges_sha(ctx), "keep_precision": rules}
+                "ranges": self.ranges_sha(ctx), "keep_precision": rules, "kept_by_quantize": self.kept_by_quantize(ctx)}
 
     def env(self, ctx: RunContext) -> dict[str, Any]:
         return {k: ctx.machine.versions[k] for k in ("trtq", "onnx")}
 
     def produce(self, ctx: RunContext, staging: Path) -> Produced:
         return run_export(ctx.model(self.model), self.model, self.variant, self.cache_path(ctx), staging,
-                          self.layout, ctx.step_warn(self))
+                          self.layout, ctx.step_warn(self), self.kept_by_quantize(ctx))
 
 
 class EvaluateStep(Step):

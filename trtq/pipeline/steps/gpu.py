@@ -13,9 +13,10 @@ from trtq.pipeline.steps.base import Echo, Produced, RunContext, Step, cache_ama
 
 
 def run_build(model, config: ModelConfig, variant: Variant, cache_path: Path | None, staging: Path,
-              layout: Layout, echo: Echo, warn: Echo) -> tuple[dict, dict]:
+              layout: Layout, echo: Echo, warn: Echo, quantized: dict | None = None) -> tuple[dict, dict]:
     """The engine, built from the original model with trtq's cache as the ranges (TensorRT 10: served to
-    its calibrator; TensorRT 11: turned into Q/DQ), so the engine quantizes exactly as evaluated."""
+    its calibrator; TensorRT 11: turned into Q/DQ), so the engine quantizes exactly as evaluated;
+    ``quantized`` (the quantize step's record) adds the layers it kept in float, as the export did."""
     from trtq.trt.build import BuildOptions, build_engine
 
     rules, _notes = keep_rules(config, variant)
@@ -24,6 +25,8 @@ def run_build(model, config: ModelConfig, variant: Variant, cache_path: Path | N
     extra: dict[str, Any] = {}  # only what the config sets: the rest keeps BuildOptions' defaults
     if variant.int8:  # trtq's ranges: the cache this variant was calibrated and evaluated with
         extra.update(calibrator=variant.calibrator, calibration_source="trtq", ranges_path=cache_path)
+        if quantized is not None:
+            extra["quantized"] = quantized
         if variant.percentile is not None:
             extra["percentile"] = variant.percentile
     if "precision_constraints" in build:
@@ -123,12 +126,13 @@ class BuildStep(Step):
         rules, _ = keep_rules(m, v)
         dynamic = any(not spec.is_static for spec in ctx.model(m).inputs) and "opt" not in m.profile
         return {"model": ctx.fingerprints.sha(m.path), "precision": v.precision, "calibrator": v.calibrator,
-                "ranges": self.ranges_sha(ctx), "keep_precision": rules, "profile": m.profile,
+                "ranges": self.ranges_sha(ctx), "keep_precision": rules,
+                "kept_by_quantize": self.kept_by_quantize(ctx), "profile": m.profile,
                 "build": engine_options(m), "data_shapes": ctx.fingerprints.data_inputs(m.data) if dynamic else None}
 
     def produce(self, ctx: RunContext, staging: Path) -> Produced:
         return run_build(ctx.model(self.model), self.model, self.variant, self.cache_path(ctx), staging,
-                         self.layout, ctx.step_echo(self), ctx.step_warn(self))
+                         self.layout, ctx.step_echo(self), ctx.step_warn(self), self.quantize_record(ctx))
 
 
 def engine_sha(ctx: RunContext, step: Step) -> str:
