@@ -8,6 +8,7 @@ and run configs that differ from it in one thing, so each run only does what tha
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -35,11 +36,13 @@ def run_trtq(*args: str):
     return result
 
 
-def demo_config(folder: Path, *, calibrators=("entropy2",), gates: str | None = None, model_extra: str = "") -> Path:
+def demo_config(folder: Path, *, calibrators=None, gates: str | None = None, model_extra: str = "") -> Path:
     """The repository's trtq.toml with absolute paths (so it can live in ``folder``) and optional changes."""
     text = (REPO / "trtq.toml").read_text()
     text = text.replace('"calib_data/', f'"{REPO}/calib_data/')
-    text = text.replace('calibrators = ["entropy2"]', f"calibrators = {json.dumps(list(calibrators))}")
+    if calibrators is not None:
+        text = re.sub(r"^calibrators = \[[^\]]*\]", f"calibrators = {json.dumps(list(calibrators))}", text, count=1,
+                      flags=re.MULTILINE)
     if gates is not None:
         start = text.index("[gates]")
         end = text.index("[[models]]")
@@ -114,7 +117,7 @@ def test_demo_runs_the_cpu_steps_and_says_why_the_gpu_steps_are_skipped(demo):
         assert "tensorrt" in doc["actions"][step]["reason"]
         assert not doc["steps"][step]["files"]
     assert doc["gpu_steps"]["available"] is False
-    assert "skipped build, bench, report of mnist/int8-entropy2, mnist/fp16" in result.stdout
+    assert "skipped build, bench, report of mnist/int8-auto, mnist/int8-entropy2, mnist/fp16" in result.stdout
     assert "tensorrt" in result.stdout
     versions = doc["versions"]
     assert versions["tensorrt"] is None and versions["gpu"] is None and versions["driver"] is None
@@ -124,12 +127,12 @@ def test_demo_runs_the_cpu_steps_and_says_why_the_gpu_steps_are_skipped(demo):
     assert inputs["data"]["files"] == 301 and inputs["data"]["path"] == "calib_data/mnist"
     assert inputs["eval_data"]["labels"]["sha256"] == sha256_file(LABELS)
     variants = inputs["variants"]
-    assert set(variants) == {"int8-entropy2", "fp16"}
+    assert set(variants) == {"int8-auto", "int8-entropy2", "fp16"}
     assert variants["int8-entropy2"]["files"] == sorted([
         "mnist/int8-entropy2/evaluate.json", "mnist/int8-entropy2/mnist-8.cache",
         "mnist/int8-entropy2/mnist-8.int8-entropy2.onnx", "mnist/int8-entropy2/mnist-8.ranges.json"])
-    for variant in variants.values():
-        assert [g["status"] for g in variant["gates"]] == ["pass", "pass"]
+    for name, variant in variants.items():  # the auto variant also has its quantize target, met
+        assert [g["status"] for g in variant["gates"]] == ["pass"] * (3 if name == "int8-auto" else 2)
     assert doc["gates"] == {"passed": True, "failed": []}
     assert (out / "summary.md").read_text().startswith("## trtq run: `")
 
@@ -242,7 +245,7 @@ def test_a_tampered_artifact_is_made_again(copy_of_demo, tmp_path):
 
 def test_a_failing_gate_exits_3_and_says_which(copy_of_demo, tmp_path):
     out = copy_of_demo
-    config = demo_config(tmp_path, gates="min_sqnr_db = 40.0\nmax_top1_drop = 1.0")
+    config = demo_config(tmp_path, calibrators=("entropy2",), gates="min_sqnr_db = 40.0\nmax_top1_drop = 1.0")
     result = run_trtq(str(config), "--output", str(out))
     assert result.exit_code == 3, result.output
     doc = assert_consistent(out)
@@ -436,6 +439,7 @@ def test_an_explicit_calibrator_keeps_the_former_steps(demo):
     out, _ = demo
     steps = manifest(out)["steps"]
     assert "mnist/statistics" in steps and "mnist/int8-entropy2/calibrate" in steps
-    assert not any("quantize" in step for step in steps)
+    assert not any(step.startswith("mnist/int8-entropy2/") and "quantize" in step for step in steps)
+    assert "mnist/int8-auto/quantize" in steps  # the bundled default also runs trtq quantize, side by side
     assert [g["gate"] for g in manifest(out)["models"]["mnist"]["variants"]["int8-entropy2"]["gates"]] == [
         "max_top1_drop", "min_top1_agreement"]

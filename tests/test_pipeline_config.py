@@ -181,7 +181,7 @@ def test_no_config_found(tmp_path, monkeypatch):
 def test_the_bundled_config_checks_out():
     result = invoke("run", str(REPO / "trtq.toml"), "--check")
     assert result.exit_code == 0, result.output
-    assert "variants: int8-entropy2, fp16" in result.stdout
+    assert "variants: int8-auto, int8-entropy2, fp16" in result.stdout
     assert "gates: max_top1_drop 1, min_top1_agreement 98" in result.stdout
 
 
