@@ -31,6 +31,7 @@ from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.macs import int8_mac_share, layer_macs
 from trtq.accuracy.sensitivity import SensitivityAnalysis, SensitivityResult
 from trtq.accuracy.targets import MetricTracker, Target, TaskMetric, looks_like_class_scores, resolve_target
+from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax
 from trtq.calibrate import collect_statistics, compute_ranges
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
@@ -91,6 +92,26 @@ class QuantizeResult:
     @property
     def mac_shares(self) -> list[float | None]:
         return [self.mac_share(step.kept) for step in self.steps]
+
+    @property
+    def usable_amax(self) -> dict[str, float]:
+        """The ranges that define an int8 scale: a tensor without one (all zero, no finite value) is left out
+        of the cache, so TensorRT keeps it in higher precision; a zero scale is never written."""
+        return {name: value for name, value in self.amax.items() if value > 0 and math.isfinite(value)}
+
+    def cache(self, trt_version: str = DEFAULT_TRT_VERSION) -> CalibrationCache:
+        """The TensorRT 10 cache of these ranges (``EntropyCalibration2`` header: trtq serves its own ranges
+        through an entropy calibrator that gets no batches)."""
+        return cache_from_amax(self.usable_amax, "auto", trt_version)
+
+    def keep_text(self, model_name: str) -> str:
+        """The keep list: one ONNX node name per line, `#` comments (`--exclude @FILE`, `--keep-precision @FILE`)."""
+        last = self.steps[-1] if self.steps else None
+        lines = [f"# layers of {model_name} kept in float by trtq quantize (target {self.target.describe()})",
+                 "# use: trtq export MODEL --qdq ... --exclude @FILE, or trtq build --keep-precision @FILE"]
+        if last is not None:
+            lines.append(f"# verified on {self.eval_samples} samples: {_describe(last)}")
+        return "\n".join([*lines, *self.keep]) + "\n"
 
     @property
     def ok(self) -> bool:

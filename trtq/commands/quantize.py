@@ -73,9 +73,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.accuracy.quantize import format_steps, materialize
     from trtq.accuracy.quantize import quantize as run_quantize
     from trtq.accuracy.quantize_report import quantize_figures, quantize_html
-    from trtq.accuracy.sensitivity import keep_file_text
     from trtq.accuracy.targets import load_metric
-    from trtq.cache import DEFAULT_TRT_VERSION, cache_from_amax, write_cache
+    from trtq.cache import DEFAULT_TRT_VERSION, write_cache
     from trtq.commands.options.data import batches_from_options
     from trtq.export import save_model
     from trtq.fileio import atomic_write, check_output_path, write_json
@@ -134,12 +133,13 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     if result.ok:
         save_model(result.export.model, paths["model"])
         version = trt_version or installed_trt_version() or DEFAULT_TRT_VERSION
-        usable = {name: value for name, value in result.amax.items() if value > 0}
-        if len(usable) < len(result.amax):
-            note(f"{len(result.amax) - len(usable)} tensors without a usable range (all zero or no finite value) "
-                 "are left out of the cache: TensorRT keeps them in higher precision")
-        write_cache(paths["cache"], cache_from_amax(usable, "auto" if calibrator == "auto" else calibrator, version))
-        atomic_write(paths["keep"], keep_file_text_for(result, model.name, keep_file_text))
+        missing = sorted(set(result.amax) - set(result.usable_amax))
+        if missing:
+            note(f"{len(missing)} tensors without a usable range (all zero or no finite value) are left out of the "
+                 f"cache, TensorRT keeps them in higher precision: {', '.join(missing[:8])}"
+                 + (" ..." if len(missing) > 8 else ""))
+        write_cache(paths["cache"], result.cache(version))
+        atomic_write(paths["keep"], result.keep_text(model.name))
     write_json(paths["json"], document)
     atomic_write(paths["html"], quantize_html(result, figures, model=model.name, data=calibration.description,
                                               mac_shares=shares))
@@ -159,11 +159,3 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         click.echo(f"trtq: error: {result.failure} (report: {paths['html']})", err=True)
         sys.exit(GATE_FAILED)
 
-
-def keep_file_text_for(result, model_name: str, keep_file_text) -> str:
-    """The keep list: the sensitivity search's, or an empty list with the same header when all INT8 met the target."""
-    if result.sensitivity is not None:
-        return keep_file_text(result.sensitivity, model_name)
-    return (f"# layers of {model_name} to keep in higher precision (trtq quantize: none needed; "
-            f"target {result.target.describe()})\n"
-            "# use: trtq export MODEL --qdq ... --exclude @FILE, or trtq build --keep-precision @FILE\n")

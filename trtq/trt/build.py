@@ -317,9 +317,9 @@ def quantize_ranges(model: Model, options: BuildOptions, batches: Iterable, info
         raise TargetMissed(f"trtq quantize: {result.failure}; no engine built (`trtq quantize` writes the "
                            "report; --calibrator entropy2 builds without the accuracy check)")
     echo(f"trtq: quantize: {describe_quantize(record)}")
-    usable = {name: value for name, value in result.amax.items() if value > 0}  # as `trtq quantize` writes them
+    usable = result.usable_amax  # as `trtq quantize` writes them: no zero scale
     if options.cache_path is not None:
-        write_cache(options.cache_path, cache_from_amax(usable, QUANTIZE, trt_version=info.patch_version))
+        write_cache(options.cache_path, result.cache(info.patch_version))
     origin = f"{quantize_label(len(result.keep))} on {result.stats.samples} samples"
     return TrtqRanges(usable, origin, True, record), result
 

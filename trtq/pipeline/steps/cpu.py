@@ -87,12 +87,6 @@ def quantize_target(model, config: ModelConfig) -> dict[str, Any]:
     return target
 
 
-def keep_text(model_name: str, keep: list[str], target: str) -> str:
-    header = (f"# layers of {model_name} kept in float by trtq quantize (target {target})\n"
-              "# use: trtq export MODEL --qdq ... --exclude @FILE, or trtq build --keep-precision @FILE\n")
-    return header + "".join(f"{name}\n" for name in keep)
-
-
 def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str, staging: Path, layout: Layout,
                  warn: Echo) -> tuple[dict, dict]:
     """``trtq quantize`` with the gates as its target (:func:`quantize_target`): the report always; the
@@ -102,7 +96,7 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     from trtq.accuracy.labels import labels_for_fed, read_labels
     from trtq.accuracy.quantize import materialize, quantize
     from trtq.accuracy.quantize_report import quantize_figures, quantize_html
-    from trtq.cache import cache_from_amax, write_cache
+    from trtq.cache import write_cache
     from trtq.fileio import atomic_write
     from trtq.trt.build import describe_quantize, quantize_record
 
@@ -133,9 +127,9 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
         summary["blocks"] = f"trtq quantize missed its target: {result.failure}"
         return files, summary
     cache_rel, keep_rel = layout.cache(variant), layout.keep(variant)
-    cache = cache_from_amax({n: v for n, v in result.amax.items() if v > 0}, "auto", trt_version)
+    cache = result.cache(trt_version)
     write_cache(staged(staging, cache_rel), cache)
-    atomic_write(staged(staging, keep_rel), keep_text(model.name, result.keep, result.target.describe()))
+    atomic_write(staged(staging, keep_rel), result.keep_text(model.name))
     files.update({cache_rel: staged(staging, cache_rel), keep_rel: staged(staging, keep_rel)})
     amax = cache.amax()  # as the cache holds them: what export and build read back
     summary.update({"ranges_sha256": ranges_digest(amax), "tensors": len(amax), "samples": result.stats.samples,
