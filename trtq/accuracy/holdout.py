@@ -62,7 +62,7 @@ class HoldoutSplit:
         if self.shared:
             return (f"the calibration data itself ({self.samples} samples: one batch cannot be split; "
                     "give --eval-data for an honest measurement)")
-        return (f"{self.samples} samples held out from the calibration data (every {HOLDOUT_EVERY}th batch, "
+        return (f"{self.samples} samples held out from the calibration data (1 batch in {HOLDOUT_EVERY}, "
                 "not calibrated on)")
 
     def labels(self, all_labels: np.ndarray) -> np.ndarray:

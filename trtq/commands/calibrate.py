@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-import sys
-import time
 from pathlib import Path
 
 import click
 
 from trtq.commands.options.common import quiet_option
 from trtq.commands.options.data import batches_from_options, data_given, data_options
+from trtq.commands.progress import run_with_progress
 from trtq.errors import TrtqError
 from trtq.messages import warn
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS
@@ -47,7 +46,7 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
                    "the calibration data.")
 @click.option("--eval-data", type=click.Path(),
               help="Held-out data for --calibrator auto and --compare-methods (the other data options apply) "
-                   "[default: auto holds out every 5th calibration batch for its choice].")
+                   "[default: auto holds out 1 calibration batch in 5 for its choice].")
 @click.option("--eval-labels", type=click.Path(dir_okay=False),
               help="Labels of the --eval-data (.npy in data order, or a file,label CSV): adds accuracy.")
 def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_version, save_stats, from_stats,
@@ -123,7 +122,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
             eval_batches, labels = _eval_set(model, data_kwargs, eval_data, eval_labels)
             run = functools.partial(calibrate_auto, model, batches, eval_batches=eval_batches, eval_labels=labels,
                                     providers=device_providers)
-            result, choice, described = _run_with_progress(run, batches.total_samples, quiet)
+            result, choice, described = run_with_progress(run, batches.total_samples, quiet)
             result.details = choice.document()
             if not quiet:
                 click.echo(f"auto: guarded range methods, simulated INT8 vs FP32 on {described}:", err=True)
@@ -133,7 +132,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
             run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
                                     providers=device_providers,
                                     keep_histograms=True if save_stats or compare_methods else None)
-            result = _run_with_progress(run, batches.total_samples, quiet)
+            result = run_with_progress(run, batches.total_samples, quiet)
 
     for line in result.problems():
         warn(line)
@@ -204,41 +203,6 @@ def _auto_from_stats(model, stats, data_kwargs, eval_data, eval_labels, quiet):
         click.echo("auto: guarded range methods, simulated INT8 vs FP32 on the --eval-data:", err=True)
         click.echo(choice.format_table(), err=True)
     return CalibrationResult("auto", dict(choice.amax), stats, details=choice.document())
-
-
-def _run_with_progress(run, total: int | None, quiet: bool):
-    """``run(progress=...)`` (a partial of :func:`trtq.calibrate.calibrate`) with a progress bar on stderr."""
-    if quiet:
-        return run()
-    started = time.perf_counter()
-    done = 0
-
-    def rate() -> str:
-        elapsed = time.perf_counter() - started
-        return f"{done / elapsed:.0f} samples/s" if elapsed > 0 and done else ""
-
-    if total is None:  # a data-loader script: no length to show a bar against, count instead
-        stderr = sys.stderr
-
-        def count(samples: int) -> None:
-            nonlocal done
-            done += samples
-            if stderr.isatty():
-                click.echo(f"\rcalibrating: {done} samples  {rate()}", err=True, nl=False)
-
-        result = run(progress=count)
-        if stderr.isatty():
-            click.echo("", err=True)
-        return result
-
-    with click.progressbar(length=total, label="calibrating", file=sys.stderr,
-                           show_eta=True, show_pos=True, item_show_func=lambda _: rate()) as bar:
-        def advance(samples: int) -> None:
-            nonlocal done
-            done += samples
-            bar.update(samples, done)
-
-        return run(progress=advance)
 
 
 def _print_summary(result, written) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from trtq.accuracy.quantize import CALIBRATORS
 from trtq.accuracy.sensitivity import MODES
 from trtq.commands.options.accuracy import label_options
 from trtq.commands.options.data import data_options
+from trtq.commands.progress import run_with_progress
 from trtq.ranges import DEFAULT_PERCENTILE
 
 GATE_FAILED = 3  # the exit status of a missed target, as a failed gate of `trtq run`
@@ -31,7 +33,7 @@ def output_paths(output: str) -> dict[str, Path]:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="OUT.onnx",
               help="The INT8 Q/DQ model; OUT.cache, OUT.keep.txt, OUT.report.json and OUT.report.html go beside it.")
 @click.option("--eval-data", type=click.Path(),
-              help="Held-out evaluation data (the other data options apply) [default: every 5th batch of the "
+              help="Held-out evaluation data (the other data options apply) [default: 1 batch in 5 of the "
                    "calibration data is held out and not calibrated on].")
 @label_options
 @click.option("--metric", metavar="FILE.py[:FUNC]",
@@ -103,23 +105,14 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         eval_labels = labels_for_fed(labels, source, fed) if labels is not None else None
         calibration_labels, eval_description = None, source.description
 
-    progress = None
-    bar = None
     if not quiet:
         click.echo(f"quantizing {model.name} on {calibration.description}", err=True)
-        if calibration.total_samples and sys.stderr.isatty():
-            bar = click.progressbar(length=calibration.total_samples, label="calibration", file=sys.stderr)
-            bar.__enter__()
-            progress = bar.update
-    try:
-        result = run_quantize(model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
-                              calibration_labels=calibration_labels, metric=task_metric, min_sqnr=min_sqnr,
-                              max_drop=max_drop, calibrator=calibrator, percentile=percentile, logits=logits,
-                              mode=mode, max_eval_samples=max_eval_samples, progress=progress,
-                              note=None if quiet else (lambda line: click.echo(line, err=True)))
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+    run = functools.partial(
+        run_quantize, model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
+        calibration_labels=calibration_labels, metric=task_metric, min_sqnr=min_sqnr, max_drop=max_drop,
+        calibrator=calibrator, percentile=percentile, logits=logits, mode=mode, max_eval_samples=max_eval_samples,
+        note=None if quiet else (lambda line: click.echo(line, err=True)))
+    result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass")
     if eval_description:
         result.eval_description = f"{result.eval_samples} samples of {eval_description}"
 
