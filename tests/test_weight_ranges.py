@@ -194,7 +194,7 @@ def test_cli_input_without_a_finite_value_is_an_error_and_writes_nothing(tmp_pat
     assert list(out.iterdir()) == []
 
 
-def test_from_stats_without_model_says_weights_were_not_computed(tmp_path, mnist_model_path, mnist_digits):
+def test_saved_statistics_carry_the_weight_ranges(tmp_path, mnist_model_path, mnist_digits):
     np.save(tmp_path / "d.npy", mnist_digits[0][:8])
     first = CliRunner().invoke(cli, ["calibrate", str(mnist_model_path), "--data", str(tmp_path / "d.npy"),
                                      "--calibrator", "minmax", "--save-stats", str(tmp_path / "s.npz"),
@@ -204,11 +204,31 @@ def test_from_stats_without_model_says_weights_were_not_computed(tmp_path, mnist
     again = CliRunner().invoke(cli, ["calibrate", "--from-stats", str(tmp_path / "s.npz"), "--calibrator", "minmax",
                                      "--cache", str(tmp_path / "b.cache")])
     assert again.exit_code == 0, again.output
-    assert "12 tensors from data, weights not computed (no model), 0 without a range" in again.output
+    assert "12 tensors from data, 1 from weights, 0 without a range" in again.output  # from the statistics
+    assert read_cache(tmp_path / "b.cache").scales == read_cache(tmp_path / "a.cache").scales
     with_model = CliRunner().invoke(cli, ["calibrate", str(mnist_model_path), "--from-stats", str(tmp_path / "s.npz"),
                                           "--calibrator", "minmax", "--cache", str(tmp_path / "c.cache")])
     assert with_model.exit_code == 0, with_model.output
     assert read_cache(tmp_path / "c.cache").scales == read_cache(tmp_path / "a.cache").scales
+
+
+def test_statistics_saved_without_weight_ranges_say_so(tmp_path, mnist_model_path, mnist_digits):
+    from trtq.calibrate import ranges_from_stats
+    from trtq.stats import StatsCollector
+
+    np.save(tmp_path / "d.npy", mnist_digits[0][:4])
+    first = CliRunner().invoke(cli, ["calibrate", str(mnist_model_path), "--data", str(tmp_path / "d.npy"),
+                                     "--calibrator", "minmax", "--save-stats", str(tmp_path / "s.npz"), "-q",
+                                     "--cache", str(tmp_path / "x.cache")])
+    assert first.exit_code == 0, first.output
+    stats = StatsCollector.load(tmp_path / "s.npz")
+    del stats.meta["weights"]  # as an older trtq saved them
+    result = ranges_from_stats(stats, "minmax")
+    assert result.weights == {} and result.weights_note == "not computed (no model)"
+    from trtq.commands.calibrate import range_sources_line
+
+    assert range_sources_line(result) == "12 tensors from data, weights not computed (no model), 0 without a range"
+    assert result.add_weight_ranges(load_model(mnist_model_path)).weights.keys() == {"Parameter193_reshape1"}
 
 
 def test_load_model_round_trip_keeps_the_weight_ranges(tmp_path):

@@ -85,6 +85,9 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
     collector.tensors = ordered
     collector.meta["tensors"] = list(ordered)
     collector.meta["data"] = batches.provenance() if hasattr(batches, "provenance") else {}
+    from trtq.weights import weight_ranges
+
+    collector.meta["weights"] = weight_ranges(model).as_meta()  # max|w| of weight-derived tensors, saved along
     return collector
 
 
@@ -113,6 +116,16 @@ class CalibrationResult:
     weights_unavailable: dict[str, str] = field(default_factory=dict)
     weights_note: str | None = "not computed (no model)"  # None once add_weight_ranges has run
 
+    def __post_init__(self) -> None:
+        saved = self.stats.meta.get("weights") if self.weights_note is not None and not self.weights else None
+        if isinstance(saved, dict):  # computed with the statistics (collect_statistics): every method gets them
+            self._set_weights(saved.get("amax", {}), saved.get("unavailable", {}))
+
+    def _set_weights(self, amax: dict[str, float], unavailable: dict[str, str]) -> None:
+        self.weights = {k: float(v) for k, v in amax.items() if k not in self.amax}
+        self.weights_unavailable = {k: str(v) for k, v in unavailable.items() if k not in self.amax}
+        self.weights_note = None
+
     @property
     def samples(self) -> int:
         return self.stats.samples
@@ -123,16 +136,14 @@ class CalibrationResult:
         return self.stats.meta.get("data", {})
 
     def add_weight_ranges(self, model: Model) -> CalibrationResult:
-        """Give every weight-derived float tensor of ``model`` its max|w| (a step after the data ranges;
-        idempotent). Tensors that already have a data range keep it."""
+        """Give every weight-derived float tensor of ``model`` its max|w|, for statistics saved without them
+        (a no-op when :func:`collect_statistics` recorded them). Tensors with a data range keep it."""
         if self.weights_note is None:
             return self
         from trtq.weights import weight_ranges
 
         found = weight_ranges(model)
-        self.weights = {k: v for k, v in found.amax.items() if k not in self.amax}
-        self.weights_unavailable = {k: v for k, v in found.unavailable.items() if k not in self.amax}
-        self.weights_note = None
+        self._set_weights(found.amax, found.unavailable)
         return self
 
     def all_amax(self) -> dict[str, float]:
@@ -253,9 +264,7 @@ def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator
     stats = collect_statistics(model, batches, providers=providers, progress=progress,
                                keep_histograms=keep_histograms)
     amax = compute_ranges(stats, calibrator, percentile)
-    result = CalibrationResult(calibrator, amax, stats, percentile).add_weight_ranges(model)
-    result.seconds = time.perf_counter() - started
-    return result
+    return CalibrationResult(calibrator, amax, stats, percentile, time.perf_counter() - started)
 
 
 def zero_range_names(amax: dict[str, float]) -> list[str]:

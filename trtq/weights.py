@@ -35,6 +35,10 @@ class WeightRanges:
     unavailable: dict[str, str] = field(default_factory=dict)
     evaluator: str | None = None  # "onnxruntime" or "onnx.reference"; None when there was nothing to evaluate
 
+    def as_meta(self) -> dict:
+        """JSON-ready, for the statistics' ``meta["weights"]``."""
+        return {"amax": dict(self.amax), "unavailable": dict(self.unavailable), "evaluator": self.evaluator}
+
 
 def weight_derived_tensors(model: Model) -> list[str]:
     """Node outputs computable from the initializers alone whose type is float or unknown, in graph order."""
