@@ -86,7 +86,8 @@ def test_same_input_gives_a_byte_identical_cache(mnist, mnist_digits, tmp_path):
     assert paths[0].read_bytes() == paths[1].read_bytes()
     cache = read_cache(paths[0])
     assert cache.header == "TRT-101601-EntropyCalibration2"
-    assert list(cache.scales) == mnist.calibration_tensors()  # graph order
+    # graph order, then the weight-derived tensor (the Reshape of the MatMul weight, max|w|/127)
+    assert list(cache.scales) == mnist.calibration_tensors() + ["Parameter193_reshape1"]
 
 
 @pytest.mark.parametrize("method", ["entropy2", "minmax", "percentile", "mse"])
@@ -121,7 +122,7 @@ def test_json_document_and_reader(mnist, mnist_digits, tmp_path):
     entry = document["tensors"]["ReLU32_Output_0"]
     assert entry["scale"] == pytest.approx(entry["amax"] / 127, rel=1e-6)
     assert entry["min"] == 0.0 and entry["absmax"] == entry["max"] >= entry["amax"]
-    assert read_ranges_json(path) == result.amax
+    assert read_ranges_json(path) == result.all_amax()  # data ranges and the weight-derived one
 
 
 def test_ranges_reader_rejects_other_json(tmp_path):
@@ -157,8 +158,13 @@ def test_all_zero_tensor_gets_range_zero_with_a_warning():
     model = tiny_model("mul")
     result = calibrate(model, [{"x": np.ones((2, 4), np.float32)}], "entropy2", providers=CPU)
     assert result.amax["y"] == 0.0
-    assert any("all zeros" in line for line in result.problems())
-    assert result.cache().to_bytes().decode().splitlines()[-1] == "y: 00000000"
+    problems = [line for line in result.problems() if "range of 0" in line]
+    assert problems == ["1 tensor(s) have a range of 0 and are left out of the cache (a zero scale is never "
+                        "written): 'y' (all zeros on the calibration data); TensorRT keeps their layers out of "
+                        "INT8 (it warns 'Missing scale')"]
+    text = result.cache().to_bytes().decode()
+    assert "y" not in result.cache().scales and ": 00000000" not in text and text.splitlines()[1:] == ["x: 3c010204"]
+    assert result.document()["tensors"]["y"]["in_cache"] is False
 
 
 def test_empty_data_is_an_error(mnist):
@@ -172,9 +178,9 @@ def test_read_ranges_tells_a_cache_from_a_ranges_json(mnist, mnist_digits, tmp_p
     result = calibrate(mnist, batches_of(mnist_digits[0][:10], 1), "minmax", providers=CPU)
     from_json = read_ranges(result.write_json(tmp_path / "r.json"))
     from_cache = read_ranges(result.write_cache(tmp_path / "r.cache"))
-    assert from_json == result.amax
-    assert from_cache.keys() == result.amax.keys()
-    for name, amax in result.amax.items():  # the cache holds float32 scales
+    assert from_json == result.all_amax()  # the data ranges and the weight-derived one
+    assert from_cache.keys() == result.all_amax().keys()
+    for name, amax in result.all_amax().items():  # the cache holds float32 scales
         assert from_cache[name] == pytest.approx(amax, rel=1e-6)
     (tmp_path / "binary.bin").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(TrtqError, match="neither a TensorRT calibration cache nor"):

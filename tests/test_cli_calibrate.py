@@ -47,7 +47,7 @@ def test_bundled_default_writes_a_cache_where_it_says(tmp_path, mnist_model_path
     assert f"cache written to {cache_path.name}" in result.output
     cache = read_cache(cache_path)
     assert cache.header == "TRT-101601-EntropyCalibration2"
-    assert len(cache.scales) == 12 and all(s > 0 for s in cache.scales.values())
+    assert len(cache.scales) == 12 + 1 and all(s > 0 for s in cache.scales.values())  # + the weight-derived one
     assert "300 samples" in result.output and "(auto: " in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist-8-auto.cache"]  # no temp files
 

@@ -159,6 +159,35 @@ def test_quantize_ranges_are_served_as_the_cache_through_the_real_calibrator(trt
     assert "quantized layers kept in float" in served["echo"][-1]
 
 
+def test_network_walk_runs_on_the_real_enums_and_weights(trt_api_report):
+    """Issue 15: every name the served-cache walk uses exists in the real 10.16 bindings (the scanner covers
+    ``trt.*``, ``network.*``, ``layer.*``, ``tensor.*``; the rest is checked here), and the walk gives the
+    ranges expected on a parsed LayerNorm/PReLU-style block built from real ``trt.DataType``/``trt.LayerType``
+    members and real ``trt.Weights``."""
+    from tests.fake_network import EXPECTED_COUNTS, EXPECTED_SET
+
+    uses = [u for u in trt_api_report["uses"] if u["module"] == "range_walk.py"]
+    names = {(u["owner"], u["name"], u["member"], u["usage"]) for u in uses}
+    assert {("ITensor", "dynamic_range", "", "set"), ("ITensor", "dynamic_range", "", "get"),
+            ("INetworkDefinition", "get_layer", "", "call"), ("ILayer", "get_output", "", "call"),
+            ("", "IConstantLayer", "", "get"), ("", "LayerType", "CONSTANT", "get"),
+            ("", "DataType", "BF16", "get")} <= names
+    problems = [u for u in uses if u["problem"]]
+    if not _is_10(trt_api_report):
+        assert {u["name"] for u in problems} == {"dynamic_range"}  # explicit quantization only on 11
+        return
+    assert problems == []
+    walk = trt_api_report["range_walk"]
+    assert walk["constant_weights_is_property"] and walk["constant_is_a_layer"] and walk["weights_numpy_is_method"]
+    assert walk["dynamic_range_settable"] and walk["dynamic_range_doc_says_none_when_unset"]
+    assert walk["counts"] == EXPECTED_COUNTS
+    assert walk["set"] == pytest.approx(EXPECTED_SET)
+    assert {name: [tuple(a) for a in v] for name, v in walk["assignments"].items()} == {
+        name: [(-amax, amax)] for name, amax in EXPECTED_SET.items()}  # set once each, never a cached tensor
+    assert walk["echo"] == ["trtq: network ranges: 2 tensors from the cache, 2 from weights, 4 from the walk, "
+                            "5 without a range (conv_out, zeros_output, bf16_output, z, z_reshaped)"]
+
+
 def test_progress_monitor_subclasses_the_real_interface(trt_api_report):
     progress = trt_api_report["progress"]
     assert progress["isinstance"] and progress["mro"][:3] == ["TrtqProgressMonitor", "BuildProgress",

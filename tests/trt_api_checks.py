@@ -37,7 +37,7 @@ TRT_PACKAGE = REPO / "trtq" / "trt"
 # Which modules serve which TensorRT path. COMMON runs on 10.x and 11.x; IMPLICIT only on 10.x;
 # EXPLICIT (the 11.x model preparation) must not touch TensorRT at all.
 COMMON_MODULES = ("build.py", "engine.py", "progress.py")
-IMPLICIT_MODULES = ("implicit.py", "calibrators.py")
+IMPLICIT_MODULES = ("implicit.py", "calibrators.py", "range_walk.py")
 EXPLICIT_MODULES = ("explicit.py",)
 
 # Naming convention in trtq/trt: a variable with one of these names holds this TensorRT class, so
@@ -315,6 +315,30 @@ def check_served_quantize(trt, model_path: Path, workdir: Path) -> dict:
             "keep": list(result.keep), "origin": ranges.origin, "echo": lines}
 
 
+def check_range_walk(trt) -> dict:
+    """The network walk of the served-cache path on the REAL enums and ``trt.Weights`` (a network needs
+    TensorRT's library, so layers and tensors are stand-ins), and the members it uses that the static
+    scanner cannot attribute to a class (``IConstantLayer.weights``, ``Weights.numpy``)."""
+    from tests.fake_network import CACHE, parsed_block
+    from trtq.trt.range_walk import set_network_ranges
+
+    network = parsed_block(trt)
+    lines: list[str] = []
+    report = set_network_ranges(trt, network, CACHE, echo=lines.append)
+    tensors = network.tensors()
+    dynamic_range = getattr(trt.ITensor, "dynamic_range", None)
+    return {
+        "counts": report.as_dict(), "set": report.set_by_walk, "echo": lines,
+        "assignments": {name: t.assignments for name, t in tensors.items() if t.assignments},
+        "constant_weights_is_property": isinstance(getattr(trt.IConstantLayer, "weights", None), property),
+        "constant_is_a_layer": issubclass(trt.IConstantLayer, trt.ILayer),
+        "weights_numpy_is_method": callable(getattr(trt.Weights, "numpy", None))
+        and not isinstance(getattr(trt.Weights, "numpy", None), property),
+        "dynamic_range_settable": isinstance(dynamic_range, property) and dynamic_range.fset is not None,
+        "dynamic_range_doc_says_none_when_unset": "None` if the range was not set" in (trt.ITensor.__doc__ or ""),
+    }
+
+
 def check_progress(trt) -> dict:
     from trtq.trt.progress import progress_monitor_class
 
@@ -463,6 +487,7 @@ def main() -> None:
                                                                                  "legacy")}
         report["served_cache"] = check_served_cache(trt)
         report["served_quantize"] = check_served_quantize(trt, Path(args.model), workdir)
+        report["range_walk"] = check_range_walk(trt)
     else:
         from trtq.errors import TrtqError
         from trtq.trt.calibrators import calibrator_class

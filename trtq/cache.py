@@ -86,8 +86,9 @@ class CalibrationCache:
         return {name: float(scale) * 127.0 for name, scale in self.scales.items()}
 
     def to_bytes(self) -> bytes:
+        """The file's bytes. A zero scale is never written (see :func:`cache_from_amax`)."""
         lines = [self.header]
-        lines.extend(f"{name}: {scale_to_hex(scale)}" for name, scale in self.scales.items())
+        lines.extend(f"{name}: {scale_to_hex(scale)}" for name, scale in self.scales.items() if scale != 0.0)
         return ("\n".join(lines) + "\n").encode()
 
     def matches(self, version: str, algorithm: str) -> bool:
@@ -135,7 +136,12 @@ def read_cache(path: str | os.PathLike) -> CalibrationCache:
 def cache_from_amax(
     amax: dict[str, float], calibrator: str, trt_version: str = DEFAULT_TRT_VERSION
 ) -> CalibrationCache:
-    """Build a cache for ``calibrator``'s ranges (name -> amax) as TensorRT ``trt_version`` writes it."""
+    """Build a cache for ``calibrator``'s ranges (name -> amax) as TensorRT ``trt_version`` writes it.
+
+    A range whose float32 scale is 0 (an all-zero tensor, no finite value) gets no entry: TensorRT then
+    keeps that tensor's layers out of INT8 with its "Missing scale" warning, where a zero scale is
+    suspected of failing builds (TensorRT#4446, #3020) and a tiny one would crush real values to 0.
+    """
     try:
         algorithm = HEADER_ALGORITHM[calibrator]
     except KeyError as exc:
@@ -144,8 +150,19 @@ def cache_from_amax(
     for name, value in amax.items():
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"amax of '{name}' must be finite and non-negative, got {value}")
-        scales[name] = float(struct.unpack(">f", struct.pack(">f", value / 127.0))[0])
+        scale = _float32_scale(value)
+        if scale != 0.0:
+            scales[name] = scale
     return CalibrationCache(version=version_code(trt_version), algorithm=algorithm, scales=scales)
+
+
+def _float32_scale(amax: float) -> float:
+    return float(struct.unpack(">f", struct.pack(">f", amax / 127.0))[0])
+
+
+def scale_is_zero(amax: float) -> bool:
+    """True when ``amax`` gives a float32 scale of 0 (amax 0, or below ~1.8e-43): no cache entry."""
+    return math.isfinite(amax) and amax >= 0 and _float32_scale(amax) == 0.0
 
 
 def write_cache(path: str | os.PathLike, cache: CalibrationCache) -> Path:

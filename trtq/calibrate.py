@@ -18,13 +18,13 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from trtq import __version__
-from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax, parse_cache, write_cache
+from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax, parse_cache, scale_is_zero, write_cache
 from trtq.capture import ActivationCapture
 from trtq.errors import TrtqError
 from trtq.fileio import read_input_bytes, read_input_text, write_json
@@ -85,6 +85,9 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
     collector.tensors = ordered
     collector.meta["tensors"] = list(ordered)
     collector.meta["data"] = batches.provenance() if hasattr(batches, "provenance") else {}
+    from trtq.weights import weight_ranges
+
+    collector.meta["weights"] = weight_ranges(model).as_meta()  # max|w| of weight-derived tensors, saved along
     return collector
 
 
@@ -108,6 +111,20 @@ class CalibrationResult:
     percentile: float = DEFAULT_PERCENTILE
     seconds: float = 0.0
     details: dict | None = None  # how the ranges were chosen (auto: the candidates and the method picked)
+    # weight-derived tensors (trtq.weights): max|w| from the initializers, never from data; see add_weight_ranges
+    weights: dict[str, float] = field(default_factory=dict)
+    weights_unavailable: dict[str, str] = field(default_factory=dict)
+    weights_note: str | None = "not computed (no model)"  # None once add_weight_ranges has run
+
+    def __post_init__(self) -> None:
+        saved = self.stats.meta.get("weights") if self.weights_note is not None and not self.weights else None
+        if isinstance(saved, dict):  # computed with the statistics (collect_statistics): every method gets them
+            self._set_weights(saved.get("amax", {}), saved.get("unavailable", {}))
+
+    def _set_weights(self, amax: dict[str, float], unavailable: dict[str, str]) -> None:
+        self.weights = {k: float(v) for k, v in amax.items() if k not in self.amax}
+        self.weights_unavailable = {k: str(v) for k, v in unavailable.items() if k not in self.amax}
+        self.weights_note = None
 
     @property
     def samples(self) -> int:
@@ -118,16 +135,48 @@ class CalibrationResult:
         """Where the calibration data came from (the data source's provenance)."""
         return self.stats.meta.get("data", {})
 
+    def add_weight_ranges(self, model: Model) -> CalibrationResult:
+        """Give every weight-derived float tensor of ``model`` its max|w|, for statistics saved without them
+        (a no-op when :func:`collect_statistics` recorded them). Tensors with a data range keep it."""
+        if self.weights_note is None:
+            return self
+        from trtq.weights import weight_ranges
+
+        found = weight_ranges(model)
+        self._set_weights(found.amax, found.unavailable)
+        return self
+
+    def all_amax(self) -> dict[str, float]:
+        """Data ranges then weight-derived ranges: what the cache holds (less the zero ones)."""
+        return {**self.amax, **self.weights}
+
+    def zero_ranges(self) -> list[str]:
+        """Tensors whose range is 0 (all zeros, or no finite value): the cache leaves them out."""
+        return zero_range_names(self.all_amax())
+
+    def without_range(self) -> dict[str, str]:
+        """Tensor -> why it has no entry in the cache."""
+        reasons = {}
+        for name in self.zero_ranges():
+            s = self.stats.tensors.get(name)
+            if s is None:
+                reasons[name] = "weight-derived, all zeros"
+            elif s.count == 0:
+                reasons[name] = "no finite value on the calibration data"
+            else:
+                reasons[name] = "all zeros on the calibration data"
+        reasons.update(self.weights_unavailable)
+        return reasons
+
     def problems(self) -> list[str]:
-        """One line per tensor whose range needs the user's attention (zeros, NaN/Inf)."""
+        """Lines that need the user's attention: one per tensor with NaN/Inf, one for all zero ranges."""
         lines = []
         for s in self.stats:
             if s.nonfinite:
                 lines.append(f"tensor '{s.name}' had {s.nonfinite} NaN/Inf values; they were ignored")
-            if s.count and s.absmax == 0.0:
-                lines.append(f"tensor '{s.name}' is all zeros on the calibration data; its range is 0")
-            elif s.count == 0:
-                lines.append(f"tensor '{s.name}' had no finite value; its range is 0")
+        zeros = self.zero_ranges()
+        if zeros:
+            lines.append(zero_range_warning(zeros, self.without_range()))
         return lines
 
     def most_clipped(self, top: int = 5) -> list[tuple[str, float, float]]:
@@ -142,7 +191,7 @@ class CalibrationResult:
         return rows[:top]
 
     def cache(self, trt_version: str | None = None) -> CalibrationCache:
-        return cache_from_amax(self.amax, self.calibrator, trt_version or DEFAULT_TRT_VERSION)
+        return cache_from_amax(self.all_amax(), self.calibrator, trt_version or DEFAULT_TRT_VERSION)
 
     def write_cache(self, path: str | os.PathLike, trt_version: str | None = None) -> Path:
         return write_cache(path, self.cache(trt_version))
@@ -154,12 +203,20 @@ class CalibrationResult:
         for s in self.stats:
             tensors[s.name] = {
                 "amax": self.amax[s.name],
-                "scale": cache.scales[s.name],
+                "scale": cache.scales.get(s.name, 0.0),
+                "source": "data",
                 "min": s.min if s.count else 0.0,
                 "max": s.max if s.count else 0.0,
                 "absmax": s.absmax,
                 "clipped_fraction": s.fraction_above(self.amax[s.name]),
             }
+        for name, value in self.weights.items():
+            tensors[name] = {"amax": value, "scale": cache.scales.get(name, 0.0), "source": "weights"}
+        missing = self.without_range()
+        for name, entry in tensors.items():
+            if name not in cache.scales:
+                entry["in_cache"] = False
+                entry["why"] = missing.get(name, "range 0")
         options = {"calibrator": self.calibrator, "cache_header": cache.header}
         if self.calibrator == "percentile":
             options["percentile"] = self.percentile
@@ -171,6 +228,8 @@ class CalibrationResult:
             "model": self.stats.meta.get("model"),
             "samples": self.samples,
             "tensors": tensors,
+            "without_range": {k: v for k, v in missing.items() if k not in tensors},
+            "weights": {"tensors": len(self.weights), "note": self.weights_note},
             "provenance": {
                 "trtq": __version__,
                 "onnxruntime": package_version("onnxruntime", "onnxruntime-gpu"),
@@ -206,6 +265,19 @@ def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator
                                keep_histograms=keep_histograms)
     amax = compute_ranges(stats, calibrator, percentile)
     return CalibrationResult(calibrator, amax, stats, percentile, time.perf_counter() - started)
+
+
+def zero_range_names(amax: dict[str, float]) -> list[str]:
+    """Names whose range gives a zero float32 scale: left out of every cache trtq writes."""
+    return [name for name, value in amax.items() if scale_is_zero(value)]
+
+
+def zero_range_warning(names: list[str], reasons: dict[str, str] | None = None) -> str:
+    """The one warning for all tensors left out of the cache because their range is 0."""
+    shown = ", ".join(f"'{n}' ({(reasons or {}).get(n, 'range 0')})" for n in names[:10])
+    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+    return (f"{len(names)} tensor(s) have a range of 0 and are left out of the cache (a zero scale is never "
+            f"written): {shown}{more}; TensorRT keeps their layers out of INT8 (it warns 'Missing scale')")
 
 
 def ranges_from_stats(stats: StatsCollector, calibrator: str,

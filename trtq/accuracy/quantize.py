@@ -95,9 +95,12 @@ class QuantizeResult:
 
     @property
     def usable_amax(self) -> dict[str, float]:
-        """The ranges that define an int8 scale: a tensor without one (all zero, no finite value) is left out
-        of the cache, so TensorRT keeps it in higher precision; a zero scale is never written."""
-        return {name: value for name, value in self.amax.items() if value > 0 and math.isfinite(value)}
+        """The ranges that define an int8 scale, with the weight-derived tensors' max|w| (recorded with the
+        statistics) after the data ranges: a tensor without one (all zero, no finite value) is left out of
+        the cache, so TensorRT keeps it in higher precision; a zero scale is never written."""
+        weights = (self.stats.meta.get("weights") or {}).get("amax", {})
+        merged = {**{k: float(v) for k, v in weights.items() if k not in self.amax}, **self.amax}
+        return {name: value for name, value in merged.items() if value > 0 and math.isfinite(value)}
 
     def cache(self, trt_version: str = DEFAULT_TRT_VERSION) -> CalibrationCache:
         """The TensorRT 10 cache of these ranges (``EntropyCalibration2`` header: trtq serves its own ranges

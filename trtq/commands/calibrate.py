@@ -93,6 +93,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
             check_output_path(out)
     version = trt_version or installed_trt_version() or DEFAULT_TRT_VERSION
 
+    model = None
     if from_stats:
         stats = StatsCollector.load(from_stats)
         if model_path:
@@ -134,6 +135,11 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                                     keep_histograms=True if save_stats or compare_methods else None)
             result = run_with_progress(run, batches.total_samples, quiet)
 
+    if model is not None:  # weight-derived tensors: max|w|, whatever the method (a no-op when already done)
+        from trtq.accuracy.quantize import check_inputs_finite
+
+        check_inputs_finite(model, result.stats)  # before any file: all-NaN input data is an error
+        result.add_weight_ranges(model)
     for line in result.problems():
         warn(line)
     comparison = None
@@ -216,5 +222,21 @@ def _print_summary(result, written) -> None:
         width = max(len(name) for name, *_ in clipped)
         for name, fraction, ratio in clipped:
             click.echo(f"  {name:<{width}}  {fraction * 100:7.3f} %  (range = {ratio:.3f} x absmax)")
+    click.echo(range_sources_line(result))
     for what, path in written:
         click.echo(f"{what} written to {path}")
+
+
+def range_sources_line(result) -> str:
+    """``N tensors from data, M from weights, K without a range (why)``."""
+    zeros = set(result.zero_ranges())
+    data = sum(1 for name in result.amax if name not in zeros)
+    weights = sum(1 for name in result.weights if name not in zeros)
+    missing = result.without_range()
+    reasons: dict[str, int] = {}
+    for why in missing.values():
+        reasons[why] = reasons.get(why, 0) + 1
+    detail = "; ".join(f"{count} {why}" for why, count in reasons.items())
+    weights_part = f"{weights} from weights" if result.weights_note is None else f"weights {result.weights_note}"
+    return (f"{data} tensors from data, {weights_part}, {len(missing)} without a range"
+            + (f" ({detail})" if detail else ""))

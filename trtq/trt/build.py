@@ -265,8 +265,8 @@ def calibrate_ranges(model: Model, options: BuildOptions, batches: Iterable, inf
     result = calibrate(model, batches, options.calibrator, percentile=options.percentile)
     if options.cache_path is not None:
         write_cache(options.cache_path,
-                    cache_from_amax(result.amax, options.calibrator, trt_version=info.patch_version))
-    return TrtqRanges(result.amax, f"trtq {options.calibrator} on {result.samples} samples", True)
+                    cache_from_amax(result.all_amax(), options.calibrator, trt_version=info.patch_version))
+    return TrtqRanges(result.all_amax(), f"trtq {options.calibrator} on {result.samples} samples", True)
 
 
 def quantize_record(result) -> dict:
@@ -500,7 +500,7 @@ def _configure_implicit(trt, info: TensorRTInfo, plan: BuildPlan, options: Build
     calibrator. Returns (calibrator, kept layers)."""
     if plan.path != IMPLICIT:
         return None, {}
-    from trtq.trt import implicit
+    from trtq.trt import implicit, range_walk
     from trtq.trt.calibrators import make_calibrator
 
     implicit.set_precision_flags(trt, config, fp16=plan.fp16, int8=plan.int8)
@@ -516,6 +516,7 @@ def _configure_implicit(trt, info: TensorRTInfo, plan: BuildPlan, options: Build
     if plan.source == "trtq":
         calibrator = make_calibrator(trt, "entropy2", trt_version=info.patch_version,
                                      served_cache=served_cache(ranges, info), warn=warn)
+        calibrator.network_ranges = range_walk.set_network_ranges(trt, network, ranges.amax, echo=echo).as_dict()
     else:
         calibrator = make_calibrator(
             trt, plan.calibrator, trt_version=info.patch_version, batches=batches, backend=backend,
@@ -595,6 +596,7 @@ def _manifest(model: Model, options: BuildOptions, info: TensorRTInfo, plan: Bui
             calibration.update({"ranges": ranges.origin, "tensors": len(ranges.amax)})
             if calibrator is not None:  # 10.x: served to TensorRT as an entropy2 cache
                 calibration["served_header"] = calibrator.expected_header
+                calibration["network_ranges"] = getattr(calibrator, "network_ranges", None)
             if ranges.quantize is not None:  # what quantize chose: method, kept layers, target, verified score
                 calibration["quantize"] = ranges.quantize
         if options.cache_path is not None and options.cache_path.is_file():
