@@ -1,0 +1,43 @@
+"""The progress bar of the commands that run the model over calibration data (calibrate, quantize)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+
+def run_with_progress(run, total: int | None, quiet: bool, label: str = "calibrating"):
+    """``run(progress=...)`` (a partial of a library call that reports samples done) with a progress bar on stderr."""
+    if quiet:
+        return run()
+    started = time.perf_counter()
+    done = 0
+
+    def rate() -> str:
+        elapsed = time.perf_counter() - started
+        return f"{done / elapsed:.0f} samples/s" if elapsed > 0 and done else ""
+
+    if total is None:  # a data-loader script: no length to show a bar against, count instead
+        stderr = sys.stderr
+
+        def count(samples: int) -> None:
+            nonlocal done
+            done += samples
+            if stderr.isatty():
+                click.echo(f"\r{label}: {done} samples  {rate()}", err=True, nl=False)
+
+        result = run(progress=count)
+        if stderr.isatty():
+            click.echo("", err=True)
+        return result
+
+    with click.progressbar(length=total, label=label, file=sys.stderr,
+                           show_eta=True, show_pos=True, item_show_func=lambda _: rate()) as bar:
+        def advance(samples: int) -> None:
+            nonlocal done
+            done += samples
+            bar.update(samples, done)
+
+        return run(progress=advance)
