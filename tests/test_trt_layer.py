@@ -674,7 +674,7 @@ def test_quantize_for_10x_writes_its_ranges_as_the_served_cache(quantized_mnist)
     assert result.ok and result.keep and ranges.computed
     served = parse_cache(served_cache(ranges, probe(_Surface(TRT10, "10.16.1.11"))))
     assert served.header == "TRT-101601-EntropyCalibration2"
-    usable = {name: value for name, value in result.amax.items() if value > 0}
+    usable = result.usable_amax  # data ranges > 0 and the weight-derived tensors' max|w|
     assert set(served.amax()) == set(usable) and served.amax() == pytest.approx(usable, rel=1e-6)
     assert options.cache_path.read_bytes() == served.to_bytes()
     record = ranges.quantize

@@ -139,8 +139,12 @@ class QuantizeResult:
             "steps": [{**s.document(), "int8_mac_share": share} for s, share in zip(self.steps, self.mac_shares,
                                                                                      strict=True)],
             "seconds": self.seconds,
-            "tensors": {name: {"amax": value, "scale": value / 127.0} for name, value in self.amax.items()},
+            "tensors": {name: {"amax": value, "scale": value / 127.0, "source": "data"}
+                        for name, value in self.amax.items()},
         }
+        for name, value in self.usable_amax.items():  # weight-derived tensors: in the cache, not in the Q/DQ model
+            if name not in self.amax:
+                document["tensors"][name] = {"amax": value, "scale": value / 127.0, "source": "weights"}
         if self.auto is not None:
             document["auto"] = self.auto.document()
             document["tensors"] = {name: {**entry, "flags": list(self.auto.diagnoses[name].flags)}
