@@ -313,10 +313,16 @@ def require_buildable(quantization: Quantization, model_name: str) -> None:
         raise TrtqError(f"{model_name}: {problems[0]}{more}")
 
 
-def refusal(quantization: Quantization, model_name: str, command: str, alternative: str = "") -> TrtqError:
+def refusal(quantization: Quantization, model_name: str, reason: str, alternative: str = "") -> TrtqError:
     """The one-line refusal of a command that would quantize an explicitly quantized model again."""
     text = (f"{model_name} is already quantized ({quantization.describe()}): TensorRT builds it with the model's "
-            f"own scales, so {command} would be ignored or quantize it twice")
+            f"own scales, so {reason}")
     if alternative:
         text += f"; {alternative}"
     return TrtqError(text)
+
+
+def refuse_quantized(model, reason: str, alternative: str = "") -> None:
+    """Raise the refusal when ``model`` (a :class:`trtq.model.Model`) is explicitly quantized."""
+    if model.quantization.explicit:
+        raise refusal(model.quantization, model.name, reason, alternative)
