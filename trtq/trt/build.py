@@ -31,7 +31,7 @@ from trtq.model import Model, resolve_shape
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.shapes import Shape
 from trtq.trt import TensorRTInfo, import_tensorrt, probe
-from trtq.trt.plan import IMPLICIT, TRTQ_ONLY_CALIBRATORS, BuildPlan, plan_build
+from trtq.trt.plan import IMPLICIT, STRONGLY_TYPED, TRTQ_ONLY_CALIBRATORS, BuildPlan, plan_build
 
 Echo = Callable[[str], None]
 MANIFEST_FORMAT = "trtq-engine-1"
@@ -285,8 +285,13 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
 
     trt = trt or import_tensorrt("building a TensorRT engine")
     info = probe(trt)
-    plan = plan_build(info, fp16=options.fp16, int8=options.int8, calibrator=options.calibrator,
-                      source=source, keep_precision=bool(options.keep_precision))
+    if model.quantization.explicit:  # a Q/DQ (QAT) model builds as it is, with its own scales
+        from trtq.trt.prequantized import plan_prequantized
+
+        plan = plan_prequantized(info, model.quantization, model.name, options)
+    else:
+        plan = plan_build(info, fp16=options.fp16, int8=options.int8, calibrator=options.calibrator,
+                          source=source, keep_precision=bool(options.keep_precision))
     echo(f"trtq: {plan.message}")
     for note in plan.notes:
         echo(f"trtq: note: {note}")
@@ -363,7 +368,7 @@ def _check_calibration_inputs(info: TensorRTInfo, plan: BuildPlan, options: Buil
 def _model_to_parse(model: Model, plan: BuildPlan, options: BuildOptions, ranges: TrtqRanges | None,
                     workdir: Path, echo: Echo) -> tuple[Path, dict | None]:
     """The ONNX file TensorRT parses, and what was derived from the user's model (``None``: parsed as is)."""
-    if plan.path != IMPLICIT:
+    if plan.path == STRONGLY_TYPED:
         from trtq.trt.explicit import strongly_typed_model
 
         typed = strongly_typed_model(model, int8=plan.int8, fp16=plan.fp16, amax=ranges.amax if ranges else None,
@@ -392,6 +397,11 @@ def _save_proto(proto, path: Path) -> Path:
 def _configure_implicit(trt, info: TensorRTInfo, plan: BuildPlan, options: BuildOptions, builder, network, config,
                         backend, batches, ranges: TrtqRanges | None, shapes: ResolvedShapes, echo: Echo):
     """10.x: precision flags, precision constraints and the calibrator. Returns (calibrator, kept layers)."""
+    from trtq.trt.prequantized import EXPLICIT_QDQ, configure_explicit
+
+    if plan.path == EXPLICIT_QDQ:  # the model's own Q/DQ: 10.x's INT8 flag, no calibrator
+        configure_explicit(trt, info, plan, config)
+        return None, {}
     if plan.path != IMPLICIT:
         return None, {}
     from trtq.trt import implicit
