@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest_plugins = ["tests.trt_api_env"]  # real TensorRT bindings for API-conformance tests
+pytest_plugins = ["tests.trt_api_env", "tests.qdq_fixtures"]  # real TensorRT bindings; real Q/DQ models
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

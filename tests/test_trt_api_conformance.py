@@ -240,6 +240,31 @@ def test_builder_failure_is_one_clean_line_and_leaves_no_file(trt_api_report):
                                        else "INT8 needs ranges: give --data")
 
 
+def test_an_already_quantized_model_builds_as_it_is_on_the_real_bindings(trt_api_report):
+    """Issue 13: a Q/DQ model takes the explicit path: 10.x sets the real INT8 flag and no calibrator, 11.x
+    sets nothing (strongly typed); the build reaches the builder with no calibration and leaves no file."""
+    report = trt_api_report["prequantized"]
+    short = ".".join(trt_api_report["version"].split(".")[:2])
+    assert report["explicit"]
+    plan = report["plan_int8"]
+    assert plan["kind"] == "explicit (model's own Q/DQ)" and plan["onnx_variant"] == "original"
+    assert plan["calibrator"] is None and plan["calibration_source"] is None and plan["precisions"] == ["fp32", "int8"]
+    assert plan["reason"].startswith(f"TensorRT {short}: explicit (model's own Q/DQ): 8 Q/DQ pairs")
+    if _is_10(trt_api_report):
+        assert plan["flags"] == ["BuilderFlag.INT8"] and plan["real_flags"]
+        assert "INT8 builder flag set for the Q/DQ layers, no calibrator" in plan["reason"]
+        assert report["plan_fp16"]["flags"] == ["BuilderFlag.FP16", "BuilderFlag.INT8"]
+    else:
+        assert plan["flags"] == [] and "strongly typed, no calibrator, parsed as it is" in plan["reason"]
+        assert "builds mnist.qdq.onnx strongly typed, as it is" in report["plan_fp16"]["error"]
+    build = report["build"]
+    assert build["echo"][0] == f"trtq: {plan['reason']}" and build["files_left"] == []
+    assert build["error"].startswith(f"TensorRT {short} {NO_BUILDER}")
+    with_cache = report["build_with_cache"]
+    assert "so --cache would be ignored; leave it out" in with_cache["error"] and with_cache["files_left"] == []
+    assert NO_BUILDER not in with_cache["error"]  # refused before TensorRT is asked for a builder
+
+
 # -- straight on the environment (no checker) ----------------------------------------------------------
 
 _CALLBACKS_10 = ("get_batch", "get_batch_size", "read_calibration_cache", "write_calibration_cache",

@@ -38,7 +38,7 @@ TRT_PACKAGE = REPO / "trtq" / "trt"
 # EXPLICIT (the 11.x model preparation) must not touch TensorRT at all.
 COMMON_MODULES = ("build.py", "engine.py", "progress.py")
 IMPLICIT_MODULES = ("implicit.py", "calibrators.py", "range_walk.py")
-EXPLICIT_MODULES = ("explicit.py",)
+EXPLICIT_MODULES = ("explicit.py", "prequantized.py")
 
 # Naming convention in trtq/trt: a variable with one of these names holds this TensorRT class, so
 # ``config.set_flag(...)`` is checked as ``IBuilderConfig.set_flag``.
@@ -440,6 +440,63 @@ def check_builder(trt, model_path: Path, workdir: Path) -> dict:
     return out
 
 
+def check_prequantized(trt, model_path: Path, workdir: Path) -> dict:
+    """An already-quantized (Q/DQ) model on the real module: its plan, the flags set on a config, and a build
+    that gets as far as the builder (which fails here, as without a GPU) with no file left behind."""
+    from trtq.calibrate import calibrate
+    from trtq.errors import TrtqError
+    from trtq.export import export_qdq, save_model
+    from trtq.model import load_model
+    from trtq.trt import probe
+    from trtq.trt.build import BuildOptions, build_engine
+    from trtq.trt.prequantized import configure_explicit, plan_prequantized
+
+    rng = np.random.default_rng(2)
+    fp32 = load_model(model_path)
+    digits = [{"Input3": rng.uniform(0, 255, size=(1, 1, 28, 28)).astype(np.float32)} for _ in range(4)]
+    qdq_path = workdir / "mnist.qdq.onnx"
+    save_model(export_qdq(fp32, calibrate(fp32, digits, "minmax").amax).model, qdq_path)
+    model = load_model(qdq_path)
+    info = probe(trt)
+    out: dict = {"explicit": model.quantization.explicit}
+
+    class RecordingConfig:  # what configure_explicit hands to config.set_flag: the real enum members
+        def __init__(self):
+            self.flags = []
+
+        def set_flag(self, flag):
+            self.flags.append(flag)
+
+    for name, fp16 in (("int8", False), ("fp16", True)):
+        options = BuildOptions(engine_path=workdir / f"pq-{name}" / "m.engine", fp16=fp16)
+        try:
+            plan = plan_prequantized(info, model.quantization, model.name, options)
+            config = RecordingConfig()
+            configure_explicit(trt, info, plan, config)
+            out[f"plan_{name}"] = {**plan.as_dict(), "flags": [str(f) for f in config.flags],
+                                   "real_flags": all(isinstance(f, trt.BuilderFlag) for f in config.flags)}
+        except TrtqError as exc:
+            out[f"plan_{name}"] = {"error": str(exc)}
+    cases = {
+        "build": BuildOptions(engine_path=workdir / "pq-build" / "m.engine", int8=True),
+        "build_with_cache": BuildOptions(engine_path=workdir / "pq-cache" / "m.engine", int8=True,
+                                         cache_path=workdir / "pq-cache" / "m.cache"),
+    }
+    for name, options in cases.items():
+        options.engine_path.parent.mkdir()
+        lines: list[str] = []
+        result: dict = {}
+        try:
+            build_engine(model, options, None, trt=trt, echo=lines.append)
+            result["error"] = None
+        except TrtqError as exc:
+            result["error"] = str(exc)
+        result["echo"] = lines
+        result["files_left"] = sorted(p.name for p in options.engine_path.parent.iterdir())
+        out[name] = result
+    return out
+
+
 def check_plans(trt) -> dict:
     from trtq.errors import TrtqError
     from trtq.trt import probe
@@ -500,6 +557,7 @@ def main() -> None:
     report["progress"] = check_progress(trt)
     report["logger"] = check_logger(trt)
     report["builder"] = check_builder(trt, Path(args.model), workdir)
+    report["prequantized"] = check_prequantized(trt, Path(args.model), workdir)
     Path(args.report).write_text(json.dumps(report, indent=1, default=str))
 
 

@@ -196,6 +196,21 @@ class Model:
         return aliases
 
     @cached_property
+    def quantization(self):
+        """The model's own quantization: Q/DQ pairs, integer ops, layers left in float (:mod:`trtq.qdq_model`)."""
+        from trtq.qdq_model import detect_quantization
+
+        return detect_quantization(self.proto, lambda: self.tensor_types, self._tensor_shapes)
+
+    def _tensor_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False)
+        except Exception:  # best effort, as tensor_types
+            inferred = self.proto
+        g = inferred.graph
+        return {vi.name: _value_info_dims(vi)[0] for vi in [*g.input, *g.output, *g.value_info]}
+
+    @cached_property
     def sha256(self) -> str:
         if self.path is not None:
             return sha256_file(self.path)
@@ -245,6 +260,10 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> Model:
     model = Model(proto, model_path)
     if not model.inputs:
         raise TrtqError(f"{model_path} has no data inputs")
+    if check and model.quantization.explicit:  # a Q/DQ model TensorRT cannot build fails here, before any work
+        from trtq.qdq_model import require_buildable
+
+        require_buildable(model.quantization, model_path.name)
     return model
 
 

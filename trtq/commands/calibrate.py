@@ -98,6 +98,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         stats = StatsCollector.load(from_stats)
         if model_path:
             model = load_model(model_path)
+            _refuse_quantized(model)
             if stats.meta.get("model_sha256") not in (None, model.sha256):
                 raise TrtqError(f"{from_stats} was collected on a different model than {model_path} "
                                 "(sha256 differs); recollect the statistics")
@@ -107,6 +108,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
             result = api.ranges_from_stats(stats, calibrator, percentile)
     else:
         model = load_model(model_path)
+        _refuse_quantized(model)
         batches = batches_from_options(model, **data_kwargs)
         device_providers = {"auto": None, "cpu": ["CPUExecutionProvider"],
                             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}[device]
@@ -240,3 +242,11 @@ def range_sources_line(result) -> str:
     weights_part = f"{weights} from weights" if result.weights_note is None else f"weights {result.weights_note}"
     return (f"{data} tensors from data, {weights_part}, {len(missing)} without a range"
             + (f" ({detail})" if detail else ""))
+
+
+def _refuse_quantized(model) -> None:
+    """A Q/DQ (QAT) model has its scales: calibrating it would make a cache TensorRT never uses."""
+    from trtq.qdq_model import refuse_quantized
+
+    refuse_quantized(model, "it would ignore a calibration cache",
+                     "measure it with trtq evaluate, or calibrate its FP32 model instead")

@@ -13,9 +13,12 @@ from trtq.commands.options.data import data_options
 @ranges_options
 @data_options
 @label_options
+@click.option("--reference", "reference_path", type=click.Path(dir_okay=False),
+              help="MODEL already has Q/DQ (QAT): its FP32 model, to measure against [default: MODEL with every "
+                   "Q/DQ pair removed].")
 @report_options
-def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits, json_path,
-             html_path, plot_dir, plot_tensor, quiet, **data_kwargs):
+def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits, reference_path,
+             json_path, html_path, plot_dir, plot_tensor, quiet, **data_kwargs):
     """Measure how far simulated INT8 lands from FP32 on held-out data, before building anything.
 
     MODEL is quantized exactly as TensorRT quantizes it (symmetric int8, per-tensor activation
@@ -31,6 +34,7 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
       trtq evaluate model.onnx --ranges ranges.json --data val/ --preset imagenet --labels-from-folders \\
           --json eval.json --html eval.html
       trtq evaluate model.onnx --cache m.cache --data val.npz --exclude @keep.txt
+      trtq evaluate qat.qdq.onnx --reference model.fp32.onnx --data val.npz --labels val-labels.npy
     """
     from trtq.accuracy.evaluate import evaluate_int8, format_accuracy
     from trtq.commands.options.accuracy import check_outputs, load_inputs
@@ -38,7 +42,20 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
     from trtq.export import describe_ranges, format_agreement_table
     from trtq.fileio import atomic_write, write_json
     from trtq.messages import note, warn
+    from trtq.model import load_model
 
+    quantized = load_model(model_path)
+    if quantized.quantization.explicit:  # a Q/DQ (QAT) model: measured on its own scales
+        from trtq.commands.qdq_accuracy import evaluate_quantized
+
+        return evaluate_quantized(quantized, reference_path=reference_path, cache_path=cache_path,
+                                  ranges_path=ranges_path, exclude=exclude, labels_path=labels_path,
+                                  labels_from_folders=labels_from_folders, logits=logits, json_path=json_path,
+                                  html_path=html_path, plot_dir=plot_dir, plot_tensor=plot_tensor, quiet=quiet,
+                                  data_kwargs=data_kwargs)
+    if reference_path:
+        raise click.UsageError("--reference is for a MODEL that is already quantized (Q/DQ); a float MODEL is "
+                               "its own reference")
     figures_wanted = bool(html_path or plot_dir)
     if plot_tensor and not figures_wanted:
         raise click.UsageError("--plot-tensor draws into --html or --plot-dir; give one of them")

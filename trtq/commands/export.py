@@ -25,11 +25,19 @@ from trtq.messages import note
 @click.option("--exclude", multiple=True, metavar="NODE|@FILE",
               help="Keep this node (ONNX node name or its output tensor name) in higher precision: no Q/DQ "
                    "with --qdq, float32 with --fp16. Repeatable; @FILE reads one name per line (# comments).")
+@click.option("--only-unquantized", is_flag=True,
+              help="MODEL has Q/DQ of its own (QAT): add Q/DQ only to the layers it left in float (ranges from "
+                   "its FP32 model's cache); its existing pairs are never touched (--qdq).")
+@click.option("--remove-qdq", multiple=True, metavar="PAIR|@FILE",
+              help="Remove this existing Q/DQ pair of MODEL (its QuantizeLinear node or the tensor it quantizes; "
+                   "'*' for all), keeping the layer in float: DQ(Q(x)) becomes x, stored weights are dequantized. "
+                   "Repeatable; @FILE reads one per line (trtq sensitivity's drop list).")
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the exported .onnx model.")
 @data_options
 @quiet_option()
-def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quiet, **data_kwargs):
+def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized, remove_qdq, output_path, quiet,
+           **data_kwargs):
     """Write MODEL as an explicit-precision ONNX model for TensorRT 11 (strongly typed).
 
     No GPU and no TensorRT are needed. With --data (or --data-loader-script), the exported
@@ -41,6 +49,8 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
       trtq export mnist-8.onnx --qdq --cache mnist-8.cache -o mnist-8.qdq.onnx --data calib_data/mnist
       trtq export model.onnx --qdq --ranges ranges.json --exclude @keep_fp.txt -o model.qdq.onnx
       trtq export model.onnx --fp16 -o model.fp16.onnx
+      trtq export qat.onnx --remove-qdq @qat.drop.txt -o qat.trimmed.onnx
+      trtq export qat.onnx --qdq --only-unquantized --cache fp32-model.cache -o qat.full.onnx
     """
     from trtq.errors import TrtqError
     from trtq.export import (
@@ -57,8 +67,14 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
     from trtq.messages import warn
     from trtq.model import load_model
 
-    if mode is None:
-        raise click.UsageError("choose the export: --qdq (INT8 Q/DQ) or --fp16")
+    if remove_qdq and (mode or only_unquantized):
+        raise click.UsageError("--remove-qdq writes MODEL without those pairs; export that model with --qdq/--fp16 "
+                               "in a second step")
+    if only_unquantized and mode != "qdq":
+        raise click.UsageError("--only-unquantized belongs to --qdq")
+    if mode is None and not remove_qdq:
+        raise click.UsageError("choose the export: --qdq (INT8 Q/DQ) or --fp16 "
+                               "(or --remove-qdq PAIR|@FILE of a Q/DQ model)")
     if mode == "qdq" and (cache_path is None) == (ranges_path is None):
         raise click.UsageError("--qdq needs exactly one of --cache CACHE or --ranges RANGES.json")
     if mode == "fp16" and (cache_path or ranges_path):
@@ -69,6 +85,17 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
     names = read_name_list(exclude)
 
     model = load_model(model_path)
+    if remove_qdq:
+        from trtq.export.existing import export_removed
+
+        removed, kept = export_removed(model, read_name_list(remove_qdq, what="--remove-qdq list"), output)
+        if not quiet:
+            click.echo(f"wrote {output}: {removed} Q/DQ pairs removed (those layers run in float), {kept} kept")
+        return
+    if mode == "qdq":
+        from trtq.export.existing import check_only_unquantized
+
+        check_only_unquantized(model, only_unquantized)
     amax = load_amax(cache=cache_path, ranges=ranges_path) if mode == "qdq" else None
     compare = data_given(data_kwargs)
     batches = None
@@ -78,7 +105,8 @@ def export(model_path, mode, cache_path, ranges_path, exclude, output_path, quie
         batches = batches_from_options(model, warn=warn, **data_kwargs)
 
     if mode == "qdq":
-        result = export_qdq(model, amax, exclude=names, ranges_source=describe_ranges(cache_path, ranges_path))
+        result = export_qdq(model, amax, exclude=names, ranges_source=describe_ranges(cache_path, ranges_path),
+                            only_unquantized=only_unquantized)
         pairs = len(result.plan.points)
         weights = result.weight_tensors
         per_channel = sum(1 for _, axis in weights if axis is not None)

@@ -92,6 +92,10 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     labels = read_labels(labels_path, labels_from_folders)
     task_metric = load_metric(metric) if metric else None
     model = load_model(model_path)
+    from trtq.qdq_model import refuse_quantized
+
+    refuse_quantized(model, "quantizing it again would put a second Q/DQ on its tensors",
+                     "measure it with trtq evaluate and trtq sensitivity, or quantize its FP32 model instead")
     calibration = batches_from_options(model, warn=warn, **data_kwargs)
     eval_batches = eval_labels = None
     calibration_labels = labels

@@ -17,6 +17,9 @@ TOP_HISTOGRAMS = 8
 @ranges_options
 @data_options
 @label_options
+@click.option("--reference", "reference_path", type=click.Path(dir_okay=False),
+              help="MODEL already has Q/DQ (QAT): its FP32 model, to measure against [default: MODEL with every "
+                   "Q/DQ pair removed].")
 @click.option("--mode", type=click.Choice(MODES), default="alone", show_default=True,
               help="alone: each layer the only one in INT8 (layers + 1 runs per batch); all-but-one: each layer the "
                    "only one kept in float (layers + 2 runs per batch).")
@@ -30,8 +33,9 @@ TOP_HISTOGRAMS = 8
               help="Write the layers to keep (one ONNX node name per line, # comments) for "
                    "`trtq export --qdq --exclude @FILE`. Needs --target-sqnr or --max-drop.")
 @report_options
-def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits, mode,
-                target_sqnr, max_drop, keep_out, json_path, html_path, plot_dir, plot_tensor, quiet, **data_kwargs):
+def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits,
+                reference_path, mode, target_sqnr, max_drop, keep_out, json_path, html_path, plot_dir, plot_tensor,
+                quiet, **data_kwargs):
     """Rank MODEL's INT8 layers by the output error each one causes, with its cause.
 
     Every quantized layer (an ONNX node that gets Q/DQ) is switched between INT8 and float inside
@@ -46,6 +50,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
       trtq sensitivity calib_data/mnist-8.onnx --cache mnist-8.cache --data calib_data/mnist
       trtq sensitivity model.onnx --ranges r.json --data val.npz --target-sqnr 30 --keep-out keep.txt
       trtq export model.onnx --qdq --ranges r.json --exclude @keep.txt -o model.qdq.onnx
+      trtq sensitivity qat.qdq.onnx --data val.npz --labels y.npy --max-drop 0.5 --keep-out drop.txt
     """
     from trtq.accuracy.sensitivity import SensitivityAnalysis, format_ranking, format_steps, keep_file_text
     from trtq.commands.options.accuracy import check_outputs, load_inputs
@@ -58,6 +63,21 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
         raise click.UsageError("--keep-out needs a target: --target-sqnr DB and/or --max-drop PCT")
     if plot_tensor and not (html_path or plot_dir):
         raise click.UsageError("--plot-tensor draws into --html or --plot-dir; give one of them")
+    from trtq.model import load_model
+
+    quantized = load_model(model_path)
+    if quantized.quantization.explicit:  # a Q/DQ (QAT) model: rank its own pairs
+        from trtq.commands.qdq_accuracy import sensitivity_quantized
+
+        if data_kwargs.get("max_samples") is None:
+            data_kwargs["max_samples"] = DEFAULT_SAMPLES
+        return sensitivity_quantized(quantized, reference_path=reference_path, cache_path=cache_path,
+                                     ranges_path=ranges_path, exclude=exclude, labels_path=labels_path,
+                                     labels_from_folders=labels_from_folders, logits=logits, target_sqnr=target_sqnr,
+                                     max_drop=max_drop, keep_out=keep_out, json_path=json_path, html_path=html_path,
+                                     plot_dir=plot_dir, plot_tensor=plot_tensor, quiet=quiet, data_kwargs=data_kwargs)
+    if reference_path:
+        raise click.UsageError("--reference is for a MODEL that is already quantized (Q/DQ)")
     check_outputs(json_path, html_path, plot_dir, keep_out)
     model, amax, names, labels = load_inputs(model_path, cache_path, ranges_path, exclude, labels_path,
                                              labels_from_folders)

@@ -91,6 +91,8 @@ class QdqPlan:
     missing_ranges: dict[str, list[str]] = field(default_factory=dict)  # tensor -> nodes kept in float
     unusable_ranges: dict[str, list[str]] = field(default_factory=dict)  # tensor -> nodes kept in float
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (node, reason)
+    existing_nodes: list[str] = field(default_factory=list)  # already quantized by the model (only_unquantized)
+    rewired: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, slot) -> an existing DQ output
     weight_values: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -148,7 +150,7 @@ def weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
 
 
 class _Planner:
-    def __init__(self, model: Model, amax: Mapping[str, float], excluded: set[int]):
+    def __init__(self, model: Model, amax: Mapping[str, float], excluded: set[int], only_unquantized: bool = False):
         self.model = model
         self.graph = model.graph
         self.index = GraphIndex(self.graph)
@@ -161,6 +163,13 @@ class _Planner:
         self.activation_uses: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self.weight_uses: dict[tuple[str, int | None], list[tuple[int, int]]] = defaultdict(list)
         self.quantized: set[int] = set()
+        self.existing: dict[str, str] = {}  # only_unquantized: tensor -> the model's own DQ output of it
+        self.dq_outputs: set[str] = set()
+        self.existing_indices: set[int] = set()
+        if only_unquantized:
+            from trtq.export.existing import existing_qdq
+
+            self.existing, self.dq_outputs = existing_qdq(model)
 
     def _range_problem(self, tensor: str, label: str) -> bool:
         """Record why ``tensor`` cannot be quantized for node ``label``; True if it cannot."""
@@ -285,25 +294,35 @@ class _Planner:
         for node_index, node in enumerate(self.graph.node):
             if node.domain not in domains or not node.input:
                 continue
+            if self.dq_outputs and any(i in self.dq_outputs for i in node.input):
+                if node.op_type in (*WEIGHTED_OPS, *POOLING_OPS, "Add"):
+                    self.plan.existing_nodes.append(node_label(node))
+                self.existing_indices.add(node_index)  # quantized by the model itself: never touched
+                continue
             if node.op_type in WEIGHTED_OPS:
                 self._weighted(node_index, node)
             elif node.op_type in POOLING_OPS:
                 self._pooling(node_index, node)
         depths = self._depths()
         for node_index, node in enumerate(self.graph.node):
-            if node.domain in domains and node.op_type == "Add":
+            if node.domain in domains and node.op_type == "Add" and node_index not in self.existing_indices:
                 self._residual_add(node_index, node, depths)
         for tensor, uses in self.activation_uses.items():
+            if tensor in self.existing:  # the model quantizes this tensor already: its consumers read that pair
+                self.plan.rewired.update({use: self.existing[tensor] for use in uses})
+                continue
             self.plan.points.append(QdqPoint(tensor, "activation", None, tuple(uses)))
         for (tensor, axis), uses in self.weight_uses.items():
             self.plan.points.append(QdqPoint(tensor, "weight", axis, tuple(uses)))
         return self.plan
 
 
-def plan_qdq(model: Model, amax: Mapping[str, float], exclude: Iterable[str] = ()) -> QdqPlan:
-    """Decide where Q/DQ goes in ``model`` (see the module docstring for the rule)."""
+def plan_qdq(model: Model, amax: Mapping[str, float], exclude: Iterable[str] = (), *,
+             only_unquantized: bool = False) -> QdqPlan:
+    """Decide where Q/DQ goes in ``model`` (see the module docstring for the rule). ``only_unquantized``:
+    the model has Q/DQ of its own; only the layers it left in float get Q/DQ (:mod:`trtq.export.existing`)."""
     excluded = resolve_nodes(model.graph, exclude)
-    return _Planner(model, amax, excluded).run()
+    return _Planner(model, amax, excluded, only_unquantized).run()
 
 
 def _tensor_dtype(model: Model, point: QdqPoint, plan: QdqPlan) -> int:
@@ -357,6 +376,8 @@ def _insert(model: Model, plan: QdqPlan, amax: Mapping[str, float]) -> onnx.Mode
         for node_index, slot in point.consumers:
             graph.node[node_index].input[slot] = dequantized
 
+    for (node_index, slot), tensor in plan.rewired.items():
+        graph.node[node_index].input[slot] = tensor
     nodes = list(first)
     for node_index, node in enumerate(graph.node):
         nodes.append(node)
@@ -379,6 +400,7 @@ def export_qdq(
     *,
     exclude: Iterable[str] = (),
     ranges_source: str = "the ranges",
+    only_unquantized: bool = False,
 ) -> QdqExport:
     """Build the Q/DQ ONNX model of ``model`` from activation ranges ``amax`` (tensor -> amax).
 
@@ -402,11 +424,11 @@ def export_qdq(
     working = model
     if working.opset < QDQ_OPSET:
         working = Model(upgrade_opset(model.proto, working.opset, QDQ_OPSET), model.path)
-    plan = plan_qdq(working, amax, exclude)
+    plan = plan_qdq(working, amax, exclude, only_unquantized=only_unquantized)
     target = _opset_for(working, plan)
     if working.opset < target:  # float16 tensors to quantize
         working = Model(upgrade_opset(working.proto, working.opset, target), model.path)
-        plan = plan_qdq(working, amax, exclude)
+        plan = plan_qdq(working, amax, exclude, only_unquantized=only_unquantized)
 
     notes: list[str] = []
     warnings: list[str] = []
@@ -418,8 +440,10 @@ def export_qdq(
             )
     for label, reason in plan.skipped:
         warnings.append(f"node {label} kept in float: {reason}")
-    if not plan.points:
+    if not plan.points and not plan.rewired:
         reasons = []
+        if plan.existing_nodes:
+            reasons.append(f"the model quantizes {len(plan.existing_nodes)} layer(s) itself")
         if plan.missing_ranges:
             reasons.append(f"{len(plan.missing_ranges)} input tensor(s) have no range")
         if plan.excluded_nodes:
@@ -443,6 +467,9 @@ def export_qdq(
             f"tensor(s) have no range in {ranges_source}: {brief_list(kept)} "
             f"(tensors: {brief_list(plan.missing_ranges)})"
         )
+    if plan.existing_nodes:
+        notes.append(f"{len(plan.existing_nodes)} layer(s) keep the model's own Q/DQ, untouched: "
+                     f"{brief_list(plan.existing_nodes)}")
     if plan.excluded_nodes:
         notes.append(f"kept in float as asked (--exclude): {brief_list(plan.excluded_nodes)}")
     if unmatched:

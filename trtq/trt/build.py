@@ -33,7 +33,15 @@ from trtq.model import Model, resolve_shape
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.shapes import Shape
 from trtq.trt import TensorRTInfo, import_tensorrt, probe
-from trtq.trt.plan import IMPLICIT, QUANTIZE, TRTQ_ONLY_CALIBRATORS, BuildPlan, plan_build, quantize_label
+from trtq.trt.plan import (
+    IMPLICIT,
+    QUANTIZE,
+    STRONGLY_TYPED,
+    TRTQ_ONLY_CALIBRATORS,
+    BuildPlan,
+    plan_build,
+    quantize_label,
+)
 
 Echo = Callable[[str], None]
 MANIFEST_FORMAT = "trtq-engine-1"
@@ -353,7 +361,8 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
         raise TrtqError("--precision-constraints must be prefer or obey")
     if any(v == "fp16" for v in options.keep_precision.values()) and not options.fp16:
         raise TrtqError("--keep-precision NAME=fp16 needs --fp16 or --best")
-    _check_quantize_options(options, batches is not None)
+    if not model.quantization.explicit:  # a Q/DQ model is built as it is: no quantize, no data needed
+        _check_quantize_options(options, batches is not None)
     source = options.calibration_source
     if options.ranges_path is not None:  # a ranges file is trtq's ranges, on any TensorRT
         if source == "tensorrt":
@@ -364,8 +373,13 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
 
     trt = trt or import_tensorrt("building a TensorRT engine")
     info = probe(trt)
-    plan = plan_build(info, fp16=options.fp16, int8=options.int8, calibrator=options.calibrator,
-                      source=source, keep_precision=bool(options.keep_precision))
+    if model.quantization.explicit:  # a Q/DQ (QAT) model builds as it is, with its own scales
+        from trtq.trt.prequantized import plan_prequantized
+
+        plan = plan_prequantized(info, model.quantization, model.name, options)
+    else:
+        plan = plan_build(info, fp16=options.fp16, int8=options.int8, calibrator=options.calibrator,
+                          source=source, keep_precision=bool(options.keep_precision))
     echo(f"trtq: {plan.message}")
     for note in plan.notes:
         echo(f"trtq: note: {note}")
@@ -462,7 +476,7 @@ def _model_to_parse(model: Model, plan: BuildPlan, options: BuildOptions, ranges
     """The ONNX file TensorRT parses, and what was derived from the user's model (``None``: parsed as is).
     ``keep_rules`` (default: ``--keep-precision``) may hold quantize's kept layers; ``qdq`` is a ready Q/DQ
     model (quantize's) used as the INT8 model instead of exporting one from the ranges."""
-    if plan.path != IMPLICIT:
+    if plan.path == STRONGLY_TYPED:
         from trtq.trt.explicit import strongly_typed_model
 
         typed = strongly_typed_model(model, int8=plan.int8, fp16=plan.fp16, amax=ranges.amax if ranges else None,
@@ -498,6 +512,11 @@ def _configure_implicit(trt, info: TensorRTInfo, plan: BuildPlan, options: Build
                         keep_rules: Mapping[str, str] | None = None):
     """10.x: precision flags, precision constraints (``keep_rules``, default ``--keep-precision``) and the
     calibrator. Returns (calibrator, kept layers)."""
+    from trtq.trt.prequantized import EXPLICIT_QDQ, configure_explicit
+
+    if plan.path == EXPLICIT_QDQ:  # the model's own Q/DQ: 10.x's INT8 flag, no calibrator
+        configure_explicit(trt, info, plan, config)
+        return None, {}
     if plan.path != IMPLICIT:
         return None, {}
     from trtq.trt import implicit, range_walk

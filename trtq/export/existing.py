@@ -1,0 +1,131 @@
+"""The model's own Q/DQ pairs (QAT and Q/DQ exports): use them, or take some of them out.
+
+* :func:`existing_qdq`: which float tensors the model quantizes itself, and the DequantizeLinear outputs
+  its layers read (``export --qdq --only-unquantized`` quantizes only around them, never touching them).
+* :func:`remove_qdq`: the graph with chosen pairs removed, scale-preserving: ``DQ(Q(x))`` becomes ``x``
+  and a weight stored as integers becomes its dequantized float value ``(q - zero_point) * scale``.
+  With every pair removed this is the model's float twin (``evaluate`` without ``--reference``;
+  ``sensitivity`` removes one pair at a time; ``export --remove-qdq``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from trtq.model import Model
+from trtq.qdq_model import QdqPair
+
+
+def existing_qdq(model: Model) -> tuple[dict[str, str], set[str]]:
+    """``({float tensor: the DequantizeLinear output that stands for it}, {every DequantizeLinear output})``."""
+    pairs = model.quantization.pairs
+    reused = {p.tensor: p.outputs[0] for p in pairs if p.q_node is not None}
+    return reused, {o for p in pairs for o in p.outputs}
+
+
+def _dequantized(pair: QdqPair, stored: np.ndarray) -> np.ndarray:
+    scale = np.asarray(pair.scale, dtype=np.float32)
+    zero = np.zeros_like(scale) if pair.zero_point is None else np.asarray(pair.zero_point, dtype=np.float32)
+    values = stored.astype(np.float32)
+    if pair.axis is not None and scale.size > 1:
+        shape = [1] * values.ndim
+        shape[pair.axis] = scale.size
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return ((values - zero) * scale).astype(np.float32)
+
+
+def remove_qdq(model: Model, pairs: Iterable[QdqPair]) -> onnx.ModelProto:
+    """A copy of the model without ``pairs`` (see the module docstring); other pairs stay as they are."""
+    proto = copy.deepcopy(model.proto)
+    graph = proto.graph
+    pairs = list(pairs)
+    by_label = {(n.name or f"{n.op_type}->{n.output[0] if n.output else '?'}"): n for n in graph.node}
+    initializers = {t.name: t for t in graph.initializer}
+    drop: set[int] = set()
+    replace: dict[str, str] = {}  # a DequantizeLinear output -> the tensor that stands for it now
+    new_initializers: list[onnx.TensorProto] = []
+    for pair in pairs:
+        for label in pair.nodes:
+            drop.add(id(by_label[label]))
+        if pair.q_node is None:  # a stored integer weight: its float value under the DQ output's name
+            stored = numpy_helper.to_array(initializers[pair.tensor])
+            new_initializers.append(numpy_helper.from_array(_dequantized(pair, stored), pair.outputs[0]))
+        else:
+            replace.update({out: pair.tensor for out in pair.outputs})
+
+    def resolve(name: str) -> str:
+        while name in replace:
+            name = replace[name]
+        return name
+
+    kept = [n for n in graph.node if id(n) not in drop]
+    graph_outputs = {o.name for o in graph.output}
+    graph_inputs = {i.name for i in graph.input} | set(initializers)
+    identities: list[onnx.NodeProto] = []
+    rename: dict[str, str] = {}  # a graph output that was a DQ output: the float tensor takes its name back
+    for out in graph_outputs:
+        source = resolve(out)
+        if source == out:
+            continue
+        if source in graph_inputs or source in graph_outputs or source in rename:
+            identities.append(onnx.helper.make_node("Identity", [source], [out], name=f"{out}_identity"))
+        else:
+            rename[source] = out
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name:
+                target = resolve(name)
+                node.input[i] = rename.get(target, target)
+        for i, name in enumerate(node.output):
+            if name in rename:
+                node.output[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(kept + identities)
+    graph.initializer.extend(new_initializers)
+    read = {i for n in graph.node for i in n.input} | graph_outputs
+    listed = {i.name for i in graph.input}
+    for index in range(len(graph.initializer) - 1, -1, -1):
+        if graph.initializer[index].name not in read and graph.initializer[index].name not in listed:
+            del graph.initializer[index]
+    present = {o for n in graph.node for o in n.output} | read
+    infos = [vi for vi in graph.value_info if vi.name in present and vi.name not in rename]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    return proto
+
+
+def float_twin(model: Model) -> onnx.ModelProto:
+    """The model with every Q/DQ pair removed: what its quantization is measured against without a reference."""
+    return remove_qdq(model, model.quantization.pairs)
+
+
+def check_only_unquantized(model: Model, only_unquantized: bool) -> None:
+    """``export --qdq`` refuses an already-quantized model unless ``--only-unquantized`` says what to do."""
+    from trtq.errors import TrtqError
+    from trtq.qdq_model import refuse_quantized
+
+    if only_unquantized and not model.quantization.explicit:
+        raise TrtqError(f"--only-unquantized: {model.name} has no Q/DQ of its own; export it without that option")
+    if not only_unquantized:
+        refuse_quantized(model, "more Q/DQ would quantize its tensors twice",
+                         "--only-unquantized adds Q/DQ only to the layers it left in float, or --remove-qdq "
+                         "takes pairs out")
+
+
+def export_removed(model: Model, names: list[str], output) -> tuple[int, int]:
+    """``export --remove-qdq``: the model without the named pairs, written to ``output``; (removed, kept)."""
+    from trtq.errors import TrtqError
+    from trtq.export.graph import check_exported, save_model
+
+    if not model.quantization.explicit:
+        raise TrtqError(f"--remove-qdq: {model.name} has no Q/DQ pairs")
+    pairs = model.quantization.find(names)
+    proto = remove_qdq(model, pairs)
+    check_exported(proto, "Q/DQ-removed")
+    save_model(proto, output)
+    return len(pairs), len(model.quantization.pairs) - len(pairs)
