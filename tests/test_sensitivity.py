@@ -113,10 +113,14 @@ def test_broken_range_on_the_mlp_too(digits):
     assert ranking[0].layer.node == "fc3" and ranking[0].error_type == "clipping"
 
 
-def test_ranking_costs_one_run_per_layer_plus_the_reference(digits):
+def test_ranking_costs_one_run_per_layer_plus_the_reference(digits, monkeypatch):
+    """alone: per batch the float reference, one float run that keeps the boundary tensors, and one run per
+    layer of the sub-model that starts at that layer (never the full switchable model)."""
+    import trtq.accuracy.downstream as downstream
+
     model, result, feeds = digits
     analysis = SensitivityAnalysis(model, result.amax, feeds)
-    calls = {"switched": 0, "reference": 0}
+    calls = {"switched": 0, "reference": 0, "downstream": 0}
 
     class Counting:
         def __init__(self, session, key):
@@ -129,10 +133,23 @@ def test_ranking_costs_one_run_per_layer_plus_the_reference(digits):
         def get_inputs(self):
             return self.session.get_inputs()
 
+    real = downstream.fake_quant_session
+    monkeypatch.setattr(downstream, "fake_quant_session", lambda proto: Counting(real(proto), "downstream"))
     analysis.session = Counting(analysis.session, "switched")
     analysis._capture.session = Counting(analysis._capture.session, "reference")
     analysis.rank("alone")
-    assert calls == {"switched": len(analysis.layers) * len(feeds), "reference": len(feeds)}
+    assert calls == {"switched": 0, "reference": len(feeds), "downstream": (len(analysis.layers) + 1) * len(feeds)}
+
+
+def test_downstream_ranking_equals_the_full_model_runs(mnist, digits):
+    """Running each layer from where it sits, on the FP32 tensors upstream, gives the ranking of full runs."""
+    for model, result, feeds in (mnist, digits):
+        analysis = SensitivityAnalysis(model, result.amax, feeds[:60])
+        nodes = analysis.switchable.nodes
+        fast = analysis.evaluate({node: [node] for node in nodes}, downstream=True)
+        full = analysis.evaluate({node: [node] for node in nodes}, downstream=False)
+        for node in nodes:
+            assert fast.outcomes[node].noise == pytest.approx(full.outcomes[node].noise, rel=1e-3, abs=1e-12)
 
 
 def test_keep_set_meets_the_target_when_checked_independently(mnist):

@@ -7,8 +7,9 @@ from the layer's Q/DQ inputs to the outputs, fed with the FP32 tensors that part
 then runs on them. On a chain-like network a layer sits on average half-way, so the ranking costs
 about half the forward work (and none of the Q/DQ arithmetic of the layers upstream).
 
-Values are those of the full switchable model: the sub-model holds the same nodes, in the same order,
-with the same inputs. An output the layer does not reach is the FP32 reference's. A layer whose
+Values are those of the full switchable model up to float rounding: the sub-model holds the same nodes,
+in the same order, with the same inputs (onnxruntime may fuse the cut graph a little differently: on
+MNIST the logits agree to 1e-6 relative). An output the layer does not reach is the FP32 reference's. A layer whose
 sub-model cannot be built or run falls back to the full model (:meth:`DownstreamRuns.runner` returns None).
 """
 
@@ -94,8 +95,10 @@ class DownstreamRuns:
     def _session(self, node: str, tensors: Mapping[str, np.ndarray]):
         if node not in self._sessions:
             region, graph = self.regions[node], self.switchable.proto.graph
-            inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(tensors[name].dtype),
-                                                    None) for name in region.boundary]
+            switches = {layer.switch for layer in self.switchable.layers}
+            inputs = [helper.make_tensor_value_info(name, onnx.TensorProto.BOOL, []) if name in switches else
+                      helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(tensors[name].dtype), None)
+                      for name in region.boundary]
             outputs = [o for o in graph.output if o.name in region.outputs]
             initializers = {t.name: t for t in graph.initializer}
             sub = helper.make_graph([graph.node[i] for i in region.nodes], f"{graph.name}_from_{node}", inputs,
@@ -105,19 +108,24 @@ class DownstreamRuns:
             self._sessions[node] = fake_quant_session(proto)
         return self._sessions[node]
 
-    def runner(self, node: str) -> Run:
+    def runner(self, node: str, fallback: Run) -> Run:
         """``feed -> outputs`` of the model with only ``node`` in INT8, from the boundary of the current batch
-        (captured by :meth:`reference`, which must run first on the same feed)."""
+        (captured by :meth:`reference`, which must run first on the same feed). ``fallback`` (the full
+        switchable model) serves a layer whose sub-model onnxruntime refuses."""
         region = self.regions[node]
         switches = self.switchable.switches([node])
 
         def run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-            if self._batch is None or self._batch[0] != id(feed):
-                raise RuntimeError("the reference run of this batch must come first")
+            if node in self._failed or self._batch is None or self._batch[0] != id(feed):
+                return fallback(feed)
             _, tensors, reference = self._batch
             values = {name: (switches[name] if name in switches else tensors[name]) for name in region.boundary}
-            computed = dict(zip(region.outputs, self._session(node, tensors).run(region.outputs, values),
-                                strict=True))
+            try:
+                results = self._session(node, tensors).run(region.outputs, values)
+            except Exception:  # onnxruntime could not build or run the cut graph: the full model still can
+                self._failed.add(node)
+                return fallback(feed)
+            computed = dict(zip(region.outputs, results, strict=True))
             return [computed.get(name, ref) for name, ref in zip(self.names, reference, strict=True)]
 
         return run

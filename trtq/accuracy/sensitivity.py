@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trtq.accuracy.downstream import DownstreamRuns
 from trtq.accuracy.evaluate import CapturingRunner, Comparison, compare_candidates, logits_index
 from trtq.accuracy.labels import Labels
 from trtq.accuracy.switch import Layer, SwitchableModel, build_switchable
@@ -223,16 +224,28 @@ class SensitivityAnalysis:
             samples += int(first.shape[0]) if first.ndim else 1
         return chosen
 
-    def evaluate(self, configurations: Mapping[str, Iterable[str]], max_samples: int | None = None) -> Comparison:
+    def evaluate(self, configurations: Mapping[str, Iterable[str]], max_samples: int | None = None,
+                 downstream: bool = False) -> Comparison:
         """One pass: every configuration (key -> node names in INT8) against the float reference, on the
-        first ``max_samples`` samples (all by default)."""
+        first ``max_samples`` samples (all by default). ``downstream``: configurations of one layer each run
+        from that layer on, fed with the FP32 tensors upstream of it (:mod:`.downstream`; same values)."""
         runners = {key: session_runner(self.session, self.names, self.switchable.switches(int8))
                    for key, int8 in configurations.items()}
+        reference = self._reference_run
+        if downstream:
+            runs = DownstreamRuns(self.switchable, self.names)
+            runners = {key: runs.runner(next(iter(int8)), runners[key]) if len(list(int8)) == 1 else runners[key]
+                       for key, int8 in ((k, list(v)) for k, v in configurations.items())}
+
+            def reference(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+                outputs = self._reference_run(feed)
+                runs.reference(feed)
+                return outputs
         tracker = None
         if self._metric is not None:
             truth = self._labels.by_index if self._labels is not None else None
             tracker = MetricTracker(self._metric, self.names, truth)
-        comparison = compare_candidates(self._reference_run, runners, self.names, self._prefix(max_samples),
+        comparison = compare_candidates(reference, runners, self.names, self._prefix(max_samples),
                                         labels=self._labels, source=self._source, logits=self.logits,
                                         metric=tracker)
         self.samples = comparison.samples
@@ -251,7 +264,7 @@ class SensitivityAnalysis:
         else:
             configurations = {node: [n for n in nodes if n != node] for node in nodes}
             configurations[_ALL_INT8] = nodes
-        comparison = self.evaluate(configurations, max_samples)
+        comparison = self.evaluate(configurations, max_samples, downstream=mode == "alone")
         result = SensitivityResult(mode, comparison.samples, [], _top1(comparison.reference_accuracy))
         if mode == "alone":
             noise = {node: comparison.outcomes[node].noise for node in nodes}
