@@ -254,3 +254,30 @@ def test_report_html_exists_only_as_a_whole_file(tmp_path: Path):
 
     paths = output_paths(str(tmp_path / "det.int8.onnx"))
     assert paths["cache"].name == "det.int8.cache" and paths["keep"].name == "det.int8.keep.txt"
+
+
+def test_an_integer_output_does_not_count_as_an_accuracy_measure(mnist, tmp_path):
+    """A classifier that also outputs its argmax (int64): the SQNR target is judged on the float outputs only
+    (one changed class index would otherwise read as a few dB and keep every layer in float)."""
+    model, images, _ = mnist
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    proto.graph.node.append(helper.make_node("ArgMax", ["Plus214_Output_0"], ["label"], axis=1, keepdims=0))
+    proto.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, [1]))
+    path = tmp_path / "with_label.onnx"
+    onnx.save(proto, str(path))
+    result = quantize(load_model(path), _feeds(images[:200]), eval_batches=_feeds(images[500:600]), min_sqnr=35.0)
+    assert result.ok and result.final_step.sqnr_db >= 35.0
+    rows = {r.name: r for r in result.final.outcomes["int8"].rows}
+    assert rows["label"].floating is False and rows["Plus214_Output_0"].floating is True
+
+
+def test_outcome_sqnr_and_noise_skip_integer_outputs():
+    from trtq.accuracy.evaluate import Outcome
+    from trtq.export.compare import OutputAgreement
+
+    logits = OutputAgreement("logits", 10, 0.999, 0.99, 32.0, 1.0, 0.1, 1.0)
+    label = OutputAgreement("label", 10, 0.9, 0.5, 3.0, 4.0, 0.4, None, floating=False)
+    outcome = Outcome([logits, label])
+    assert outcome.sqnr_db == 32.0 and outcome.noise == pytest.approx(10 ** -3.2)
+    assert Outcome([label]).sqnr_db == 3.0  # only integer outputs: they are all there is to compare

@@ -39,9 +39,15 @@ class Outcome:
     logits: str | None = None
 
     @property
+    def _measured(self) -> list[OutputAgreement]:
+        """The float outputs (integer/bool outputs such as argmax indices have no meaningful SQNR), or every
+        output when none is float."""
+        return [r for r in self.rows if r.floating] or self.rows
+
+    @property
     def sqnr_db(self) -> float:
-        """The worst output's SQNR (inf when every output is identical)."""
-        return min(r.sqnr_db for r in self.rows)
+        """The worst float output's SQNR (inf when every output is identical)."""
+        return min(r.sqnr_db for r in self._measured)
 
     @property
     def cosine(self) -> float:
@@ -51,7 +57,7 @@ class Outcome:
     def noise(self) -> float:
         """Error power relative to signal power, averaged over the outputs (10^(-SQNR/10))."""
         return float(np.mean([10.0 ** (-r.sqnr_db / 10.0) if math.isfinite(r.sqnr_db) else
-                              (0.0 if r.sqnr_db > 0 else math.inf) for r in self.rows]))
+                              (0.0 if r.sqnr_db > 0 else math.inf) for r in self._measured]))
 
     @property
     def top1_agreement(self) -> float | None:

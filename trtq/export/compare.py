@@ -40,6 +40,7 @@ class OutputAgreement:
     max_abs_error: float
     mean_abs_error: float
     top1_agreement: float | None  # fraction of samples whose argmax matches; None for one-class outputs
+    floating: bool = True  # False for integer/bool outputs (indices, counts): their SQNR is no accuracy measure
 
     def document(self) -> dict:
         """The JSON form (``trtq evaluate --json``, ``trtq run``): SQNR ``None`` when the outputs are identical."""
@@ -61,8 +62,10 @@ class _Accumulator:
         self.values = 0
         self.min_sample_cosine = 1.0
         self.top1_same = self.top1_total = 0
+        self.floating = True
 
     def add(self, reference: np.ndarray, exported: np.ndarray) -> None:
+        self.floating = bool(np.issubdtype(np.asarray(reference).dtype, np.floating))
         ref = np.asarray(reference, dtype=np.float64)
         out = np.asarray(exported, dtype=np.float64)
         if ref.shape != out.shape:
@@ -102,7 +105,7 @@ class _Accumulator:
         top1 = self.top1_same / self.top1_total if self.top1_total else None
         mean_abs = self.abs_error_sum / self.values if self.values else 0.0
         return OutputAgreement(name, self.samples, cosine, self.min_sample_cosine, sqnr, self.max_abs_error, mean_abs,
-                               top1)
+                               top1, self.floating)
 
 
 def _cosine(dot: np.ndarray, ref_sq: np.ndarray, out_sq: np.ndarray) -> np.ndarray:
