@@ -2,9 +2,9 @@
 a deterministic split of the calibration data, made while the calibration pass reads it.
 
 Rule: of every ``HOLDOUT_EVERY`` batches, the second (batch index ``k % HOLDOUT_EVERY == 1``) is held
-out for evaluation and not calibrated on, until ``max_samples`` evaluation samples are held; later
-batches all calibrate. Holding out whole batches keeps the data sources untouched (ranges do not
-depend on batching: the statistics are batch-size invariant), and evaluating on data the ranges never
+out for evaluation and not calibrated on, until ``max_samples`` evaluation samples (or ``MAX_EVAL_BYTES`` of
+input data) are held; later batches all calibrate. Holding out whole batches keeps the data sources
+untouched (ranges do not depend on batching: the statistics are batch-size invariant), and evaluating on data the ranges never
 saw keeps the measurement honest (on its own calibration data, a method that clips nothing looks
 best). A source of a single batch cannot be split: that batch serves both, and :attr:`shared` says so.
 """
@@ -18,6 +18,12 @@ import numpy as np
 
 HOLDOUT_EVERY = 5
 DEFAULT_EVAL_SAMPLES = 256
+MAX_EVAL_BYTES = 256 << 20  # the evaluation set is held in memory: at most this much input data (e.g. 54 images
+# of 3x640x640 float32), whatever --max-eval-samples says
+
+
+def feed_bytes(feed: Mapping[str, np.ndarray]) -> int:
+    return int(sum(np.asarray(v).nbytes for v in feed.values()))
 
 
 def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
@@ -38,17 +44,18 @@ class HoldoutSplit:
 
     def __iter__(self) -> Iterator[Mapping[str, np.ndarray]]:
         self.held, self.held_positions, self.fed, self.shared = [], [], 0, False
-        held_samples, first = 0, None
+        held_samples, held_bytes, first = 0, 0, None
         for index, feed in enumerate(self.batches):
             samples = batch_samples(feed)
             positions = np.arange(self.fed, self.fed + samples)
             self.fed += samples
             if index == 0:
                 first = (dict(feed), positions)
-            if index % HOLDOUT_EVERY == 1 and held_samples < self.max_samples:
+            if index % HOLDOUT_EVERY == 1 and held_samples < self.max_samples and held_bytes < MAX_EVAL_BYTES:
                 self.held.append(dict(feed))
                 self.held_positions.append(positions)
                 held_samples += samples
+                held_bytes += feed_bytes(feed)
                 continue
             yield feed
         if not self.held and first is not None:  # one batch: it is both calibrated on and evaluated

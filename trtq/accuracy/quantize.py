@@ -26,7 +26,7 @@ import numpy as np
 
 from trtq.accuracy.auto import AutoChoice, choose_ranges, drop_of
 from trtq.accuracy.evaluate import Comparison, compare_candidates
-from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, HoldoutSplit, batch_samples
+from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, MAX_EVAL_BYTES, HoldoutSplit, batch_samples, feed_bytes
 from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.macs import int8_mac_share, layer_macs
 from trtq.accuracy.sensitivity import SensitivityAnalysis, SensitivityResult
@@ -158,13 +158,15 @@ class QuantizeResult:
 
 
 def materialize(batches: Iterable[Mapping[str, np.ndarray]], max_samples: int | None) -> list[dict[str, np.ndarray]]:
-    """Up to ``max_samples`` samples of ``batches`` in memory (whole batches), read once."""
-    held, samples = [], 0
+    """Up to ``max_samples`` samples of ``batches`` in memory (whole batches, at most ``MAX_EVAL_BYTES`` of
+    input data), read once."""
+    held, samples, size = [], 0, 0
     for feed in batches:
-        if max_samples is not None and samples >= max_samples:
+        if max_samples is not None and samples >= max_samples or size >= MAX_EVAL_BYTES:
             break
         held.append(dict(feed))
         samples += batch_samples(feed)
+        size += feed_bytes(feed)
     return held
 
 
