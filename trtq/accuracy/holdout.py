@@ -2,11 +2,12 @@
 a deterministic split of the calibration data, made while the calibration pass reads it.
 
 Rule: of every ``HOLDOUT_EVERY`` batches, the second (batch index ``k % HOLDOUT_EVERY == 1``) is held
-out for evaluation and not calibrated on, until ``max_samples`` evaluation samples (or ``MAX_EVAL_BYTES`` of
-input data) are held; later batches all calibrate. Holding out whole batches keeps the data sources
-untouched (ranges do not depend on batching: the statistics are batch-size invariant), and evaluating on data the ranges never
-saw keeps the measurement honest (on its own calibration data, a method that clips nothing looks
-best). A source of a single batch cannot be split: that batch serves both, and :attr:`shared` says so.
+out for evaluation and not calibrated on, until ``max_samples`` evaluation samples (or ``MAX_EVAL_BYTES``
+of input data) are held; later batches all calibrate. Holding out whole batches keeps the data sources
+untouched (ranges do not depend on batching: the statistics are batch-size invariant), and evaluating on
+data the ranges never saw keeps the measurement honest (on its own calibration data, a method that clips
+nothing looks best). A source of a single batch cannot be split: that batch serves both, and
+:attr:`shared` says so.
 """
 
 from __future__ import annotations
