@@ -281,3 +281,21 @@ def test_outcome_sqnr_and_noise_skip_integer_outputs():
     outcome = Outcome([logits, label])
     assert outcome.sqnr_db == 32.0 and outcome.noise == pytest.approx(10 ** -3.2)
     assert Outcome([label]).sqnr_db == 3.0  # only integer outputs: they are all there is to compare
+
+
+def test_calibrate_auto_falls_back_when_nothing_can_be_measured(tmp_path):
+    """A model with nothing the Q/DQ export quantizes (Relu, Sigmoid) still calibrates with the default auto:
+    the guarded mse ranges, said so, exit 0 (TensorRT 10 can still use its cache)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sigmoid", ["r"], ["y"])],
+                              "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))
+    run = CliRunner().invoke(cli, ["calibrate", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "x.npy"),
+                                   "--batch-size", "4", "--json", str(tmp_path / "r.json")])
+    assert run.exit_code == 0, run.output
+    assert "not measured (nothing to quantize" in run.output and "(auto: mse)" in run.output
+    document = json.loads((tmp_path / "r.json").read_text())
+    assert document["provenance"]["options"]["auto"]["chosen"] == "mse"
+    assert set(document["tensors"]) >= {"x", "r", "y"}

@@ -45,6 +45,7 @@ AUTO_CANDIDATES: tuple[tuple[str, float | None], ...] = (
     ("entropy2", None),
 )
 SQNR_TIE_DB = 0.05
+FALLBACK = "mse"  # when the candidates cannot be measured: the best all-INT8 method on the models we measured
 
 
 def candidate_label(method: str, percentile: float | None) -> str:
@@ -76,16 +77,20 @@ class AutoChoice:
     amax: dict[str, float]
     candidates: list[CandidateScore]
     diagnoses: dict[str, TensorDiagnosis]
-    comparison: Comparison
+    comparison: Comparison | None
+    unmeasured: str | None = None  # why the candidates could not be measured (the guarded fallback was used)
 
     @property
-    def chosen(self) -> CandidateScore:
-        return next(c for c in self.candidates if c.label == self.label)
+    def chosen(self) -> CandidateScore | None:
+        return next((c for c in self.candidates if c.label == self.label), None)
 
     def degenerate(self) -> list[TensorDiagnosis]:
         return [d for d in self.diagnoses.values() if d.degenerate]
 
     def format_table(self) -> str:
+        if self.unmeasured is not None:
+            return (f"not measured ({self.unmeasured}): guarded {self.label} ranges, the most robust without "
+                    "a measurement")
         width = max(len("method"), *(len(c.label) for c in self.candidates))
         lines = [f"{'method':<{width}}  {'SQNR dB':>8}  {'drop':>7}  {'guarded':>7}  target"]
         for c in self.candidates:
@@ -99,6 +104,7 @@ class AutoChoice:
     def document(self) -> dict:
         return {
             "chosen": self.label,
+            "unmeasured": self.unmeasured,
             "candidates": [c.document() for c in self.candidates],
             "degenerate_tensors": {d.name: list(d.flags) for d in self.degenerate()},
         }
@@ -205,7 +211,12 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
     first = session_runner(fake_quant_session(model.proto), names)(held[0])
     target = resolve_target(None, None, metric=None, labelled=eval_labels is not None,
                             class_scores=looks_like_class_scores(np.shape(first[0])))
-    choice = choose_ranges(model, stats, held, target, labels=eval_labels)
+    try:
+        choice = choose_ranges(model, stats, held, target, labels=eval_labels)
+    except TrtqError as exc:  # e.g. a model the Q/DQ export cannot handle: calibration must still work
+        diagnoses = diagnose_all(stats, data_independent_tensors(model.proto))
+        choice = AutoChoice(FALLBACK, FALLBACK, None, guarded_ranges(stats, FALLBACK, DEFAULT_PERCENTILE, diagnoses),
+                            [], diagnoses, None, unmeasured=str(exc))
     if split is not None and not split.shared:
         data = stats.meta.get("data")
         stats.merge(collect_statistics(model, held, providers=providers, keep_histograms=True))
