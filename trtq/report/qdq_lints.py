@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -251,14 +252,14 @@ def _splits_fusion_lints(g: _Graph) -> list[Lint]:
             "bias Add" if any(i in g.static or g.pair_of_output.get(i) and g.pair_of_output[i].kind != "activation"
                               for i in reader.input if i) else "residual Add")
         after = _quantize_after(g, reader.output[0]) if reader.output else None
-        fix = (f"remove it ({_remove_hint(pair)}; '{_label(reader)}' is quantized after already)" if after is not None
-               else f"move it after '{_label(reader)}'")
+        fix = (f"'{_label(reader)}' is quantized after already, so remove it ({_remove_hint(pair)})"
+               if after is not None else f"move it after '{_label(reader)}'")
         lints.append(Lint(
             kind="qdq-splits-fusion", layer=pair.name,
             message=(f"Q/DQ pair '{pair.name}' on the output of {weighted.op_type} '{_label(weighted)}' sits between "
                      f"it and the {what} '{_label(reader)}': TensorRT fuses that {reader.op_type} into the "
-                     f"{weighted.op_type} only with no Q/DQ in between, so both run as separate layers; {fix} "
-                     "(TensorRT: do not quantize the outputs of weighted ops)"),
+                     f"{weighted.op_type} only with no Q/DQ in between (its guide: do not quantize the outputs of "
+                     f"weighted ops), so both run as separate layers; {fix}"),
         ))
     return lints
 
@@ -423,3 +424,41 @@ def lint_model_file(path) -> QdqLintResult:
         result.notes.append(f"{model.name} has no Q/DQ: nothing to lint (a float model: trtq sensitivity shows the "
                             "INT8 error per layer; trtq report ENGINE shows the precisions after a build)")
     return result
+
+
+ONNX_SUFFIX = ".onnx"
+_NOT_ONNX_SUFFIXES = (".json", ".engine", ".plan", ".trt", ".log", ".txt")
+
+
+def looks_like_onnx(path) -> bool:
+    """True for an ONNX model: by its ``.onnx`` suffix, or (no known suffix) a binary file that parses as one."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ONNX_SUFFIX:
+        return True
+    if suffix in _NOT_ONNX_SUFFIXES:
+        return False
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+        if b"\0" not in head and not head.startswith(b"\x08"):  # text: layer JSON or a log
+            return False
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception:
+        return False
+    return bool(proto.ir_version and proto.opset_import and proto.graph.node)
+
+
+def render_qdq_lints(result: QdqLintResult, *, markdown: bool = False) -> str:
+    """The terminal (or Markdown) view: the model's quantization in one line, then one line per lint."""
+    q = result.quantization
+    summary = q.describe() if q.pairs else "no Q/DQ pairs"
+    if markdown:
+        lines = [f"## Q/DQ lints: {result.label}", "", summary, "", f"### Lints ({len(result.lints)})"]
+        lines += [f"- **{lint.kind}**: {lint.message}" for lint in result.lints] or ["- none"]
+        lines += [""] + [f"> {n}" for n in result.notes] if result.notes else []
+    else:
+        lines = [f"{result.label}: {summary}", "", f"Lints ({len(result.lints)})"]
+        lines += [f"  [{lint.kind}] {lint.message}" for lint in result.lints] or ["  none"]
+        lines += ["", "Notes"] + [f"  - {n}" for n in result.notes] if result.notes else []
+    return "\n".join(lines) + "\n"
