@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.qdq_fixtures import mnist_feeds
 from trtq.cli import cli
 from trtq.model import load_model
 from trtq.report.qdq_lints import lint_model_file, lint_qdq_model, looks_like_onnx
@@ -269,3 +270,15 @@ def test_pass_through_and_int8_consumers_are_not_linted(tmp_path, op) -> None:
     z = g.node("Conv", [g.qdq(y, 0.05) if op in ("Relu", "MaxPool") else y, g.weight("w", [4, 4, 1, 1])], "conv")
     path = g.model([_f("x", [1, 4, 8, 8])], [_f(z, [1, 4, 8, 8])], tmp_path / f"{op}.onnx")
     assert _lints(path) == []
+
+
+def test_export_qdq_notes_no_lint_for_its_own_placement(qdq_models, tmp_path) -> None:
+    digits_npy = tmp_path / "digits.npy"
+    np.save(digits_npy, np.concatenate([f["Input3"] for f in mnist_feeds(16, start=0)]))
+    cache = tmp_path / "fp32.cache"
+    assert _run("calibrate", qdq_models["fp32"], "--data", digits_npy, "--calibrator", "minmax",
+                "--cache", cache).exit_code == 0
+    run = _run("export", qdq_models["fp32"], "--qdq", "--cache", cache, "-o", tmp_path / "q.onnx")
+    assert run.exit_code == 0, run.output
+    assert "Q/DQ lint" not in run.output
+    assert lint_model_file(tmp_path / "q.onnx").lints == []
