@@ -22,8 +22,9 @@ build, so a placement problem is found without a GPU. Six rules, each returning
     with one scale only rounds small biases away. ModelOpt's TensorRT options set QuantizeBias=False;
     trtq's own export never quantizes biases. (An int32 bias DequantizeLinear is fine.)
 ``per-tensor-weight``
-    A per-tensor weight scale on a Conv/ConvTranspose/Gemm/MatMul weight with several output
+    A per-tensor int8 weight scale on a Conv/ConvTranspose/Gemm/MatMul weight with several output
     channels. TensorRT's guide: per-tensor activations and per-channel weights give the best accuracy.
+    (FP8 weights are per tensor by design: not linted.)
 ``residual-skip-float``
     A residual Add whose main input comes from an INT8 Conv/ConvTranspose (through BatchNormalization,
     Relu, a bias Add) and whose other (skip) input has no Q/DQ, while the Add's output is quantized.
@@ -310,7 +311,7 @@ def _output_channels(node: onnx.NodeProto, shape: tuple) -> tuple[int, int | Non
 def _per_tensor_weight_lints(g: _Graph) -> list[Lint]:
     lints = []
     for pair in g.pairs:
-        if pair.kind != "weight" or pair.per_channel or pair.dtype not in LOW_BIT_DTYPES:
+        if pair.kind != "weight" or pair.per_channel or pair.dtype != "int8":  # fp8 weights are per tensor
             continue
         for node, slot, read in (e for o in pair.outputs for e in g.ends(o)):
             if node is None or node.op_type not in WEIGHTED_OPS or slot != 1:
