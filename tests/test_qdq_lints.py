@@ -60,6 +60,23 @@ def test_trtq_own_export_is_lint_clean(qdq_models) -> None:
     assert result.quantization.pairs
 
 
+def test_trtq_export_of_the_residual_mlp_is_lint_clean(qdq_models) -> None:
+    from tests.conftest import DATA
+    from trtq.calibrate import calibrate
+    from trtq.export import export_qdq
+    from trtq.model import Model
+
+    with np.load(DATA / "digits_split.npz") as data:
+        rows = data["x_train"].astype(np.float32)
+    model = load_model(qdq_models["mlp"])
+    name = model.graph.input[0].name
+    amax = calibrate(model, [{name: rows[i:i + 8]} for i in range(0, 64, 8)], "minmax").amax
+    exported = export_qdq(model, amax).model
+    quantization = Model(exported).quantization
+    assert len(quantization.pairs) == 7 and quantization.float_layers == []
+    assert lint_qdq_model(exported, quantization) == []
+
+
 def test_cli_prints_one_line_per_lint_and_exits_0(qdq_models, tmp_path) -> None:
     out = tmp_path / "lints.json"
     run = _run("report", qdq_models["ort"], "--json", out)
