@@ -125,6 +125,12 @@ def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized,
     save_model(result.model, output)
     if not quiet:
         click.echo(f"wrote {output}: {summary}")
+    if mode == "qdq" and not quiet:  # lint-clean by construction; existing pairs (--only-unquantized) may lint
+        from trtq.model import Model
+        from trtq.report.qdq_lints import lint_qdq_model
+
+        for lint in lint_qdq_model(result.model, Model(result.model, output).quantization):
+            note(f"Q/DQ lint [{lint.kind}] {lint.message} (all: trtq report {output})")
 
     if batches is not None:
         rows = compare_outputs(model.proto, result.model, batches)

@@ -41,8 +41,29 @@ def _load_ranges(path: str) -> set[str]:
     return set(read_ranges(path))
 
 
+def _report_onnx(source, json_path, markdown, quiet, engine_only) -> None:
+    """``trtq report MODEL.onnx``: lint the Q/DQ placement from the ONNX alone, before any build."""
+    from trtq.fileio import check_output_path, write_json
+    from trtq.report.qdq_lints import lint_model_file, render_qdq_lints
+
+    given = [option for option, value in engine_only.items() if value]
+    if given:
+        raise TrtqError(f"{given[0]} applies to an engine or layer JSON; {source} is an ONNX model, whose Q/DQ "
+                        "placement is linted without a build (build it with trtq build, then report the engine)")
+    if json_path:
+        check_output_path(json_path)
+    result = lint_model_file(source)
+    if json_path:
+        write_json(json_path, result.to_dict(), indent=1)
+    if quiet:
+        return
+    click.echo(render_qdq_lints(result, markdown=markdown), nl=False)
+    if json_path:
+        click.echo(f"trtq: wrote JSON report to {json_path}", err=True)
+
+
 @click.command("report")
-@click.argument("source", metavar="ENGINE|LAYERS.json", type=click.Path(dir_okay=False))
+@click.argument("source", metavar="ENGINE|LAYERS.json|MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False),
               help="Per-layer times: trtexec --exportProfile JSON, or a trtexec log run with --dumpProfile. "
                    "NAME.profile.json beside NAME.graph.json is used automatically.")
@@ -75,20 +96,31 @@ def report(source, profile_path, compare_path, compare_profile_path, ranges_path
     GPU) or LAYERS.json, the layer information from trtexec --exportLayerInfo (build with
     --profilingVerbosity=detailed) or the engine inspector; JSON works on any machine.
 
+    MODEL.onnx, a Q/DQ (QAT) model, gets the lints of its Q/DQ placement from the ONNX alone, before
+    any build: pairs TensorRT cannot fuse or that cost accuracy, one line each (advice: exit 0).
+
     \b
     Examples:
       trtq report model.graph.json --profile model.profile.json
       trtq report fp16.graph.json --compare int8.graph.json --html report.html
       trtq report model.engine --markdown >> "$GITHUB_STEP_SUMMARY"
+      trtq report qat.onnx --json qat.lints.json
     """
     from trtq.fileio import atomic_write, check_output_path, write_json
     from trtq.report.analysis import build_report
     from trtq.report.compare import compare_reports
     from trtq.report.engine import load_layers
     from trtq.report.html import render_html
+    from trtq.report.qdq_lints import looks_like_onnx
     from trtq.report.render_text import render_compare_text, render_report_markdown, render_report_text
     from trtq.report.trtexec_log import load_trtexec_log
 
+    if Path(source).is_file() and looks_like_onnx(source):
+        engine_only = {"--profile": profile_path, "--compare": compare_path, "--compare-profile": compare_profile_path,
+                       "--ranges": ranges_path, "--build-log": build_log_path, "--html": html_path,
+                       "--expect-int8/--no-expect-int8": expect_int8 is not None}
+        _report_onnx(source, json_path, markdown, quiet, engine_only)
+        return
     for out in (json_path, html_path):
         if out:
             check_output_path(out)

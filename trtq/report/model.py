@@ -80,7 +80,7 @@ def _tensor_dict(t: Any) -> dict[str, Any]:
 class Lint:
     """A performance or precision hazard with a one-line explanation."""
 
-    kind: str  # int8-fallback | reformat-cost | unfused-qdq | missing-range
+    kind: str  # int8-fallback | reformat-cost | unfused-qdq | missing-range; ONNX Q/DQ lints: see qdq_lints.py
     message: str
     layer: str | None = None
     time_ms: float | None = None
