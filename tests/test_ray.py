@@ -149,3 +149,71 @@ def test_init_kwargs_for_each_address(monkeypatch, tmp_path):
     assert init_kwargs("ray://head:10001") == {"address": "ray://head:10001", "log_to_driver": True}
     with pytest.raises(TrtqError, match="needs an address"):
         init_kwargs(" ")
+
+
+@pytest.fixture(scope="module")
+def mnist_ranges():
+    model = load_model(REPO / "calib_data" / "mnist-8.onnx")
+    source = open_batches(model, str(MNIST_DIGITS), max_samples=100)
+    return model, api.calibrate(model, source, "entropy2").amax
+
+
+@pytest.mark.parametrize("mode", ["alone", "all-but-one"])
+def test_sensitivity_on_ray_ranks_and_keeps_as_locally(mnist_ranges, mode):
+    from trtq.accuracy import SensitivityAnalysis
+    from trtq.distributed.sensitivity import use_ray
+
+    model, amax = mnist_ranges
+    amax = {**amax, "ReLU114_Output_0": amax["ReLU114_Output_0"] * 0.05}  # one clearly harmful layer
+    source = open_batches(model, str(MNIST_DIGITS), max_samples=48, seed=4)
+    local = SensitivityAnalysis(model, amax, source)
+    expected = local.rank(mode)
+    local.keep_set(expected, target_sqnr=30.0)
+    remote = SensitivityAnalysis(model, amax, source)
+    calls = []
+    close = use_ray(remote, model, "local", actors=2, progress=lambda done, total: calls.append((done, total)))
+    try:
+        got = remote.rank(mode)
+    finally:
+        close()
+    remote.keep_set(got, target_sqnr=30.0)
+    assert calls and calls[-1][0] == calls[-1][1] == len(calls)
+    assert [e.layer.node for e in got.ranking] == [e.layer.node for e in expected.ranking]
+    assert got.document() == expected.document()
+    assert got.keep == expected.keep and got.keep
+    assert np.array_equal(remote.stats["ReLU114_Output_0"].hist, local.stats["ReLU114_Output_0"].hist)
+
+
+def test_cli_sensitivity_ray_writes_the_same_report(mnist_ranges, tmp_path):
+    import json
+
+    from trtq.cache import cache_from_amax, write_cache
+
+    model, amax = mnist_ranges
+    write_cache(tmp_path / "m.cache", cache_from_amax(amax, "entropy2"))
+    args = ["sensitivity", str(model.path), "--cache", str(tmp_path / "m.cache"), "--data", str(MNIST_DIGITS),
+            "--max-samples", "24", "--target-sqnr", "40"]
+    assert run(*args, "--json", str(tmp_path / "local.json")).exit_code == 0
+    result = run(*args, "--json", str(tmp_path / "ray.json"), "--ray", "local")
+    assert result.exit_code == 0, result.output
+    assert "ranking on Ray: " in result.output and " tasks" in result.output
+    assert json.loads((tmp_path / "ray.json").read_text()) == json.loads((tmp_path / "local.json").read_text())
+
+
+def test_a_raising_task_is_one_clean_line(mnist_ranges, tmp_path, monkeypatch):
+    from trtq.cache import cache_from_amax, write_cache
+    from trtq.distributed import sensitivity as distributed
+
+    model, amax = mnist_ranges
+    write_cache(tmp_path / "m.cache", cache_from_amax(amax, "entropy2"))
+
+    def broken(self, configurations, max_samples, downstream):
+        raise RuntimeError("worker exploded\nsecond line")
+
+    monkeypatch.setattr(distributed.LayerEvaluator, "evaluate", broken)  # travels with the pickled class
+    result = run("sensitivity", str(model.path), "--cache", str(tmp_path / "m.cache"), "--data", str(MNIST_DIGITS),
+                 "--max-samples", "4", "--ray", "local", "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 2, result.output
+    assert "a Ray task failed: RuntimeError: worker exploded" in result.output
+    assert "second line" not in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r.json").exists()
