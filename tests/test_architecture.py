@@ -4,7 +4,9 @@
    ``tensorrt``, ``cuda`` (``cuda.bindings``, ``cuda.cudart``) or ``pycuda``, or imports or calls the
    loaders that hand out those modules (``import_tensorrt``, the CUDA backend factory). Outside
    ``trt/`` code asks ``trt/`` for plain data (e.g. :func:`trtq.trt.tensorrt_info`).
-2. No import cycle among trtq's modules, counting imports deferred into function bodies too: a cycle
+2. ``trtq/distributed/`` is the only package that imports Ray (``import ray``, ``from ray ...``), and only
+   inside functions, so ``import trtq`` never loads it: only a run given ``--ray`` does.
+3. No import cycle among trtq's modules, counting imports deferred into function bodies too: a cycle
    kept alive by a deferred import breaks as soon as someone moves that import to the top.
 """
 
@@ -170,3 +172,30 @@ def test_no_import_cycles_among_trtq_modules() -> None:
 def test_cycles_finds_cycles_of_any_length() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def ray_imports(source: str) -> list[tuple[int, bool]]:
+    """(line, at module level) of every import of Ray in ``source``."""
+    tree = ast.parse(source)
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        if any(n.split(".")[0] == "ray" for n in names):
+            found.append((node.lineno, id(node) in top))
+    return found
+
+
+def test_only_distributed_imports_ray_and_only_lazily() -> None:
+    outside, eager = {}, {}
+    for path in _modules().values():
+        rel = path.relative_to(REPO).as_posix()
+        found = ray_imports(path.read_text())
+        if found and not rel.startswith("trtq/distributed/"):
+            outside[rel] = found
+        if any(at_top for _, at_top in found):
+            eager[rel] = found
+    assert outside == {}, "only trtq/distributed/ may import ray"
+    assert eager == {}, "ray is imported inside functions only (import trtq must not load it)"
+    assert ray_imports("import ray\ndef f():\n    from ray import util\n") == [(1, True), (3, False)]

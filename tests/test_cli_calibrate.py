@@ -153,11 +153,12 @@ def test_every_bad_input_is_one_line_exit_2_and_leaves_no_file(tmp_path, mnist_m
         assert sorted(p.name for p in work.iterdir()) == before, args
 
 
-def test_help_imports_neither_tensorrt_nor_cuda():
+def test_help_imports_neither_tensorrt_nor_cuda_nor_ray():
     code = ("import sys, trtq, trtq.cli; from click.testing import CliRunner; "
             "r = CliRunner().invoke(trtq.cli.cli, ['--help']); assert r.exit_code == 0; "
             "r = CliRunner().invoke(trtq.cli.cli, ['calibrate', '--help']); assert r.exit_code == 0; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'pycuda', 'cuda', 'tensorrt_bindings')]; "
+            "banned = ('tensorrt', 'pycuda', 'cuda', 'tensorrt_bindings', 'ray'); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in banned]; "
             "print(bad); assert not bad")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -53,6 +53,17 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
     The data source's ``provenance()`` (when it has one) is recorded in the statistics' ``meta["data"]``.
     ``keep_histograms=False`` keeps min/max/count only: enough for ``minmax``, and most of the cost saved.
     """
+    collector = collect_raw_statistics(model, batches, providers=providers, progress=progress, workers=workers,
+                                       keep_histograms=keep_histograms)
+    return finish_statistics(model, collector, batches)
+
+
+def collect_raw_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *,
+                           providers: list[str] | None = None,
+                           progress: Callable[[int], None] | None = None,
+                           workers: int | None = None, keep_histograms: bool = True) -> StatsCollector:
+    """The batches' statistics of the tensors actually captured (aliases not yet filled in, no provenance):
+    what one shard of a distributed calibration returns; :func:`finish_statistics` completes the merge."""
     tensors = model.calibration_tensors()
     aliases = model.value_aliases(tensors)
     with ActivationCapture(model, [t for t in tensors if t not in aliases], providers=providers) as capture, \
@@ -73,9 +84,18 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
             pending, pending_samples = collector.submit(activations, samples, pool), samples
             del activations
         finish()
+    return collector
+
+
+def finish_statistics(model: Model, collector: StatsCollector, batches: object) -> StatsCollector:
+    """Graph order, alias copies, the data's provenance and the weights' ranges: the last step of
+    :func:`collect_statistics`, also run on the merged shards of a distributed calibration."""
+    tensors = model.calibration_tensors()
+    aliases = model.value_aliases(tensors)
     if collector.batches == 0:
         raise TrtqError("the data source produced no batch: nothing to calibrate")
-    captured = set(capture.tensor_names)
+    collector.meta.update(model=model.name, model_sha256=model.sha256)  # a shard's worker saw only the bytes
+    captured = set(collector.tensors)
     ordered = {}
     for name in tensors:  # graph order; an alias gets a copy of its source's statistics
         source = aliases.get(name, name)

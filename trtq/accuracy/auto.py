@@ -186,7 +186,8 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
                    eval_batches: Sequence[Mapping[str, np.ndarray]] | None = None,
                    eval_labels: np.ndarray | None = None, max_eval_samples: int = DEFAULT_EVAL_SAMPLES,
                    providers: list[str] | None = None,
-                   progress: Callable[[int], None] | None = None) -> tuple[CalibrationResult, AutoChoice, str]:
+                   progress: Callable[[int], None] | None = None,
+                   collect: Callable[..., StatsCollector] | None = None) -> tuple[CalibrationResult, AutoChoice, str]:
     """``trtq calibrate --calibrator auto``: choose the method on data the ranges did not see, then derive
     the final ranges from ALL the calibration data.
 
@@ -194,12 +195,15 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
     batches' statistics are collected after the choice and merged in (statistics merge exactly), so the
     cache covers every sample, as the other methods' caches do. The target is the default one of
     :func:`trtq.accuracy.targets.resolve_target` (it orders the candidates; nothing is kept in float here).
-    Returns the result, the choice, and a description of the evaluation data.
+    ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (``--ray``: the same
+    statistics, collected as Ray tasks). Returns the result, the choice, and a description of the evaluation data.
     """
     started = time.perf_counter()
     split = HoldoutSplit(batches, max_eval_samples) if eval_batches is None else None
-    stats = collect_statistics(model, split if split is not None else batches, providers=providers,
-                               progress=progress, keep_histograms=True)
+    # ``collect`` (e.g. Ray shards) takes the whole source; the hold-out split streams through this process
+    gather = collect_statistics if split is not None or collect is None else collect
+    stats = gather(model, split if split is not None else batches, providers=providers,
+                   progress=progress, keep_histograms=True)
     if split is not None:
         held, description = split.held, split.describe()
     else:

@@ -31,7 +31,7 @@ holds. The set goes to ``trtq export --qdq --exclude @FILE`` (one node name per 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -195,6 +195,8 @@ class SensitivityAnalysis:
         self._truth: np.ndarray | None = None
         self._source = batches if isinstance(batches, BatchSource) else None
         self.samples = 0
+        # the ranking's evaluations elsewhere (``--ray``: trtq.distributed.sensitivity); same signature as evaluate
+        self.rank_evaluator: Callable[..., Comparison] | None = None
 
     @property
     def layers(self) -> list[Layer]:
@@ -264,7 +266,8 @@ class SensitivityAnalysis:
         else:
             configurations = {node: [n for n in nodes if n != node] for node in nodes}
             configurations[_ALL_INT8] = nodes
-        comparison = self.evaluate(configurations, max_samples, downstream=mode == "alone")
+        evaluate = self.rank_evaluator or self.evaluate
+        comparison = evaluate(configurations, max_samples, downstream=mode == "alone")
         result = SensitivityResult(mode, comparison.samples, [], _top1(comparison.reference_accuracy))
         if mode == "alone":
             noise = {node: comparison.outcomes[node].noise for node in nodes}

@@ -39,6 +39,11 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="onnxruntime execution provider (cuda needs onnxruntime-gpu).")
 @quiet_option("No progress bar and no summary; errors and warnings only.")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Collect the statistics as Ray tasks, the data cut into shards of whole batches (same cache as "
+                   "one machine): local (a Ray instance in this process, one worker per core), auto, HOST:PORT or "
+                   "ray://HOST:PORT. The data must be on storage every node mounts at the same path. Needs "
+                   "pip install 'trtq[ray]'.")
 # -- method comparison (trtq.accuracy) --
 @click.option("--compare-methods", is_flag=True,
               help="Also evaluate entropy2, minmax, percentile 99.9/99.99/99.999 and mse ranges (from the same "
@@ -50,7 +55,7 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.option("--eval-labels", type=click.Path(dir_okay=False),
               help="Labels of the --eval-data (.npy in data order, or a file,label CSV): adds accuracy.")
 def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_version, save_stats, from_stats,
-              device, quiet, compare_methods, eval_data, eval_labels, **data_kwargs):
+              device, quiet, ray_address, compare_methods, eval_data, eval_labels, **data_kwargs):
     """Compute INT8 ranges for MODEL's tensors and write a TensorRT calibration cache.
 
     Runs the model in onnxruntime over the calibration data once, collecting per-tensor
@@ -83,6 +88,11 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         raise click.UsageError("--compare-methods with --from-stats needs MODEL and --eval-data PATH")
     if from_stats and data_given(data_kwargs):
         raise click.UsageError("--from-stats derives ranges from saved statistics; it takes no --data")
+    if ray_address is not None and from_stats:
+        raise click.UsageError("--ray collects statistics; --from-stats has them already")
+    if ray_address is not None and data_kwargs.get("data_loader_script"):
+        raise click.UsageError("--ray shards the data by sample index: give --data PATH (on shared storage), "
+                               "not --data-loader-script")
     if not from_stats and not model_path:
         raise click.UsageError("MODEL is required (or --from-stats STATS)")
     if cache_path is None and json_path is None:
@@ -123,8 +133,14 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
             from trtq.accuracy.auto import calibrate_auto
 
             eval_batches, labels = _eval_set(model, data_kwargs, eval_data, eval_labels)
+            collect = None
+            if ray_address is not None:
+                if eval_batches is None and not quiet:
+                    click.echo("--ray with --calibrator auto and no --eval-data: the hold-out split runs on this "
+                               "machine (give --eval-data to shard the calibration)", err=True)
+                collect = _ray_collector(ray_address)
             run = functools.partial(calibrate_auto, model, batches, eval_batches=eval_batches, eval_labels=labels,
-                                    providers=device_providers)
+                                    providers=device_providers, collect=collect)
             result, choice, described = run_with_progress(run, batches.total_samples, quiet)
             result.details = choice.document()
             if not quiet:
@@ -132,9 +148,15 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 click.echo(choice.format_table(), err=True)
         else:
             # saved or compared statistics need the histograms whatever the method; else the method decides
-            run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
-                                    providers=device_providers,
-                                    keep_histograms=True if save_stats or compare_methods else None)
+            keep = True if save_stats or compare_methods else None
+            if ray_address is not None:
+                from trtq.distributed.calibrate import calibrate_ray
+
+                run = functools.partial(calibrate_ray, model, batches, calibrator, ray_address,
+                                        percentile=percentile, providers=device_providers, keep_histograms=keep)
+            else:
+                run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
+                                        providers=device_providers, keep_histograms=keep)
             result = run_with_progress(run, batches.total_samples, quiet)
 
     if model is not None:  # weight-derived tensors: max|w|, whatever the method (a no-op when already done)
@@ -169,6 +191,17 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                    f"best = {methods.rule}):")
         click.echo(methods.format_table())
         click.echo(f"recommended: {methods.best.label}")
+
+
+def _ray_collector(address):
+    """``collect_statistics``'s signature, run as Ray tasks at ``address``."""
+    from trtq.distributed.calibrate import collect_statistics_ray
+
+    def collect(model, batches, *, providers=None, progress=None, keep_histograms=True):
+        return collect_statistics_ray(model, batches, address, providers=providers, progress=progress,
+                                      keep_histograms=keep_histograms)
+
+    return collect
 
 
 def _eval_set(model, data_kwargs, eval_data, eval_labels):

@@ -41,3 +41,22 @@ def run_with_progress(run, total: int | None, quiet: bool, label: str = "calibra
             bar.update(samples, done)
 
         return run(progress=advance)
+
+
+def task_progress(label: str, quiet: bool):
+    """``progress(done, total)`` for work counted in tasks (``--ray``): a line updated in place on a terminal,
+    one final line otherwise; nothing when quiet."""
+    started = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        if quiet:
+            return
+        elapsed = time.perf_counter() - started
+        eta = f"  eta {elapsed / done * (total - done):.0f} s" if 0 < done < total else ""
+        line = f"{label}: {done}/{total} tasks  {elapsed:.1f} s{eta}"
+        if sys.stderr.isatty():
+            click.echo(f"\r{line}", err=True, nl=done >= total)
+        elif done >= total:
+            click.echo(line, err=True)
+
+    return report

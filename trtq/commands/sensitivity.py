@@ -32,10 +32,15 @@ TOP_HISTOGRAMS = 8
 @click.option("--keep-out", type=click.Path(dir_okay=False),
               help="Write the layers to keep (one ONNX node name per line, # comments) for "
                    "`trtq export --qdq --exclude @FILE`. Needs --target-sqnr or --max-drop.")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Evaluate the ranking's layers as Ray tasks (one onnxruntime session per worker; same ranking "
+                   "and keep set): local (a Ray instance in this process, one worker per core), auto, HOST:PORT "
+                   "or ray://HOST:PORT. The evaluation batches travel through Ray's object store. Needs "
+                   "pip install 'trtq[ray]'.")
 @report_options
 def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits,
-                reference_path, mode, target_sqnr, max_drop, keep_out, json_path, html_path, plot_dir, plot_tensor,
-                quiet, **data_kwargs):
+                reference_path, mode, target_sqnr, max_drop, keep_out, ray_address, json_path, html_path, plot_dir,
+                plot_tensor, quiet, **data_kwargs):
     """Rank MODEL's INT8 layers by the output error each one causes, with its cause.
 
     Every quantized layer (an ONNX node that gets Q/DQ) is switched between INT8 and float inside
@@ -67,6 +72,8 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
 
     quantized = load_model(model_path)
     if quantized.quantization.explicit:  # a Q/DQ (QAT) model: rank its own pairs
+        if ray_address is not None:
+            raise click.UsageError("--ray does not rank Q/DQ (QAT) models yet; drop --ray")
         from trtq.commands.qdq_accuracy import sensitivity_quantized
 
         if data_kwargs.get("max_samples") is None:
@@ -99,7 +106,18 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
     wants_keep_set = target_sqnr is not None or max_drop is not None
     if wants_keep_set:
         analysis.check_target(target_sqnr, max_drop)  # before the ranking's layers x batches runs
-    result = analysis.rank(mode)
+    close = None
+    if ray_address is not None:
+        from trtq.commands.progress import task_progress
+        from trtq.distributed.sensitivity import use_ray
+
+        close = use_ray(analysis, model, ray_address, exclude=names, ranges_source=source,
+                        progress=task_progress("ranking on Ray", quiet))
+    try:
+        result = analysis.rank(mode)
+    finally:
+        if close is not None:  # the keep-set steps run here, one after the other
+            close()
     if wants_keep_set:
         analysis.keep_set(result, target_sqnr=target_sqnr, max_drop=max_drop)
 

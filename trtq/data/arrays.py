@@ -20,6 +20,7 @@ inputs (labels, say) are ignored, with a warning naming them.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import struct
 import zipfile
@@ -296,6 +297,13 @@ class ArraySource(BatchSource):
             for s in self.specs
         )
         self.description = f"{self.total_samples}{of} samples from {path} ({per_sample} per sample)"
+
+    def with_selection(self, selected: np.ndarray) -> ArraySource:
+        shard = copy.copy(self)
+        shard.selected = np.asarray(selected, dtype=np.int64)
+        shard.total_samples = len(shard.selected)
+        shard.shards = [copy.copy(s) for s in self.shards]
+        return shard
 
     @property
     def batch_count(self) -> int:

@@ -51,6 +51,21 @@ class BatchSource(abc.ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.description}>"
 
+    def with_selection(self, selected: np.ndarray) -> BatchSource:
+        """A copy that feeds only ``selected`` (positions in the whole source, sorted): a shard of the run.
+
+        Sources that select samples by index (arrays, image folders) can; a data-loader script cannot."""
+        raise TrtqError(f"{self.description} cannot be split by sample index")
+
+
+def shard_selection(selected: np.ndarray, batch_size: int, parts: int) -> list[np.ndarray]:
+    """``selected`` cut into at most ``parts`` runs of whole batches, in order: each shard feeds exactly the
+    batches the whole run feeds (the last partial batch stays last), so the same batches reach the model."""
+    batches = -(-len(selected) // batch_size)
+    parts = max(1, min(parts, batches))
+    bounds = [round(k * batches / parts) * batch_size for k in range(parts + 1)]
+    return [selected[bounds[k]:bounds[k + 1]] for k in range(parts) if bounds[k] < len(selected)]
+
 
 def format_dims(dims: Sequence[int | None]) -> str:
     """``(None, 3, 224, 224)`` -> ``[?,3,224,224]`` for messages."""

@@ -9,6 +9,7 @@ window ahead of the batch being assembled, so memory stays at a few batches.
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import os
 from collections.abc import Iterator
@@ -94,6 +95,14 @@ class ImageFolderSource(BatchSource):
         self._content_sha256: str | None = None
         of = f" of {files_found}" if len(files) != files_found else ""
         self.description = f"{len(files)}{of} images from {root} ({plan.describe()})"
+
+    def with_selection(self, selected: np.ndarray) -> ImageFolderSource:
+        shard = copy.copy(self)
+        shard.selected = np.asarray(selected, dtype=np.int64)
+        shard.files = [self.listing[i] for i in shard.selected]
+        shard.total_samples = len(shard.files)
+        shard.skipped_files, shard._warned_files = set(), set()
+        return shard
 
     @property
     def skipped(self) -> int:

@@ -1,0 +1,126 @@
+"""Calibration statistics on Ray: the data source cut into shards of whole batches (by sample index, so
+``--max-samples/--seed`` pick the same samples), one Ray task per shard returning its
+:class:`~trtq.stats.StatsCollector` (numpy arrays), merged on the driver.
+
+The histograms merge exactly and independently of order, and every shard feeds exactly the batches the
+single-machine run feeds, so the merged statistics -- and the cache derived from them -- are the same bytes.
+
+What travels: the model's bytes (once, through Ray's object store) and each shard's data source *object*
+(paths, selected indices, preprocessing), never the data itself: every worker reads its samples from the
+path the driver opened, so the data must be on storage every node mounts at the same path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from trtq.calibrate import CalibrationResult, collect_raw_statistics, compute_ranges, finish_statistics
+from trtq.data.base import BatchSource, default_warn, shard_selection
+from trtq.distributed.backend import cluster_cpus, gather, ray_session, worker_host
+from trtq.errors import TrtqError
+from trtq.model import PROTO_LIMIT, Model
+from trtq.ranges import DEFAULT_PERCENTILE, METHODS, check_percentile
+from trtq.stats import StatsCollector
+
+SHARDS_PER_CPU = 2  # a few more shards than workers evens out the load
+
+
+def data_path(source: BatchSource) -> Path | None:
+    """The file or folder a source reads (None for a source without one)."""
+    return getattr(source, "root", None) or getattr(source, "path", None)
+
+
+def split_source(source: BatchSource, shards: int) -> list[BatchSource]:
+    """``source`` as at most ``shards`` sources of whole batches, in order (see :func:`shard_selection`)."""
+    selected = getattr(source, "selected", None)
+    if selected is None:
+        raise TrtqError(f"--ray shards the data by sample index, which {source.description} does not have "
+                        "(a data loader script): give --data PATH on shared storage instead")
+    return [source.with_selection(part) for part in shard_selection(np.asarray(selected), source.batch_size, shards)]
+
+
+def model_payload(model: Model) -> tuple[str, object]:
+    """What a worker needs to rebuild the model: its bytes, or (over protobuf's 2 GiB) its path."""
+    if model.proto.ByteSize() <= PROTO_LIMIT:
+        return "bytes", model.proto.SerializeToString()
+    if model.path is None:
+        raise TrtqError("the model is over 2 GiB and has no path: save it next to its external data first")
+    return "path", str(model.path)
+
+
+def worker_model(payload: tuple[str, object]) -> Model:
+    import onnx
+
+    kind, value = payload
+    if kind == "path":
+        from trtq.model import load_model
+
+        path = Path(str(value))
+        if not path.exists():
+            raise TrtqError(f"the worker on {worker_host()} cannot read the model at {path}: --ray needs it on "
+                            "storage every node mounts at the same path")
+        return load_model(path, check=False)
+    return Model(onnx.load_from_string(value))
+
+
+def collect_shard(payload: tuple[str, object], source: BatchSource, keep_histograms: bool,
+                  providers: list[str] | None) -> StatsCollector:
+    """One Ray task: the raw statistics of one shard (runs on a worker)."""
+    path = data_path(source)
+    if path is not None and not Path(path).exists():
+        raise TrtqError(f"the worker on {worker_host()} cannot read the data at {path}: --ray needs the data on "
+                        "storage every node mounts at the same path")
+    _quiet_warnings(source)
+    return collect_raw_statistics(worker_model(payload), source, providers=providers, keep_histograms=keep_histograms)
+
+
+def _quiet_warnings(source: BatchSource) -> None:
+    """The driver already warned while opening the source; workers use the plain warning channel."""
+    if hasattr(source, "_warn"):
+        source._warn = default_warn
+
+
+def collect_statistics_ray(model: Model, source: BatchSource, address: str = "local", *,
+                           shards: int | None = None, providers: list[str] | None = None,
+                           progress: Callable[[int], None] | None = None,
+                           keep_histograms: bool = True) -> StatsCollector:
+    """:func:`trtq.calibrate.collect_statistics` with the shards as Ray tasks (same statistics)."""
+    with ray_session(address) as ray:
+        parts = split_source(source, shards or SHARDS_PER_CPU * cluster_cpus(ray))
+        payload = ray.put(model_payload(model))
+        task = ray.remote(num_cpus=1, max_retries=2)(collect_shard)
+        refs = [task.remote(payload, part, keep_histograms, providers) for part in parts]
+
+        def done(index: int, _stats) -> None:
+            if progress is not None:
+                progress(parts[index].total_samples)
+
+        results = gather(ray, refs, done)
+    merged = StatsCollector(keep_histograms=keep_histograms)
+    for stats in results:  # shard order (any order gives the same bytes; this one is also reproducible)
+        for tensor in stats:  # Ray hands numpy arrays out read-only (zero-copy from the object store)
+            tensor.hist = np.array(tensor.hist)
+        merged.merge(stats)
+    return finish_statistics(model, merged, source)
+
+
+def calibrate_ray(model: Model, source: BatchSource, calibrator: str = "entropy2", address: str = "local", *,
+                  percentile: float = DEFAULT_PERCENTILE, shards: int | None = None,
+                  providers: list[str] | None = None, progress: Callable[[int], None] | None = None,
+                  keep_histograms: bool | None = None) -> CalibrationResult:
+    """:func:`trtq.calibrate.calibrate` on Ray: the same result, the statistics collected in shards."""
+    if calibrator not in METHODS:
+        raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(METHODS)})")
+    if calibrator == "percentile":
+        check_percentile(percentile)
+    started = time.perf_counter()
+    if keep_histograms is None:
+        keep_histograms = calibrator != "minmax"
+    stats = collect_statistics_ray(model, source, address, shards=shards, providers=providers, progress=progress,
+                                   keep_histograms=keep_histograms)
+    amax = compute_ranges(stats, calibrator, percentile)
+    return CalibrationResult(calibrator, amax, stats, percentile, time.perf_counter() - started)
