@@ -27,12 +27,13 @@ import numpy as np
 from trtq.accuracy.evaluate import Comparison, compare_candidates
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, HoldoutSplit, batch_samples
 from trtq.accuracy.labels import Labels
-from trtq.accuracy.targets import MetricTracker, Target, TaskMetric, looks_like_class_scores, resolve_target
+from trtq.accuracy.methods import candidate_label
+from trtq.accuracy.targets import MetricTracker, Target, TaskMetric, has_class_scores, resolve_target
 from trtq.autorange import TensorDiagnosis, data_independent_tensors, diagnose_all, guarded_ranges
 from trtq.calibrate import CalibrationResult, collect_statistics
 from trtq.errors import TrtqError
 from trtq.export import export_qdq
-from trtq.export.compare import fake_quant_session, session_runner
+from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, range_function
 from trtq.stats import StatsCollector
@@ -46,10 +47,6 @@ AUTO_CANDIDATES: tuple[tuple[str, float | None], ...] = (
 )
 SQNR_TIE_DB = 0.05
 FALLBACK = "mse"  # when the candidates cannot be measured: the best all-INT8 method on the models we measured
-
-
-def candidate_label(method: str, percentile: float | None) -> str:
-    return f"percentile {percentile:g}" if method == "percentile" else method
 
 
 @dataclass(frozen=True)
@@ -137,8 +134,10 @@ def _tie_points(comparison: Comparison, best_drop: float) -> float:
 def choose_ranges(model: Model, stats: StatsCollector, batches: Sequence[Mapping[str, np.ndarray]], target: Target,
                   *, labels: np.ndarray | None = None, metric: TaskMetric | None = None, logits: str | None = None,
                   exclude: Iterable[str] = (),
-                  candidates: Sequence[tuple[str, float | None]] = AUTO_CANDIDATES) -> AutoChoice:
-    """Evaluate every guarded candidate on ``batches`` (one pass) and pick one (module docstring)."""
+                  candidates: Sequence[tuple[str, float | None]] = AUTO_CANDIDATES,
+                  reference: Run | None = None) -> AutoChoice:
+    """Evaluate every guarded candidate on ``batches`` (one pass) and pick one (module docstring).
+    ``reference``: the FP32 runner when the caller has one already."""
     if not batches:
         raise TrtqError("auto ranges need evaluation data: the evaluation set is empty")
     exclude = list(exclude)
@@ -153,7 +152,7 @@ def choose_ranges(model: Model, stats: StatsCollector, batches: Sequence[Mapping
         guarded[label] = sum(1 for s in stats if s.count and not math.isclose(amax[s.name], plain(s), rel_tol=1e-6))
         export = export_qdq(model, amax, exclude=exclude, ranges_source=f"the auto ({label}) ranges")
         runners[label], ranges[label] = session_runner(fake_quant_session(export.model), names), amax
-    reference = session_runner(fake_quant_session(model.proto), names)
+    reference = reference or session_runner(fake_quant_session(model.proto), names)
     labelled = Labels("evaluation labels", by_index=labels) if labels is not None else None
     tracker = MetricTracker(metric, names, labels) if metric is not None else None
     comparison = compare_candidates(reference, runners, names, batches, labels=labelled, logits=logits,
@@ -211,16 +210,7 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
         description = f"{sum(batch_samples(b) for b in held)} samples of the evaluation data"
     if not held:
         raise TrtqError("the evaluation data yielded no batch: nothing to choose the auto ranges on")
-    names = list(model.output_names)
-    first = session_runner(fake_quant_session(model.proto), names)(held[0])
-    target = resolve_target(None, None, metric=None, labelled=eval_labels is not None,
-                            class_scores=looks_like_class_scores(np.shape(first[0])))
-    try:
-        choice = choose_ranges(model, stats, held, target, labels=eval_labels)
-    except TrtqError as exc:  # e.g. a model the Q/DQ export cannot handle: calibration must still work
-        diagnoses = diagnose_all(stats, data_independent_tensors(model.proto))
-        choice = AutoChoice(FALLBACK, FALLBACK, None, guarded_ranges(stats, FALLBACK, DEFAULT_PERCENTILE, diagnoses),
-                            [], diagnoses, None, unmeasured=str(exc))
+    choice = choose_default(model, stats, held, eval_labels)
     if split is not None and not split.shared:
         data = stats.meta.get("data")
         stats.merge(collect_statistics(model, held, providers=providers, keep_histograms=True))
@@ -231,5 +221,36 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
         pct = choice.percentile if choice.percentile is not None else DEFAULT_PERCENTILE
         choice.amax = guarded_ranges(stats, choice.method, pct, diagnoses)
         choice.diagnoses = diagnoses
-    result = CalibrationResult("auto", dict(choice.amax), stats, seconds=time.perf_counter() - started)
+    result = CalibrationResult("auto", dict(choice.amax), stats, seconds=time.perf_counter() - started,
+                               details=choice.document())
     return result, choice, description
+
+
+def choose_default(model: Model, stats: StatsCollector, batches: Sequence[Mapping[str, np.ndarray]],
+                   labels: np.ndarray | None = None) -> AutoChoice:
+    """``auto`` for ``trtq calibrate``: the default target orders the candidates (nothing is kept in float
+    here); a model whose candidates cannot be measured (nothing the Q/DQ export quantizes) gets the guarded
+    ``FALLBACK`` ranges, with the reason in :attr:`AutoChoice.unmeasured` — calibration must still work."""
+    if not batches:
+        raise TrtqError("the evaluation data yielded no batch: nothing to choose the auto ranges on")
+    names = list(model.output_names)
+    reference = session_runner(fake_quant_session(model.proto), names)
+    target = resolve_target(None, None, metric=None, labelled=labels is not None,
+                            class_scores=has_class_scores(reference(batches[0]), names))
+    try:
+        return choose_ranges(model, stats, batches, target, labels=labels, reference=reference)
+    except TrtqError as exc:
+        diagnoses = diagnose_all(stats, data_independent_tensors(model.proto))
+        return AutoChoice(FALLBACK, FALLBACK, None, guarded_ranges(stats, FALLBACK, DEFAULT_PERCENTILE, diagnoses),
+                          [], diagnoses, None, unmeasured=str(exc))
+
+
+def auto_from_stats(model: Model, stats: StatsCollector, batches: Sequence[Mapping[str, np.ndarray]],
+                    labels: np.ndarray | None = None) -> tuple[CalibrationResult, AutoChoice]:
+    """``trtq calibrate --from-stats S --calibrator auto --eval-data V``: the choice on ``batches``, the ranges
+    from the saved statistics."""
+    started = time.perf_counter()
+    choice = choose_default(model, stats, batches, labels)
+    result = CalibrationResult("auto", dict(choice.amax), stats, seconds=time.perf_counter() - started,
+                               details=choice.document())
+    return result, choice

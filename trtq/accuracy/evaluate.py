@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from trtq.accuracy.labels import Labels, check_labels, labels_for_fed
-from trtq.accuracy.targets import MetricTracker
+from trtq.accuracy.targets import MetricTracker, logits_index
 from trtq.capture import with_extra_outputs
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
@@ -161,15 +161,6 @@ class CapturingRunner:
         first = next(iter(feed.values()))
         self.stats.update(captured, int(np.asarray(first).shape[0]) if np.ndim(first) else 1)
         return outputs
-
-
-def logits_index(names: Sequence[str], logits: str | None) -> int:
-    """Which output holds the class scores: ``logits`` by name, else the first output."""
-    if logits is None:
-        return 0
-    if logits not in names:
-        raise TrtqError(f"--logits '{logits}' is not an output of the model (its outputs: {', '.join(names)})")
-    return list(names).index(logits)
 
 
 def compare_candidates(

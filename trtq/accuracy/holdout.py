@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trtq.accuracy.labels import Labels, labels_for_fed
+from trtq.data import BatchSource
+
 HOLDOUT_EVERY = 5
 DEFAULT_EVAL_SAMPLES = 256
 MAX_EVAL_BYTES = 256 << 20  # the evaluation set is held in memory: at most this much input data (e.g. 54 images
@@ -76,3 +79,40 @@ class HoldoutSplit:
     def labels(self, all_labels: np.ndarray) -> np.ndarray:
         """The held-out samples' labels, from the labels of every sample fed (in feed order)."""
         return all_labels[np.concatenate(self.held_positions)] if self.held_positions else all_labels[:0]
+
+
+def take_samples(batches: Iterable[Mapping[str, np.ndarray]], max_samples: int | None,
+                 max_bytes: int | None = MAX_EVAL_BYTES) -> list[Mapping[str, np.ndarray]]:
+    """The first whole batches of ``batches`` in memory, up to ``max_samples`` samples (all for None) and
+    ``max_bytes`` of input data (no cap for None), read once. The feeds themselves, not copies: the
+    sensitivity analysis keys its FP32 outputs by feed."""
+    held, samples, size = [], 0, 0
+    for feed in batches:
+        if max_samples is not None and samples >= max_samples or max_bytes is not None and size >= max_bytes:
+            break
+        held.append(feed)
+        samples += batch_samples(feed)
+        size += feed_bytes(feed)
+    return held
+
+
+@dataclass
+class EvalSet:
+    """Evaluation batches held in memory, their labels in feed order (or None), and what they are."""
+
+    batches: list[dict[str, np.ndarray]]
+    labels: np.ndarray | None
+    description: str
+
+    @property
+    def samples(self) -> int:
+        return sum(batch_samples(b) for b in self.batches)
+
+
+def read_eval_set(source: BatchSource, labels: Labels | None = None,
+                  max_samples: int | None = DEFAULT_EVAL_SAMPLES) -> EvalSet:
+    """``--eval-data``: its first samples in memory (:func:`take_samples`), with their labels lined up."""
+    batches = take_samples(source, max_samples)
+    fed = sum(batch_samples(b) for b in batches)
+    truth = labels_for_fed(labels, source, fed) if labels is not None else None
+    return EvalSet(batches, truth, f"{fed} samples of {source.description}")

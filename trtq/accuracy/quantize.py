@@ -26,17 +26,17 @@ import numpy as np
 
 from trtq.accuracy.auto import AutoChoice, choose_ranges, drop_of
 from trtq.accuracy.evaluate import Comparison, compare_candidates
-from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, MAX_EVAL_BYTES, HoldoutSplit, batch_samples, feed_bytes
+from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, HoldoutSplit, batch_samples
 from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.macs import int8_mac_share, layer_macs
 from trtq.accuracy.sensitivity import SensitivityAnalysis, SensitivityResult
-from trtq.accuracy.targets import MetricTracker, Target, TaskMetric, looks_like_class_scores, resolve_target
+from trtq.accuracy.targets import MetricTracker, Target, TaskMetric, has_class_scores, resolve_target
 from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax
 from trtq.calibrate import collect_statistics, compute_ranges
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import QdqExport, export_qdq
-from trtq.export.compare import fake_quant_session, session_runner
+from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 from trtq.stats import StatsCollector
@@ -157,19 +157,6 @@ class QuantizeResult:
         return document
 
 
-def materialize(batches: Iterable[Mapping[str, np.ndarray]], max_samples: int | None) -> list[dict[str, np.ndarray]]:
-    """Up to ``max_samples`` samples of ``batches`` in memory (whole batches, at most ``MAX_EVAL_BYTES`` of
-    input data), read once."""
-    held, samples, size = [], 0, 0
-    for feed in batches:
-        if max_samples is not None and samples >= max_samples or size >= MAX_EVAL_BYTES:
-            break
-        held.append(dict(feed))
-        samples += batch_samples(feed)
-        size += feed_bytes(feed)
-    return held
-
-
 def check_inputs_finite(model: Model, stats: StatsCollector) -> None:
     """Calibration data with no finite value in a model input cannot give a range: an error, not a zero scale."""
     for spec in model.inputs:
@@ -229,23 +216,23 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         raise TrtqError(f"{len(labels)} labels for {eval_samples} evaluation samples: they must match one to one")
 
     names = list(model.output_names)
-    first = session_runner(fake_quant_session(model.proto), names)(batches[0])
-    class_scores = looks_like_class_scores(np.shape(first[_logits_position(names, logits)]))
+    reference = session_runner(fake_quant_session(model.proto), names)  # FP32, shared by every measurement
     target = resolve_target(min_sqnr, max_drop, metric=metric, labelled=labels is not None,
-                            class_scores=class_scores)
+                            class_scores=has_class_scores(reference(batches[0]), names, logits))
     say(f"target: {target.describe()}; evaluated on {description}")
 
     step_started = time.perf_counter()
     auto = None
     if calibrator == "auto":
-        auto = choose_ranges(model, stats, batches, target, labels=labels, metric=metric, logits=logits)
+        auto = choose_ranges(model, stats, batches, target, labels=labels, metric=metric, logits=logits,
+                             reference=reference)
         amax, method = auto.amax, auto.label
         chosen = auto.chosen
         first_step = Verification(f"all INT8 ({method})", [], chosen.sqnr_db, chosen.drop_points,
                                   chosen.meets_target, time.perf_counter() - step_started)
     else:
         amax, method = compute_ranges(stats, calibrator, percentile), calibrator
-        comparison = _measure(model, amax, [], batches, labels, metric, logits)
+        comparison = _measure(reference, model, amax, [], batches, labels, metric, logits)
         sqnr, drop = comparison.outcomes["int8"].sqnr_db, _drop(target, comparison)
         first_step = Verification(f"all INT8 ({method})", [], sqnr, drop, target.meets(sqnr, drop),
                                   time.perf_counter() - step_started)
@@ -283,7 +270,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
 
     step_started = time.perf_counter()
     export = export_qdq(model, amax, exclude=keep, ranges_source=f"the {method} ranges")
-    final = _measure(model, amax, keep, batches, labels, metric, logits, exported=export)
+    final = _measure(reference, model, amax, keep, batches, labels, metric, logits, exported=export)
     sqnr, drop = final.outcomes["int8"].sqnr_db, _drop(target, final)
     steps.append(Verification("final Q/DQ model", keep, sqnr, drop, target.meets(sqnr, drop),
                               time.perf_counter() - step_started))
@@ -300,26 +287,17 @@ def _drop(target: Target, comparison: Comparison) -> float | None:
     return drop_of(comparison, "int8") if target.drop_measure else None
 
 
-def _logits_position(names: list[str], logits: str | None) -> int:
-    if logits is None:
-        return 0
-    if logits not in names:
-        raise TrtqError(f"--logits '{logits}' is not an output of the model (its outputs: {', '.join(names)})")
-    return names.index(logits)
-
-
 def _describe(step: Verification) -> str:
     sqnr = f"SQNR {step.sqnr_db:.2f} dB" if math.isfinite(step.sqnr_db) else "SQNR inf"
     return sqnr + (f", drop {step.drop_points:.2f} points" if step.drop_points is not None else "")
 
 
-def _measure(model: Model, amax: Mapping[str, float], keep: list[str], batches: Sequence[Mapping[str, np.ndarray]],
-             labels: np.ndarray | None, metric: TaskMetric | None, logits: str | None,
-             exported: QdqExport | None = None) -> Comparison:
-    """FP32 vs the Q/DQ model (``exported``, else exported here with ``keep`` in float) on ``batches``."""
+def _measure(reference: Run, model: Model, amax: Mapping[str, float], keep: list[str],
+             batches: Sequence[Mapping[str, np.ndarray]], labels: np.ndarray | None, metric: TaskMetric | None,
+             logits: str | None, exported: QdqExport | None = None) -> Comparison:
+    """FP32 (``reference``) vs the Q/DQ model (``exported``, else exported here with ``keep`` in float)."""
     export = exported or export_qdq(model, amax, exclude=keep)
     names = list(model.output_names)
-    reference = session_runner(fake_quant_session(model.proto), names)
     candidate = session_runner(fake_quant_session(export.model), names)
     tracker = MetricTracker(metric, names, labels) if metric is not None else None
     return compare_candidates(reference, {"int8": candidate}, names, batches, logits=logits, metric=tracker,

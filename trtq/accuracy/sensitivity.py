@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtq.accuracy.downstream import DownstreamRuns
-from trtq.accuracy.evaluate import CapturingRunner, Comparison, compare_candidates, logits_index
+from trtq.accuracy.evaluate import CapturingRunner, Comparison, compare_candidates
+from trtq.accuracy.holdout import take_samples
 from trtq.accuracy.labels import Labels
 from trtq.accuracy.switch import Layer, SwitchableModel, build_switchable
-from trtq.accuracy.targets import MetricTracker, TaskMetric
+from trtq.accuracy.targets import MetricTracker, TaskMetric, logits_index
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import QdqExport, export_qdq
@@ -189,7 +190,9 @@ class SensitivityAnalysis:
         self._capture = CapturingRunner(self.switchable.proto, self.names, tensors,
                                         extra_feed=self.switchable.switches([]))
         self.session = self._capture.session
-        self._reference: dict[int, list[np.ndarray]] = {}
+        # id(feed) -> (feed, FP32 outputs): the feed is kept with its outputs so that its id cannot be reused
+        # by another feed while cached (a copy of a feed is simply another entry)
+        self._reference: dict[int, tuple[Mapping[str, np.ndarray], list[np.ndarray]]] = {}
         self._labels = labels
         self._metric = metric
         self._truth: np.ndarray | None = None
@@ -208,23 +211,10 @@ class SensitivityAnalysis:
         return self._capture.stats
 
     def _reference_run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        key = id(feed)
-        if key not in self._reference:  # the first pass runs the float model and gathers the statistics
-            self._reference[key] = self._capture(feed)
-        return self._reference[key]
-
-    def _prefix(self, max_samples: int | None) -> list[dict[str, np.ndarray]]:
-        """The first batches, up to ``max_samples`` samples (whole batches; all of them for None)."""
-        if max_samples is None:
-            return self.batches
-        chosen, samples = [], 0
-        for feed in self.batches:
-            if samples >= max_samples:
-                break
-            chosen.append(feed)
-            first = np.asarray(next(iter(feed.values())))
-            samples += int(first.shape[0]) if first.ndim else 1
-        return chosen
+        cached = self._reference.get(id(feed))
+        if cached is None or cached[0] is not feed:  # the first pass runs the float model and gathers statistics
+            cached = self._reference[id(feed)] = (feed, self._capture(feed))
+        return cached[1]
 
     def evaluate(self, configurations: Mapping[str, Iterable[str]], max_samples: int | None = None,
                  downstream: bool = False) -> Comparison:
@@ -247,7 +237,8 @@ class SensitivityAnalysis:
         if self._metric is not None:
             truth = self._labels.by_index if self._labels is not None else None
             tracker = MetricTracker(self._metric, self.names, truth)
-        comparison = compare_candidates(reference, runners, self.names, self._prefix(max_samples),
+        batches = take_samples(self.batches, max_samples, max_bytes=None)
+        comparison = compare_candidates(reference, runners, self.names, batches,
                                         labels=self._labels, source=self._source, logits=self.logits,
                                         metric=tracker)
         self.samples = comparison.samples

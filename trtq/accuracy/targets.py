@@ -95,6 +95,20 @@ def looks_like_class_scores(shape: Sequence[int]) -> bool:
     return len(shape) == 2 and shape[1] > 1
 
 
+def logits_index(names: Sequence[str], logits: str | None) -> int:
+    """Which output holds the class scores: ``logits`` by name, else the first output."""
+    if logits is None:
+        return 0
+    if logits not in names:
+        raise TrtqError(f"--logits '{logits}' is not an output of the model (its outputs: {', '.join(names)})")
+    return list(names).index(logits)
+
+
+def has_class_scores(outputs: Sequence[np.ndarray], names: Sequence[str], logits: str | None = None) -> bool:
+    """Whether the logits output (``logits``, else the first) of one batch's outputs holds class scores."""
+    return looks_like_class_scores(np.shape(outputs[logits_index(list(names), logits)]))
+
+
 MetricFunction = Callable[[dict, dict, "np.ndarray | None"], float]
 
 

@@ -113,7 +113,11 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 raise TrtqError(f"{from_stats} was collected on a different model than {model_path} "
                                 "(sha256 differs); recollect the statistics")
         if calibrator == "auto":
-            result = _auto_from_stats(model, stats, data_kwargs, eval_data, eval_labels, quiet)
+            from trtq.accuracy.auto import auto_from_stats
+
+            held = _eval_set(model, data_kwargs, eval_data, eval_labels)
+            result, choice = auto_from_stats(model, stats, held.batches, held.labels)
+            _print_auto(choice, held.description, quiet)
         else:
             result = api.ranges_from_stats(stats, calibrator, percentile)
     else:
@@ -132,20 +136,18 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         if calibrator == "auto":
             from trtq.accuracy.auto import calibrate_auto
 
-            eval_batches, labels = _eval_set(model, data_kwargs, eval_data, eval_labels)
+            held = _eval_set(model, data_kwargs, eval_data, eval_labels)
             collect = None
             if ray_address is not None:
-                if eval_batches is None and not quiet:
+                if held is None and not quiet:
                     click.echo("--ray with --calibrator auto and no --eval-data: the hold-out split runs on this "
                                "machine (give --eval-data to shard the calibration)", err=True)
                 collect = _ray_collector(ray_address)
-            run = functools.partial(calibrate_auto, model, batches, eval_batches=eval_batches, eval_labels=labels,
-                                    providers=device_providers, collect=collect)
+            run = functools.partial(calibrate_auto, model, batches, eval_batches=None if held is None else held.batches,
+                                    eval_labels=None if held is None else held.labels, providers=device_providers,
+                                    collect=collect)
             result, choice, described = run_with_progress(run, batches.total_samples, quiet)
-            result.details = choice.document()
-            if not quiet:
-                click.echo(f"auto: guarded range methods, simulated INT8 vs FP32 on {described}:", err=True)
-                click.echo(choice.format_table(), err=True)
+            _print_auto(choice, held.description if held else described, quiet)
         else:
             # saved or compared statistics need the histograms whatever the method; else the method decides
             keep = True if save_stats or compare_methods else None
@@ -205,45 +207,20 @@ def _ray_collector(address):
 
 
 def _eval_set(model, data_kwargs, eval_data, eval_labels):
-    """The --eval-data batches in memory (with the calibration's other data options) and their labels."""
+    """The --eval-data held in memory, opened with the calibration's other data options (None without it)."""
     if not eval_data:
-        return None, None
-    from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES
-    from trtq.accuracy.labels import labels_for_fed, read_labels
-    from trtq.accuracy.quantize import materialize
-    from trtq.commands.options.data import batches_from_options
+        return None
+    from trtq.accuracy.holdout import read_eval_set
+    from trtq.accuracy.labels import read_labels
 
-    options = {**data_kwargs, "data": eval_data, "data_loader_script": None, "max_samples": DEFAULT_EVAL_SAMPLES,
-               "seed": None}
-    source = batches_from_options(model, warn=warn, **options)
-    batches = materialize(source, DEFAULT_EVAL_SAMPLES)
-    labels = read_labels(eval_labels)
-    if labels is not None:
-        fed = sum(int(next(iter(b.values())).shape[0]) for b in batches)
-        labels = labels_for_fed(labels, source, fed)
-    return batches, labels
+    options = {**data_kwargs, "data": eval_data, "data_loader_script": None, "max_samples": None, "seed": None}
+    return read_eval_set(batches_from_options(model, warn=warn, **options), read_labels(eval_labels))
 
 
-def _auto_from_stats(model, stats, data_kwargs, eval_data, eval_labels, quiet):
-    """auto from saved statistics: choose on --eval-data, ranges from the saved statistics."""
-    import numpy as np
-
-    from trtq.accuracy.auto import choose_ranges
-    from trtq.accuracy.targets import looks_like_class_scores, resolve_target
-    from trtq.calibrate import CalibrationResult
-    from trtq.export.compare import fake_quant_session, session_runner
-
-    batches, labels = _eval_set(model, data_kwargs, eval_data, eval_labels)
-    if not batches:
-        raise TrtqError("--eval-data yielded no batch: nothing to choose the auto ranges on")
-    first = session_runner(fake_quant_session(model.proto), list(model.output_names))(batches[0])
-    target = resolve_target(None, None, metric=None, labelled=labels is not None,
-                            class_scores=looks_like_class_scores(np.shape(first[0])))
-    choice = choose_ranges(model, stats, batches, target, labels=labels)
+def _print_auto(choice, described: str, quiet: bool) -> None:
     if not quiet:
-        click.echo("auto: guarded range methods, simulated INT8 vs FP32 on the --eval-data:", err=True)
+        click.echo(f"auto: guarded range methods, simulated INT8 vs FP32 on {described}:", err=True)
         click.echo(choice.format_table(), err=True)
-    return CalibrationResult("auto", dict(choice.amax), stats, details=choice.document())
 
 
 def _print_summary(result, written) -> None:

@@ -71,7 +71,7 @@ def sensitivity_quantized(model, *, reference_path, cache_path, ranges_path, exc
                           labels_from_folders, logits, target_sqnr, max_drop, keep_out, json_path, html_path,
                           plot_dir, plot_tensor, quiet, data_kwargs) -> None:
     from trtq.accuracy.existing_qdq import drop_file_text, format_pair_ranking, rank_pairs
-    from trtq.accuracy.quantize import materialize
+    from trtq.accuracy.holdout import take_samples
     from trtq.commands.options.accuracy import check_outputs
     from trtq.fileio import atomic_write, write_json
 
@@ -81,7 +81,7 @@ def sensitivity_quantized(model, *, reference_path, cache_path, ranges_path, exc
     if not quiet:
         click.echo(f"sensitivity of {model.name}'s {len(model.quantization.pairs)} Q/DQ pairs against "
                    f"{reference.description} on {batches.description}", err=True)
-    held = materialize(batches, data_kwargs.get("max_samples"))
+    held = take_samples(batches, data_kwargs.get("max_samples"))
     result = rank_pairs(model, held, reference, labels=labels, logits=logits, target_sqnr=target_sqnr,
                         max_drop=max_drop, source=batches)
     if keep_out and result.to_drop is not None:

@@ -71,8 +71,9 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
       trtq quantize det.onnx --data calib/ --eval-data val/ --metric boxes.py:f1 --max-drop 2 -o det.int8.onnx
       trtq build det.onnx --int8 --cache det.int8.cache --keep-precision @det.int8.keep.txt   # TensorRT 10
     """
-    from trtq.accuracy.labels import labels_for_fed, read_labels
-    from trtq.accuracy.quantize import format_steps, materialize
+    from trtq.accuracy.holdout import read_eval_set
+    from trtq.accuracy.labels import read_labels
+    from trtq.accuracy.quantize import format_steps
     from trtq.accuracy.quantize import quantize as run_quantize
     from trtq.accuracy.quantize_report import quantize_figures, quantize_html
     from trtq.accuracy.targets import load_metric
@@ -103,11 +104,9 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     if eval_data:
         options = {**data_kwargs, "data": eval_data, "data_loader_script": None, "max_samples": max_eval_samples,
                    "seed": None}
-        source = batches_from_options(model, warn=warn, **options)
-        eval_batches = materialize(source, max_eval_samples)
-        fed = sum(int(next(iter(b.values())).shape[0]) for b in eval_batches)
-        eval_labels = labels_for_fed(labels, source, fed) if labels is not None else None
-        calibration_labels, eval_description = None, source.description
+        held = read_eval_set(batches_from_options(model, warn=warn, **options), labels, max_eval_samples)
+        eval_batches, eval_labels, eval_description = held.batches, held.labels, held.description
+        calibration_labels = None
 
     if not quiet:
         click.echo(f"quantizing {model.name} on {calibration.description}", err=True)
@@ -118,7 +117,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         note=None if quiet else (lambda line: click.echo(line, err=True)))
     result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass")
     if eval_description:
-        result.eval_description = f"{result.eval_samples} samples of {eval_description}"
+        result.eval_description = eval_description
 
     quantized = result.quantized_nodes
     shares = result.mac_shares

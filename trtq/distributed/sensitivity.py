@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from trtq.accuracy.evaluate import Comparison
+from trtq.accuracy.holdout import take_samples
 from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.sensitivity import SensitivityAnalysis
 from trtq.distributed.backend import cluster_cpus, gather, ray_session
@@ -97,7 +98,7 @@ def use_ray(analysis: SensitivityAnalysis, model, address: str, *, exclude: Iter
                 for i, group in enumerate(groups)]
         # meanwhile the driver runs the float reference once per batch: the statistics and the cached reference
         # outputs the keep-set steps reuse are then exactly those of the local run
-        for feed in analysis._prefix(max_samples):
+        for feed in take_samples(analysis.batches, max_samples, max_bytes=None):
             analysis._reference_run(feed)
         finished = 0
 

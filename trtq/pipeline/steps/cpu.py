@@ -92,9 +92,9 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     """``trtq quantize`` with the gates as its target (:func:`quantize_target`): the report always; the
     cache of its ranges and its keep list only when the target is met, else the result blocks the
     variant's later steps (a failed gate of the run)."""
-    from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples
-    from trtq.accuracy.labels import labels_for_fed, read_labels
-    from trtq.accuracy.quantize import materialize, quantize
+    from trtq.accuracy.holdout import read_eval_set
+    from trtq.accuracy.labels import read_labels
+    from trtq.accuracy.quantize import quantize
     from trtq.accuracy.quantize_report import quantize_figures, quantize_html
     from trtq.cache import write_cache
     from trtq.fileio import atomic_write
@@ -106,11 +106,8 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     eval_batches = eval_labels = None
     calibration_labels = labels
     if not config.eval_is_calibration_data:
-        source = open_data(model, config.eval, config.shapes, warn=warn)
-        eval_batches = materialize(source, DEFAULT_EVAL_SAMPLES)
-        fed = sum(batch_samples(b) for b in eval_batches)
-        eval_labels = labels_for_fed(labels, source, fed) if labels is not None else None
-        calibration_labels = None
+        held = read_eval_set(open_data(model, config.eval, config.shapes, warn=warn), labels)
+        eval_batches, eval_labels, calibration_labels = held.batches, held.labels, None
     result = quantize(model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
                       calibration_labels=calibration_labels, min_sqnr=target["min_sqnr"], max_drop=target["max_drop"],
                       logits=config.eval.logits)
