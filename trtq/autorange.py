@@ -25,6 +25,7 @@ Which method ``auto`` uses for a model is chosen by measuring the guarded candid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -104,17 +105,25 @@ def diagnose(stats: TensorStats, data_independent: bool = False) -> TensorDiagno
     return TensorDiagnosis(stats.name, tuple(flags), top_share, nonzero)
 
 
+def guard(stats: TensorStats, method: str, percentile: float, diagnosis: TensorDiagnosis) -> tuple[float, bool]:
+    """``method``'s range for one tensor with the guards of the module docstring applied, and whether the
+    guards changed it (the method's own range is searched only where it is used or compared)."""
+    if EMPTY in diagnosis.flags or ZERO in diagnosis.flags:
+        return 0.0, False
+    own = range_function(method, percentile)
+    if set(diagnosis.flags) & {SPIKE, SPARSE, CONSTANT, DATA_INDEPENDENT}:
+        return stats.absmax, not math.isclose(float(own(stats)), stats.absmax, rel_tol=1e-6)
+    amax = min(float(own(stats)), stats.absmax)
+    if stats.fraction_above(amax) > MAX_CLIPPED:
+        floor = min(float(range_function("percentile", 100.0 * (1.0 - MAX_CLIPPED))(stats)), stats.absmax)
+        if floor > amax:
+            return floor, True
+    return amax, False
+
+
 def guarded_amax(stats: TensorStats, method: str, percentile: float, diagnosis: TensorDiagnosis) -> float:
     """``method``'s range for one tensor with the guards of the module docstring applied."""
-    if EMPTY in diagnosis.flags or ZERO in diagnosis.flags:
-        return 0.0
-    if set(diagnosis.flags) & {SPIKE, SPARSE, CONSTANT, DATA_INDEPENDENT}:
-        return stats.absmax
-    amax = float(range_function(method, percentile)(stats))
-    if stats.fraction_above(amax) > MAX_CLIPPED:
-        floor = float(range_function("percentile", 100.0 * (1.0 - MAX_CLIPPED))(stats))
-        amax = max(amax, floor)
-    return min(amax, stats.absmax)
+    return guard(stats, method, percentile, diagnosis)[0]
 
 
 def diagnose_all(stats: Iterable[TensorStats], independent: Iterable[str] = ()) -> dict[str, TensorDiagnosis]:
@@ -124,6 +133,12 @@ def diagnose_all(stats: Iterable[TensorStats], independent: Iterable[str] = ()) 
 
 
 def guarded_ranges(stats: Iterable[TensorStats], method: str, percentile: float,
-                   diagnoses: Mapping[str, TensorDiagnosis]) -> dict[str, float]:
-    """Tensor name -> guarded amax of ``method`` for every tensor."""
-    return {s.name: guarded_amax(s, method, percentile, diagnoses[s.name]) for s in stats}
+                   diagnoses: Mapping[str, TensorDiagnosis], changed: set[str] | None = None) -> dict[str, float]:
+    """Tensor name -> guarded amax of ``method`` for every tensor; ``changed`` collects the tensors whose
+    range the guards changed."""
+    ranges = {}
+    for s in stats:
+        ranges[s.name], was_changed = guard(s, method, percentile, diagnoses[s.name])
+        if was_changed and changed is not None:
+            changed.add(s.name)
+    return ranges

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from trtq.errors import TrtqError
 from trtq.export import export_qdq
 from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
-from trtq.ranges import DEFAULT_PERCENTILE, range_function
+from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.stats import StatsCollector
 
 AUTO_CANDIDATES: tuple[tuple[str, float | None], ...] = (
@@ -76,6 +76,7 @@ class AutoChoice:
     diagnoses: dict[str, TensorDiagnosis]
     comparison: Comparison | None
     unmeasured: str | None = None  # why the candidates could not be measured (the guarded fallback was used)
+    candidate_ranges: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> the ranges measured
 
     @property
     def chosen(self) -> CandidateScore | None:
@@ -147,9 +148,9 @@ def choose_ranges(model: Model, stats: StatsCollector, batches: Sequence[Mapping
     for method, percentile in candidates:
         label = candidate_label(method, percentile)
         pct = percentile if percentile is not None else DEFAULT_PERCENTILE
-        amax = guarded_ranges(stats, method, pct, diagnoses)
-        plain = range_function(method, pct)
-        guarded[label] = sum(1 for s in stats if s.count and not math.isclose(amax[s.name], plain(s), rel_tol=1e-6))
+        changed: set[str] = set()
+        amax = guarded_ranges(stats, method, pct, diagnoses, changed)
+        guarded[label] = len(changed)
         export = export_qdq(model, amax, exclude=exclude, ranges_source=f"the auto ({label}) ranges")
         runners[label], ranges[label] = session_runner(fake_quant_session(export.model), names), amax
     reference = reference or session_runner(fake_quant_session(model.proto), names)
@@ -164,7 +165,8 @@ def choose_ranges(model: Model, stats: StatsCollector, batches: Sequence[Mapping
         drop = drop_of(comparison, label) if target.drop_measure else None
         scores.append(CandidateScore(label, method, percentile, sqnr, drop, target.meets(sqnr, drop), guarded[label]))
     best = _pick(scores, comparison)
-    return AutoChoice(best.label, best.method, best.percentile, ranges[best.label], scores, diagnoses, comparison)
+    return AutoChoice(best.label, best.method, best.percentile, ranges[best.label], scores, diagnoses, comparison,
+                      candidate_ranges=ranges)
 
 
 def _pick(scores: list[CandidateScore], comparison: Comparison) -> CandidateScore:
@@ -212,11 +214,7 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
         raise TrtqError("the evaluation data yielded no batch: nothing to choose the auto ranges on")
     choice = choose_default(model, stats, held, eval_labels)
     if split is not None and not split.shared:
-        data = stats.meta.get("data")
         stats.merge(collect_statistics(model, held, providers=providers, keep_histograms=True))
-        stats.meta["data"] = data
-        if hasattr(batches, "provenance"):
-            stats.meta["data"] = batches.provenance()
         diagnoses = diagnose_all(stats, data_independent_tensors(model.proto))
         pct = choice.percentile if choice.percentile is not None else DEFAULT_PERCENTILE
         choice.amax = guarded_ranges(stats, choice.method, pct, diagnoses)

@@ -69,6 +69,10 @@ class HoldoutSplit:
     def samples(self) -> int:
         return int(sum(p.size for p in self.held_positions))
 
+    def provenance(self) -> dict:
+        """The wrapped source's record (what was fed is that source, split or not)."""
+        return self.batches.provenance() if hasattr(self.batches, "provenance") else {}
+
     def describe(self) -> str:
         if self.shared:
             return (f"the calibration data itself ({self.samples} samples: one batch cannot be split; "

@@ -74,7 +74,6 @@ class QuantizeResult:
     eval_description: str
     eval_samples: int
     keep: list[str]
-    layers: int  # quantized layers of the all-INT8 model
     steps: list[Verification]
     export: QdqExport | None
     auto: AutoChoice | None = None
@@ -84,6 +83,11 @@ class QuantizeResult:
     seconds: dict[str, float] = field(default_factory=dict)
     quantized_nodes: list[str] = field(default_factory=list)  # of the all-INT8 model
     macs: dict[str, int] = field(default_factory=dict)  # per layer, one evaluation batch
+
+    @property
+    def layers(self) -> int:
+        """Quantized layers of the all-INT8 model."""
+        return len(self.quantized_nodes)
 
     def mac_share(self, kept: Sequence[str]) -> float | None:
         """Share of the quantized layers' MACs still in INT8 with ``kept`` in float (None: unknown)."""
@@ -193,8 +197,6 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         source = calibration
     stats = collect_statistics(model, source, progress=progress, keep_histograms=True)
     check_inputs_finite(model, stats)
-    if isinstance(calibration, BatchSource):
-        stats.meta["data"] = calibration.provenance()
     timings["calibration"] = time.perf_counter() - started
 
     if split is not None:
@@ -259,7 +261,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
                                           0.0))
         timings["sensitivity"] = time.perf_counter() - step_started
 
-    result = QuantizeResult(target, calibrator, method, amax, stats, description, eval_samples, keep, layers,
+    result = QuantizeResult(target, calibrator, method, amax, stats, description, eval_samples, keep,
                             steps, None, auto, sensitivity, seconds=timings, quantized_nodes=quantized_nodes,
                             macs=layer_macs(model.proto, batches[0]))
     if layers and len(keep) > MAX_KEPT_SHARE * layers:

@@ -38,12 +38,18 @@ def mattering_tensors(result: QuantizeResult, limit: int = MAX_HISTOGRAMS) -> li
         for entry in result.sensitivity.ranking:
             if entry.layer.node in kept:
                 chosen.extend(t for t in entry.layer.tensors if t not in chosen)
+    if result.auto is not None and result.auto.candidate_ranges:  # the ranges auto measured: no new searches
+        candidates = list(result.auto.candidate_ranges.values())
+    else:
+        candidates = [{s.name: float(range_function(m, p or 99.99)(s)) for s in result.stats if s.count}
+                      for m, p in (("entropy2", None), ("mse", None), ("percentile", 99.99), ("minmax", None))]
     spread = []
     for s in result.stats:
         if not s.count or s.absmax == 0 or s.name not in result.amax:
             continue
-        values = [float(range_function(m, p or 99.99)(s)) for m, p in
-                  (("entropy2", None), ("mse", None), ("percentile", 99.99), ("minmax", None))]
+        values = [ranges[s.name] for ranges in candidates if s.name in ranges]
+        if not values:
+            continue
         low = min(values)
         spread.append(((max(values) / low) if low > 0 else math.inf, s.name))
     spread.sort(reverse=True)
