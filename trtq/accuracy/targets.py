@@ -5,8 +5,8 @@ Measures (all computed on the same evaluation pass, FP32 vs the INT8 candidate):
 
 * **SQNR** of the worst output (dB): a proxy that works for any output — class scores, a CTC
   sequence, a detection head, a probability map;
-* **drop** in points: with ``--metric``, the metric's FP32 score minus its INT8 score (x 100 when
-  the metric is a fraction, see :class:`TaskMetric`); else with labels, the top-1 accuracy drop;
+* **drop** in points: with ``--metric``, 100 x (the metric's FP32 score minus its INT8 score: return
+  fractions, see :class:`TaskMetric`); else with labels, the top-1 accuracy drop;
   else, for an output of class scores (``[batch, classes]``), the share of samples whose top-1
   class changes.
 
@@ -123,7 +123,8 @@ class TaskMetric:
     outputs in both places (``FUNC(fp32, fp32, labels)``): that is the reference score, so the
     drop is ``reference - int8`` — a metric comparing INT8 with FP32 (box F1 vs the FP32 boxes)
     has reference 1.0, one judging against labels (exact-match accuracy) its FP32 accuracy.
-    Drops are in points: x 100, as for accuracies, when the scores are fractions in [0, 1].
+    The drop is always 100 x (reference - INT8) points, so a metric should return fractions in [0, 1], as
+    accuracies are.
     """
 
     name: str
