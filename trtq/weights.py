@@ -15,6 +15,7 @@ weights that TensorRT quantizes itself or turns into constant layers whose names
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,8 +86,18 @@ def _run_reference(sub: onnx.ModelProto) -> list[np.ndarray]:
     return ReferenceEvaluator(sub).run(None, {})
 
 
+_COMPUTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Model -> WeightRanges
+
+
 def weight_ranges(model: Model) -> WeightRanges:
-    """max|w| of every weight-derived float tensor of ``model`` (see the module docstring)."""
+    """max|w| of every weight-derived float tensor of ``model`` (see the module docstring), computed once per
+    model object: the statistics of every pass (a hold-out split and its merge, shards) record them."""
+    if model not in _COMPUTED:
+        _COMPUTED[model] = _compute_weight_ranges(model)
+    return _COMPUTED[model]
+
+
+def _compute_weight_ranges(model: Model) -> WeightRanges:
     result = WeightRanges()
     targets = weight_derived_tensors(model)
     if not targets:
