@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from trtq.errors import TrtqError
-from trtq.stats import FINE_BINS, HIST_BINS, HIST_CHUNK, StatsCollector, TensorStats
+from trtq.histogram import HIST_CHUNK
+from trtq.stats import FINE_BINS, HIST_BINS, StatsCollector, TensorStats
 
 
 def collect(chunks) -> TensorStats:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from trtq import __version__
+from trtq.autorange import data_independent_tensors
 from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax, parse_cache, scale_is_zero, write_cache
 from trtq.capture import ActivationCapture
 from trtq.errors import TrtqError
@@ -44,31 +45,38 @@ def default_workers() -> int:
 def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *,
                        providers: list[str] | None = None,
                        progress: Callable[[int], None] | None = None,
-                       workers: int | None = None, keep_histograms: bool = True) -> StatsCollector:
+                       workers: int | None = None, keep_histograms: bool = True,
+                       memory_budget: int | None = None) -> StatsCollector:
     """Run every batch through the model once and fold each calibrated tensor into its statistics.
 
-    Batch k's tensors are folded in by a thread pool, one task per tensor (numpy releases the GIL),
-    while onnxruntime runs batch k+1 (it releases the GIL too); at most two batches of activations
-    are alive, however many batches there are. ``progress`` gets the sample count of each finished batch.
-    The data source's ``provenance()`` (when it has one) is recorded in the statistics' ``meta["data"]``.
+    The capture runs each batch within ``memory_budget`` bytes of activations (default:
+    :func:`trtq.segments.default_memory_budget`), in micro-batches and graph segments when needed; the
+    tensors of run k are folded in by a thread pool, one task per tensor (numpy and the compiled kernel
+    release the GIL), while onnxruntime executes run k+1 (it releases the GIL too): at most two runs'
+    activations are alive, however many batches there are. ``progress`` gets the sample count of each
+    finished micro-batch. The data source's ``provenance()`` (when it has one) is recorded in the
+    statistics' ``meta["data"]``, how the runs were cut in ``capture``.
     ``keep_histograms=False`` keeps min/max/count only: enough for ``minmax``, and most of the cost saved.
     """
     collector = collect_raw_statistics(model, batches, providers=providers, progress=progress, workers=workers,
-                                       keep_histograms=keep_histograms)
+                                       keep_histograms=keep_histograms, memory_budget=memory_budget)
     return finish_statistics(model, collector, batches)
 
 
 def collect_raw_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *,
                            providers: list[str] | None = None,
                            progress: Callable[[int], None] | None = None,
-                           workers: int | None = None, keep_histograms: bool = True) -> StatsCollector:
+                           workers: int | None = None, keep_histograms: bool = True,
+                           memory_budget: int | None = None) -> StatsCollector:
     """The batches' statistics of the tensors actually captured (aliases not yet filled in, no provenance):
     what one shard of a distributed calibration returns; :func:`finish_statistics` completes the merge."""
     tensors = model.calibration_tensors()
     aliases = model.value_aliases(tensors)
-    with ActivationCapture(model, [t for t in tensors if t not in aliases], providers=providers) as capture, \
+    independent = data_independent_tensors(model.proto)
+    with ActivationCapture(model, [t for t in tensors if t not in aliases], providers=providers,
+                           memory_budget=memory_budget) as capture, \
             ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="trtq-stats") as pool:
-        collector = StatsCollector(capture.tensor_names, meta={"model": model.name, "model_sha256": model.sha256},
+        collector = StatsCollector(meta={"model": model.name, "model_sha256": model.sha256},
                                    keep_histograms=keep_histograms)
         pending: list[Future] = []
         pending_samples = 0
@@ -76,15 +84,27 @@ def collect_raw_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]
         def finish() -> None:
             for future in pending:
                 future.result()  # re-raises a failure of a task
-            if pending and progress is not None:
+            if pending_samples and progress is not None:
                 progress(pending_samples)
 
-        for activations, samples in capture.iterate(batches):
+        for run in capture.iterate(batches):
             finish()
-            pending, pending_samples = collector.submit(activations, samples, pool), samples
-            del activations
+            # computed from shapes and constants only: the same in every run, counted once per sample
+            weights = {name: run.run_samples for name in independent if name in run.tensors}
+            pending = collector.submit(run.tensors, run.samples, pool, batches=run.batches, weights=weights)
+            pending_samples = run.samples
+            del run
         finish()
+        collector.capture = capture_summary(capture)
     return collector
+
+
+def capture_summary(capture: ActivationCapture) -> dict:
+    """How the statistics were collected: the runs' plan and the binning kernel (for the summary line)."""
+    from trtq.histogram import kernel_used
+
+    return {"plan": capture.plan.describe() if capture.plan else None, "runs": capture.runs,
+            "budget_bytes": capture.budget, "histogram_kernel": kernel_used()}
 
 
 def finish_statistics(model: Model, collector: StatsCollector, batches: object) -> StatsCollector:

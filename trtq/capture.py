@@ -10,12 +10,23 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 
 from trtq.errors import TrtqError, first_line
 from trtq.model import PROTO_LIMIT, Model
+from trtq.segments import (
+    GraphSegmenter,
+    Segment,
+    SegmentPlan,
+    complete_sizes,
+    estimate_sizes,
+    plan_segments,
+    resolve_budget,
+    segment_model,
+)
 
 
 def default_providers() -> list[str]:
@@ -38,18 +49,154 @@ def with_extra_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelPr
     return augmented
 
 
-class ActivationCapture:
-    """Runs a model and returns the float tensors to calibrate, batch by batch."""
+class CapturedRun(NamedTuple):
+    """The tensors of one run, and what the run counts for: ``samples`` is the micro-batch's sample count on
+    its last segment (0 on the others), ``batches`` 1 on the last run of a batch (else 0); ``run_samples``
+    the samples that went through this run."""
 
-    def __init__(self, model: Model, tensors: list[str] | None = None, providers: list[str] | None = None):
-        import onnxruntime as ort
+    tensors: dict[str, np.ndarray]
+    samples: int
+    batches: int
+    run_samples: int
+
+
+class ActivationCapture:
+    """Runs a model and returns the float tensors to calibrate, within a memory budget.
+
+    Each batch is fed as one or more runs (:mod:`trtq.segments`: micro-batches along axis 0, the graph cut
+    into segments when one run of the whole graph would not fit in half the budget); :meth:`iterate` yields
+    the tensors of each run as it finishes, so the caller folds run *k* while run *k+1* executes. Which
+    runs a batch takes changes no statistic: they depend only on the values seen.
+    """
+
+    def __init__(self, model: Model, tensors: list[str] | None = None, providers: list[str] | None = None,
+                 memory_budget: int | None = None):
+        import onnxruntime  # noqa: F401 - fail here, before any work, when it is missing
 
         self.model = model
         requested = tensors if tensors is not None else model.calibration_tensors()
         input_names = {s.name for s in model.inputs}
         self._input_tensors = [n for n in requested if n in input_names]
-        node_tensors = [n for n in requested if n not in input_names]
-        augmented = with_extra_outputs(model.proto, node_tensors)
+        self._node_tensors = [n for n in requested if n not in input_names]
+        self.providers = providers or default_providers()
+        self.budget, self._explicit_budget = resolve_budget(memory_budget)
+        self._batch_fixed = any(s.dims and s.dims[0] is not None for s in model.inputs)
+        self._segmenter = GraphSegmenter(model.graph, self._node_tensors)
+        self.plan: SegmentPlan | None = None
+        self._estimates: dict[str, float] = {}
+        self._measured: dict[str, float] = {}
+        self._sessions: dict[tuple[int, int], tuple[object, list[str], list[str]]] = {}
+        self._tmpdirs: list[tempfile.TemporaryDirectory] = []
+        self._float_captured: set[str] = set()
+        self._first_samples = 1
+        self.runs = 0
+
+    @property
+    def tensor_names(self) -> list[str]:
+        """The tensors captured so far (inputs, then float node outputs in graph order)."""
+        return [*self._input_tensors, *(n for n in self._node_tensors if n in self._float_captured)]
+
+    def iterate(self, batches) -> Iterator[CapturedRun]:
+        """Yield each run's tensors as it finishes."""
+        for index, feed in enumerate(batches):
+            yield from self._runs(feed)
+            if index == 0:
+                self._replan()
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch; returns {tensor name: array} for every captured tensor (all runs merged: this holds
+        the whole batch's tensors at once, unlike :meth:`iterate`)."""
+        merged: dict[str, list[np.ndarray]] = {}
+        for captured in self._runs(feed):
+            for name, array in captured.tensors.items():
+                merged.setdefault(name, []).append(array)
+        return {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in merged.items()}
+
+    def _runs(self, feed: dict[str, np.ndarray]) -> Iterator[CapturedRun]:
+        samples = _batch_samples(feed)
+        if self.plan is None:
+            self.plan = self._make_plan(feed, samples)
+        plan = self.plan
+        slices = [(feed, samples)] if plan.micro_batch is None or plan.micro_batch >= samples else \
+            list(_micro_batches(feed, samples, plan.micro_batch))
+        last_segment = len(plan.segments) - 1
+        for slice_index, (part, part_samples) in enumerate(slices):
+            live = dict(part)
+            for k, segment in enumerate(plan.segments):
+                session, fetch, keep = self._session(segment, live)
+                try:
+                    results = session.run(fetch, part if plan.whole_graph else
+                                          {name: live[name] for name in segment.inputs})
+                except Exception as exc:
+                    raise TrtqError(f"onnxruntime failed to run {self.model.name} on a batch: "
+                                    f"{first_line(exc)}") from exc
+                self.runs += 1
+                outputs = dict(zip(fetch, results, strict=True))
+                for name, array in outputs.items():
+                    if part_samples:
+                        self._measured[name] = array.nbytes / part_samples
+                captured = {name: outputs[name] for name in keep}
+                if k == 0:  # inputs are copied: they are folded while the caller may reuse its arrays
+                    captured.update({n: np.array(part[n], copy=True) for n in self._input_tensors})
+                live.update((name, outputs[name]) for name in fetch
+                            if self._segmenter.last_use.get(name, -1) >= segment.stop)
+                for name in [n for n in live if self._segmenter.last_use.get(n, -1) < segment.stop]:
+                    del live[name]  # no later segment reads it
+                del outputs, results
+                done = k == last_segment
+                yield CapturedRun(captured, part_samples if done else 0, int(done and slice_index == len(slices) - 1),
+                                  part_samples)
+
+    def _make_plan(self, feed: dict[str, np.ndarray], samples: int) -> SegmentPlan:
+        for name in self._segmenter.graph_inputs:
+            array = feed.get(name)
+            if array is not None and samples:
+                self._measured[name] = np.asarray(array).nbytes / samples
+        self._estimates = estimate_sizes(self.model.proto, feed, samples)
+        self._first_samples = samples
+        return self._plan_from(samples)
+
+    def _plan_from(self, samples: int) -> SegmentPlan:
+        names = [*self._segmenter.graph_inputs, *self._segmenter.produced_at]
+        known = {**self._estimates, **self._measured}
+        inputs_size = sum(self._measured.get(n, 0.0) for n in self._segmenter.graph_inputs)
+        sizes = complete_sizes(known, names, fallback=inputs_size)
+        return plan_segments(self._segmenter, sizes, max(1, samples), self.budget, batch_fixed=self._batch_fixed,
+                             explicit_budget=self._explicit_budget)
+
+    def _replan(self) -> None:
+        """After the first batch: plan again with the measured sizes; new sessions only if the plan changed."""
+        if self.plan is None:
+            return
+        plan = self._plan_from(self._first_samples)
+        if plan.micro_batch != self.plan.micro_batch or \
+                [(s.start, s.stop) for s in plan.segments] != [(s.start, s.stop) for s in self.plan.segments]:
+            self._sessions.clear()
+        self.plan = plan
+
+    def _session(self, segment: Segment, live: dict[str, np.ndarray]):
+        key = (segment.start, segment.stop)
+        if key not in self._sessions:
+            if self.plan is not None and self.plan.whole_graph:
+                proto = with_extra_outputs(self.model.proto, self._node_tensors)
+                fetch_candidates = list(self._node_tensors)
+            else:
+                types = {n: onnx.helper.np_dtype_to_tensor_dtype(np.asarray(live[n]).dtype) for n in segment.inputs}
+                proto = segment_model(self.model.proto, segment, types)
+                fetch_candidates = list(segment.outputs)
+            session = self._create_session(proto)
+            del proto
+            typed = {o.name: o.type for o in session.get_outputs()}
+            wanted = set(self._node_tensors)
+            # tensors whose type onnx could not infer show up typed here; capture the float ones
+            keep = [n for n in fetch_candidates if n in wanted and typed.get(n) in _FLOAT_TYPES]
+            fetch = [n for n in fetch_candidates if n in typed]
+            self._float_captured.update(keep)
+            self._sessions[key] = (session, fetch, keep)
+        return self._sessions[key]
+
+    def _create_session(self, proto: onnx.ModelProto):
+        import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -61,58 +208,42 @@ class ActivationCapture:
         # 3.5 M values) 0.30 s -> 0.22 s; the cost is waking the threads for each run, which shows only on
         # tiny batches (MNIST, 300 batches of 1 image: 0.27 s -> 0.36 s)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._tmpdir: tempfile.TemporaryDirectory | None = None
         try:
-            if augmented.ByteSize() > PROTO_LIMIT:
+            if proto.ByteSize() > PROTO_LIMIT:
                 # over 2 GiB: onnxruntime must read it from a file with external data
-                self._tmpdir = tempfile.TemporaryDirectory(prefix="trtq-capture-")
-                path = Path(self._tmpdir.name) / "augmented.onnx"
-                onnx.save(augmented, str(path), save_as_external_data=True, location="augmented.data")
+                tmpdir = tempfile.TemporaryDirectory(prefix="trtq-capture-")
+                self._tmpdirs.append(tmpdir)
+                path = Path(tmpdir.name) / "augmented.onnx"
+                onnx.save(proto, str(path), save_as_external_data=True, location="augmented.data")
                 source: str | bytes = str(path)
             else:
-                source = augmented.SerializeToString()
-            self.session = ort.InferenceSession(source, options, providers=providers or default_providers())
+                source = proto.SerializeToString()
+            return ort.InferenceSession(source, options, providers=self.providers)
         except Exception as exc:
-            self.close()
-            raise TrtqError(f"onnxruntime cannot load {model.name}: {first_line(exc)}") from exc
-        finally:
-            del augmented
-
-        outputs = self.session.get_outputs()
-        wanted = set(node_tensors)
-        # tensors whose type onnx could not infer show up typed here; keep the float ones
-        float_types = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
-        float_outputs = {o.name for o in outputs if o.name in wanted and o.type in float_types}
-        self._captured = [n for n in node_tensors if n in float_outputs]  # graph order
-        self.tensor_names = [*self._input_tensors, *self._captured]
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; returns {tensor name: array} for every captured tensor."""
-        try:
-            results = self.session.run(self._captured, feed)
-        except Exception as exc:
-            raise TrtqError(f"onnxruntime failed to run {self.model.name} on a batch: {first_line(exc)}") from exc
-        # inputs are copied: the statistics may be folded in while the caller prepares the next batch
-        captured = {name: np.array(feed[name], copy=True) for name in self._input_tensors}
-        captured.update(zip(self._captured, results, strict=True))
-        return captured
-
-    def iterate(self, batches) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-        """Yield ``(activations, samples in the batch)`` for each batch of ``batches``."""
-        for feed in batches:
-            samples = _batch_samples(feed)
-            yield self.run(feed), samples
+            raise TrtqError(f"onnxruntime cannot load {self.model.name}: {first_line(exc)}") from exc
 
     def close(self) -> None:
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
+        self._sessions.clear()
+        for tmpdir in self._tmpdirs:
+            tmpdir.cleanup()
+        self._tmpdirs.clear()
 
     def __enter__(self) -> ActivationCapture:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_FLOAT_TYPES = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
+
+
+def _micro_batches(feed: dict[str, np.ndarray], samples: int, size: int):
+    """Slices of ``size`` samples along axis 0 of every input that has the batch's samples there."""
+    for start in range(0, samples, size):
+        stop = min(samples, start + size)
+        yield {name: (array[start:stop] if np.ndim(array) and np.shape(array)[0] == samples else array)
+               for name, array in feed.items()}, stop - start
 
 
 def _batch_samples(feed: dict[str, np.ndarray]) -> int:

@@ -36,11 +36,11 @@ import numpy as np
 
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path
+from trtq.histogram import add_bins
 
 HIST_BINS = 2048  # what the range methods see (TensorRT's histogram size)
 FINE_BINS = 8 * HIST_BINS  # what is collected
 _FINE_LOG2 = int(math.log2(FINE_BINS))
-HIST_CHUNK = 1 << 18  # values binned at a time
 STATS_FORMAT = "trtq-stats-1"
 
 
@@ -82,8 +82,15 @@ class TensorStats:
             return 0.0
         return math.ldexp(1.0, self.exponent - _FINE_LOG2)
 
-    def update(self, values: np.ndarray) -> None:
-        """Fold one batch of this tensor into the statistics."""
+    def update(self, values: np.ndarray, weight: int = 1) -> None:
+        """Fold one batch of this tensor into the statistics, each value counted ``weight`` times.
+
+        ``weight`` > 1 serves tensors computed from shapes and constants only (anchor grids): the same
+        values in every run, so the capture counts them once per sample, which keeps their statistics
+        independent of how the samples were cut into batches and runs.
+        """
+        if weight < 1:
+            return
         x = np.asarray(values)
         if x.dtype != np.float32:
             x = x.astype(np.float32)
@@ -94,34 +101,33 @@ class TensorStats:
         if not (np.isfinite(lo) and np.isfinite(hi)):
             finite = np.isfinite(x)
             kept = int(np.count_nonzero(finite))
-            self.nonfinite += x.size - kept
+            self.nonfinite += (x.size - kept) * weight
             if kept == 0:
                 return
             x = x[finite]
             lo, hi = x.min(), x.max()
         self.min = min(self.min, float(lo))
         self.max = max(self.max, float(hi))
-        self.count += x.size
+        self.count += x.size * weight
         if not self.keep_histogram:
             return
         top = max(-float(lo), float(hi))
         if top == 0.0:
-            self.hist[0] += x.size
-            self.zeros += x.size
+            self.hist[0] += x.size * weight
+            self.zeros += x.size * weight
             return
         exponent = math.frexp(top)[1]  # top < 2**exponent
         if self.exponent is None:
             self.exponent = exponent
         elif exponent > self.exponent:
             self._grow(exponent)
-        # in chunks: the temporaries (|x|, bin indices: 12 bytes a value) stay a few MB however large the tensor
-        for start in range(0, x.size, HIST_CHUNK):
-            chunk = x[start:start + HIST_CHUNK]
-            counts = np.bincount(self._bin_index(chunk), minlength=FINE_BINS)
-            if counts[0]:  # exact zeros can only be in bin 0: count them only when it is not empty
-                # (x == 0) then a count of booleans is ~5x faster than count_nonzero on float32
-                self.zeros += int(np.count_nonzero(chunk == 0))
-            self.hist += counts
+        factor, x = self._bin_factor(x)
+        if weight == 1:
+            self.zeros += add_bins(self.hist, x, factor)
+        else:
+            counts = np.zeros(FINE_BINS, dtype=np.int64)
+            self.zeros += add_bins(counts, x, factor) * weight
+            self.hist += counts * weight
 
     def merge(self, other: TensorStats) -> None:
         """Fold in the statistics of the same tensor on other data: exactly what updating with that data
@@ -150,15 +156,14 @@ class TensorStats:
             hist = widened.hist
         self.hist += hist
 
-    def _bin_index(self, x: np.ndarray) -> np.ndarray:
+    def _bin_factor(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """The power-of-two factor that maps |x| to its fine bin, and the values to multiply it by: float32
+        when the factor is exact in float32, else float64 (extreme magnitudes). |x| < 2**exponent and the
+        scaling is exact, so every bin index is below FINE_BINS."""
         shift = _FINE_LOG2 - self.exponent
-        if -120 < shift < 120:  # the power-of-two factor is exact in float32
-            scaled = np.abs(x)
-            scaled *= np.float32(math.ldexp(1.0, shift))
-        else:  # extreme magnitudes: float64 keeps the factor representable
-            scaled = np.abs(x.astype(np.float64)) * math.ldexp(1.0, shift)
-        # |x| < 2**exponent and the scaling is exact, so every index is below FINE_BINS
-        return scaled.astype(np.intp)
+        if -120 < shift < 120:
+            return math.ldexp(1.0, shift), x
+        return math.ldexp(1.0, shift), x.astype(np.float64)
 
     def _grow(self, exponent: int) -> None:
         """Widen the range to [0, 2**exponent): neighbouring bins merge exactly."""
@@ -219,24 +224,35 @@ class StatsCollector:
         self.samples = 0
         self.batches = 0
         self.meta: dict = dict(meta or {})
+        # how the model ran (trtq.calibrate.capture_summary): for the summary line, never saved (it changes no
+        # statistic, and saved statistics must be the same bytes however the runs were cut)
+        self.capture: dict | None = None
 
-    def update(self, activations: dict[str, np.ndarray], samples: int) -> None:
-        """Fold one batch in. The dict is emptied as it goes, so each tensor is freed once counted."""
-        for stats, values in self._claim(activations, samples):
-            stats.update(values)
+    def update(self, activations: dict[str, np.ndarray], samples: int, batches: int = 1,
+               weights: dict[str, int] | None = None) -> None:
+        """Fold one batch in. The dict is emptied as it goes, so each tensor is freed once counted.
+        (A batch captured in several runs counts its samples and the batch once: ``samples``/``batches`` 0
+        on the other runs.) ``weights``: tensor -> how many times each of its values counts (default 1)."""
+        weights = weights or {}
+        for stats, values in self._claim(activations, samples, batches):
+            stats.update(values, weights.get(stats.name, 1))
 
-    def submit(self, activations: dict[str, np.ndarray], samples: int, pool: Executor) -> list[Future]:
+    def submit(self, activations: dict[str, np.ndarray], samples: int, pool: Executor,
+               batches: int = 1, weights: dict[str, int] | None = None) -> list[Future]:
         """Fold one batch in on ``pool`` (one task per tensor; numpy releases the GIL in the heavy parts).
 
         The caller must wait for the returned futures before submitting the next batch, so that each
         tensor's statistics are only ever touched by one task. ``activations`` is emptied.
         """
-        return [pool.submit(stats.update, values) for stats, values in self._claim(activations, samples)]
+        weights = weights or {}
+        return [pool.submit(stats.update, values, weights.get(stats.name, 1))
+                for stats, values in self._claim(activations, samples, batches)]
 
-    def _claim(self, activations: dict[str, np.ndarray], samples: int) -> Iterator[tuple[TensorStats, np.ndarray]]:
+    def _claim(self, activations: dict[str, np.ndarray], samples: int,
+               batches: int) -> Iterator[tuple[TensorStats, np.ndarray]]:
         """Count the batch, then hand out each tensor with its statistics, emptying ``activations``."""
         self.samples += samples
-        self.batches += 1
+        self.batches += batches
         while activations:
             name, values = activations.popitem()
             stats = self.tensors.get(name)

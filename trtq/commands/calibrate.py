@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from trtq.commands.options.common import quiet_option
+from trtq.commands.options.common import memory_budget_option, quiet_option
 from trtq.commands.options.data import batches_from_options, data_given, data_options
 from trtq.commands.progress import run_with_progress
 from trtq.errors import TrtqError
@@ -18,6 +18,7 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.command("calibrate")
 @click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
 @data_options
+@memory_budget_option()
 @click.option("--calibrator", type=click.Choice(("auto", *METHODS)), default="auto", show_default=True,
               help="Range method: auto (every method below, guarded against degenerate tensors, measured as "
                    "simulated INT8 vs FP32 on held-out data; the closest kept), entropy2 (TensorRT's KL search), "
@@ -55,7 +56,7 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.option("--eval-labels", type=click.Path(dir_okay=False),
               help="Labels of the --eval-data (.npy in data order, or a file,label CSV): adds accuracy.")
 def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_version, save_stats, from_stats,
-              device, quiet, ray_address, compare_methods, eval_data, eval_labels, **data_kwargs):
+              device, quiet, ray_address, compare_methods, eval_data, eval_labels, memory_budget, **data_kwargs):
     """Compute INT8 ranges for MODEL's tensors and write a TensorRT calibration cache.
 
     Runs the model in onnxruntime over the calibration data once, collecting per-tensor
@@ -74,9 +75,11 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
     from trtq.fileio import check_output_path
     from trtq.model import load_model
     from trtq.ranges import check_percentile
+    from trtq.segments import memory_budget_scope
     from trtq.stats import StatsCollector
     from trtq.versions import installed_trt_version
 
+    click.get_current_context().with_resource(memory_budget_scope(memory_budget))
     check_percentile(percentile)
     if (eval_data or eval_labels) and not (compare_methods or calibrator == "auto"):
         raise click.UsageError("--eval-data and --eval-labels belong to --calibrator auto and --compare-methods")
@@ -235,6 +238,9 @@ def _print_summary(result, written) -> None:
         for name, fraction, ratio in clipped:
             click.echo(f"  {name:<{width}}  {fraction * 100:7.3f} %  (range = {ratio:.3f} x absmax)")
     click.echo(range_sources_line(result))
+    capture = stats.capture or {}
+    if capture.get("plan"):
+        click.echo(f"model runs: {capture['plan']}; histograms binned by {capture.get('histogram_kernel') or 'numpy'}")
     for what, path in written:
         click.echo(f"{what} written to {path}")
 

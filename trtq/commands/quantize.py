@@ -12,6 +12,7 @@ from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES
 from trtq.accuracy.quantize import CALIBRATORS
 from trtq.accuracy.sensitivity import MODES
 from trtq.commands.options.accuracy import label_options
+from trtq.commands.options.common import memory_budget_option
 from trtq.commands.options.data import data_options
 from trtq.commands.progress import run_with_progress
 from trtq.ranges import DEFAULT_PERCENTILE
@@ -30,6 +31,7 @@ def output_paths(output: str) -> dict[str, Path]:
 @click.command("quantize")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @data_options
+@memory_budget_option()
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="OUT.onnx",
               help="The INT8 Q/DQ model; OUT.cache, OUT.keep.txt, OUT.report.json and OUT.report.html go beside it.")
 @click.option("--eval-data", type=click.Path(),
@@ -55,7 +57,7 @@ def output_paths(output: str) -> dict[str, Path]:
 @click.option("--trt-version", help="TensorRT version for the cache header [default: installed, else 10.16.1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; errors and warnings only.")
 def quantize(model_path, output, eval_data, labels_path, labels_from_folders, logits, metric, max_drop, min_sqnr,
-             calibrator, percentile, mode, max_eval_samples, trt_version, quiet, **data_kwargs):
+             calibrator, percentile, mode, max_eval_samples, trt_version, quiet, memory_budget, **data_kwargs):
     """Quantize MODEL to INT8 and verify it: one command from FP32 ONNX to a Q/DQ model that meets
     an accuracy target.
 
@@ -84,8 +86,10 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.messages import note, warn
     from trtq.model import load_model
     from trtq.ranges import check_percentile
+    from trtq.segments import memory_budget_scope
     from trtq.versions import installed_trt_version
 
+    click.get_current_context().with_resource(memory_budget_scope(memory_budget))
     check_percentile(percentile)
     paths = output_paths(output)
     for path in paths.values():

@@ -13,3 +13,24 @@ F = TypeVar("F", bound=Callable[..., Any])
 def quiet_option(still_printed: str = "Print errors and warnings only.") -> Callable[[F], F]:
     """``-q/--quiet`` (the ``quiet`` argument); ``still_printed`` is its help: what the command prints anyway."""
     return click.option("-q", "--quiet", is_flag=True, help=still_printed)
+
+
+def memory_budget_option() -> Callable[[F], F]:
+    """``--memory-budget SIZE`` (the ``memory_budget`` argument, bytes or None), parsed by the library."""
+
+    def parse(_ctx, _param, value):
+        if value is None:
+            return None
+        from trtq.errors import TrtqError
+        from trtq.segments import parse_memory_size
+
+        try:
+            return parse_memory_size(value)
+        except TrtqError as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return click.option(
+        "--memory-budget", metavar="SIZE", callback=parse,
+        help="Most activation memory the model runs may hold (512M, 2G; a plain number is MiB). Batches are "
+             "run in slices of samples and the graph in segments to stay within it; ranges do not change. "
+             "[default: 256M, or a quarter of the available memory when less]")

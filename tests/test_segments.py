@@ -1,0 +1,168 @@
+"""Bounded activation memory (trtq.segments): graph segments and micro-batches change no statistic."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from trtq.calibrate import calibrate, collect_statistics
+from trtq.capture import ActivationCapture
+from trtq.cli import cli as main
+from trtq.errors import TrtqError
+from trtq.model import Model, load_model
+from trtq.segments import GraphSegmenter, memory_budget_scope, parse_memory_size
+
+CPU = ["CPUExecutionProvider"]
+KiB = 1 << 10
+
+
+def batches_of(name: str, images: np.ndarray, size: int):
+    return [{name: images[i:i + size]} for i in range(0, len(images), size)]
+
+
+def assert_same_statistics(a, b, same_batches: bool = True):
+    assert list(a.tensors) == list(b.tensors)
+    assert a.samples == b.samples and (a.batches == b.batches or not same_batches)
+    for name, left in a.tensors.items():
+        right = b.tensors[name]
+        assert (left.count, left.zeros, left.min, left.max, left.exponent) == \
+            (right.count, right.zeros, right.min, right.max, right.exponent), name
+        np.testing.assert_array_equal(left.hist, right.hist, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_model_path):
+    return load_model(mnist_model_path)
+
+
+@pytest.fixture(scope="module")
+def dynamic_mnist(mnist_model_path) -> Model:
+    """The zoo model with a dynamic batch (as tests/test_calibrate.py makes it)."""
+    proto = onnx.load(str(mnist_model_path))
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    for i, init in enumerate(proto.graph.initializer):
+        if init.name == "Pooling160_Output_0_reshape0_shape":
+            proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array([-1, 256], np.int64), init.name))
+    return Model(proto)
+
+
+@pytest.mark.parametrize("budget_kib", [150, 200, 400])
+def test_graph_segments_give_the_statistics_of_one_whole_run(mnist, mnist_digits, budget_kib):
+    """MNIST (fixed batch of 1): small budgets cut the graph into segments; every statistic is the same."""
+    images = mnist_digits[0][:40]
+    whole = collect_statistics(mnist, batches_of("Input3", images, 1), providers=CPU, memory_budget=1 << 30)
+    cut = collect_statistics(mnist, batches_of("Input3", images, 1), providers=CPU, memory_budget=budget_kib * KiB)
+    assert "the whole graph" in whole.capture["plan"]
+    if budget_kib < 400:
+        assert "graph segments" in cut.capture["plan"]
+        assert cut.capture["runs"] > whole.capture["runs"]
+    assert_same_statistics(whole, cut)
+
+
+def test_micro_batches_and_segments_keep_the_cache_of_the_batch_as_given(dynamic_mnist, mnist_digits):
+    """A dynamic batch of 60 is fed in slices when the budget asks for it: same cache bytes, same counts."""
+    images = mnist_digits[0][:240]
+    whole = calibrate(dynamic_mnist, batches_of("Input3", images, 60), "entropy2", providers=CPU)
+    with memory_budget_scope(600 * KiB):
+        sliced = calibrate(dynamic_mnist, batches_of("Input3", images, 60), "entropy2", providers=CPU)
+    plan = sliced.stats.capture["plan"]
+    assert "samples a run" in plan or "1 sample a run" in plan, plan
+    assert sliced.stats.capture["runs"] > 4
+    assert (sliced.samples, sliced.stats.batches) == (240, 4)
+    assert sliced.cache().to_bytes() == whole.cache().to_bytes()
+    assert_same_statistics(whole.stats, sliced.stats)
+
+
+def test_a_budget_below_one_node_is_one_error_naming_the_minimum(mnist, mnist_digits):
+    with pytest.raises(TrtqError, match=r"below what this model needs: at least [0-9.]+ (KiB|MiB)|at least"):
+        collect_statistics(mnist, batches_of("Input3", mnist_digits[0][:2], 1), providers=CPU,
+                           memory_budget=4 * KiB)
+
+
+def test_cli_memory_budget_error_exits_2_and_writes_nothing(tmp_path, mnist_model_path):
+    cache = tmp_path / "m.cache"
+    result = CliRunner().invoke(main, ["calibrate", str(mnist_model_path), "--data", "calib_data/mnist",
+                                       "--cache", str(cache), "--memory-budget", "1M", "-q"])
+    assert result.exit_code == 0, result.output  # 1 MiB is enough for MNIST
+    cache.unlink()
+    bad = CliRunner().invoke(main, ["calibrate", str(mnist_model_path), "--data", "calib_data/mnist",
+                                    "--cache", str(cache), "--memory-budget", "12 parsecs"])
+    assert bad.exit_code == 2 and "not a memory size" in bad.output and not cache.exists()
+
+
+def test_cli_summary_says_how_the_model_ran(tmp_path, mnist_model_path):
+    result = CliRunner().invoke(main, ["calibrate", str(mnist_model_path), "--data", "calib_data/mnist",
+                                       "--cache", str(tmp_path / "m.cache"), "--calibrator", "entropy2"])
+    assert result.exit_code == 0, result.output
+    assert "model runs: the whole graph" in result.output and "memory budget" in result.output
+
+
+@pytest.mark.parametrize(("text", "expected"), [("512M", 512 << 20), ("2G", 2 << 30), ("1.5GiB", 3 << 29),
+                                                ("768", 768 << 20), ("64mb", 64 << 20)])
+def test_memory_sizes_parse(text, expected):
+    assert parse_memory_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "-5M", "2X", "0.5K", "lots"])
+def test_bad_memory_sizes_are_one_line_errors(text):
+    with pytest.raises(TrtqError):
+        parse_memory_size(text)
+
+
+def anchor_model() -> Model:
+    """x[N,4] -> Relu, plus an anchor-like float tensor computed from x's shape only (Shape -> Range -> Cast):
+    its values are the same in every run, whatever the batch."""
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "one"], ["width"], axis=0),
+        helper.make_node("Range", ["zero", "width", "step"], ["ramp"]),
+        helper.make_node("Cast", ["ramp"], ["ramp_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["ramp_f", "half"], ["anchors"]),
+        helper.make_node("Add", ["r", "anchors"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "anchors", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [
+                                  numpy_helper.from_array(np.array(1, np.int64), "one"),
+                                  numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                                  numpy_helper.from_array(np.array(1, np.int64), "step"),
+                                  numpy_helper.from_array(np.array(0.5, np.float32), "half")])
+    return Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+
+
+def test_shape_derived_tensors_count_once_per_sample_whatever_the_batch_size():
+    model = anchor_model()
+    data = np.random.default_rng(0).standard_normal((24, 4)).astype(np.float32)
+    results = [collect_statistics(model, batches_of("x", data, size), providers=CPU) for size in (1, 5, 24)]
+    for other in results[1:]:
+        assert_same_statistics(results[0], other, same_batches=False)
+    anchors = results[0]["anchors"]
+    assert anchors.count == 24 * 4 and anchors.max == 1.5
+
+
+def test_segmenter_keeps_boundary_tensors_until_their_last_reader(mnist):
+    segmenter = GraphSegmenter(mnist.graph, mnist.calibration_tensors())
+    sizes = {name: 1000.0 for name in segmenter.produced_at}
+    segments = segmenter.cut(sizes, per_run=2500.0)
+    assert len(segments) > 2 and segments[0].start == 0 and segments[-1].stop == len(mnist.graph.node)
+    for before, after in zip(segments, segments[1:], strict=False):
+        assert before.stop == after.start
+    produced_before: set[str] = set(segmenter.graph_inputs)
+    for segment in segments:
+        assert set(segment.inputs) <= produced_before  # everything a segment reads exists already
+        produced_before |= set(segment.outputs)
+
+
+def test_capture_run_merges_the_runs_of_a_batch(dynamic_mnist, mnist_digits):
+    feed = {"Input3": mnist_digits[0][:16]}
+    with ActivationCapture(dynamic_mnist, providers=CPU, memory_budget=1 << 30) as whole, \
+            ActivationCapture(dynamic_mnist, providers=CPU, memory_budget=300 * KiB) as sliced:
+        a, b = whole.run(feed), sliced.run(feed)
+        assert sliced.runs > whole.runs
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

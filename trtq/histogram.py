@@ -1,0 +1,122 @@
+"""The |x| binning kernel behind :meth:`trtq.stats.TensorStats.update`: most of what statistics cost.
+
+A value's fine bin is ``floor(|x| * 2**shift)`` computed in float32 (the power-of-two factor is exact), so
+any implementation that does that arithmetic gives the same counts bit for bit. Two do:
+
+* ``numba`` (``pip install 'trtq[fast]'``): one compiled pass per value, |x|, the bin and the zero count
+  together, four sub-histograms so that neighbouring equal bins do not serialise the increments.
+  Measured on this project's 2-core machine, 26 M ReLU-like float32 values: 1.0 ns a value against numpy's 3.2
+  (numpy makes four passes: abs, scale, cast to an index array, bincount). It releases the GIL, so the
+  statistics threads still fold several tensors at once. Compiled on first use and cached on disk
+  (numba's cache: next to this file, else the user's cache folder).
+* ``numpy``: the fallback, always available, chunked so the temporaries stay a few MB.
+
+numba is imported only for a tensor of at least :data:`COMPILED_MIN_VALUES` values: for small models its
+import (~0.25 s) would cost more than it saves. ``TRTQ_HISTOGRAM=numpy`` forces the fallback;
+:func:`kernel_used` says which one ran, for the summary and the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+HIST_CHUNK = 1 << 18  # values binned at a time by the numpy path
+COMPILED_MIN_VALUES = 1 << 16  # below this a tensor is binned by numpy (numba's import would not pay)
+KERNEL_ENV = "TRTQ_HISTOGRAM"  # "numpy" forces the fallback
+
+_lock = threading.Lock()
+_compiled = None  # the numba kernel once loaded, False when numba is unavailable or disabled
+_used: set[str] = set()
+
+
+def kernel_used() -> str | None:
+    """Which kernel binned values in this process ("numba", "numpy", "numba+numpy"), None before any."""
+    if not _used:
+        return None
+    return "+".join(sorted(_used, reverse=True))
+
+
+def compiled_available() -> bool:
+    """Whether the numba kernel can be used here (loads it: numba's import and, once, its compilation)."""
+    return _load_compiled() is not None
+
+
+def add_bins(hist: np.ndarray, x: np.ndarray, factor: float) -> int:
+    """Add each value's bin ``floor(|x| * factor)`` to ``hist`` (int64) and return the count of exact zeros.
+
+    ``x`` is 1-D, finite float32 or float64 (float64 only for extreme magnitudes, where the factor is not
+    representable in float32), every ``|x| * factor`` below ``hist.size``.
+    """
+    if x.dtype == np.float32 and x.size >= COMPILED_MIN_VALUES:
+        kernel = _load_compiled()
+        if kernel is not None:
+            _used.add("numba")
+            return int(kernel(np.ascontiguousarray(x), np.float32(factor), hist))
+    _used.add("numpy")
+    return _add_bins_numpy(hist, x, factor)
+
+
+def _add_bins_numpy(hist: np.ndarray, x: np.ndarray, factor: float) -> int:
+    zeros = 0
+    for start in range(0, x.size, HIST_CHUNK):
+        chunk = x[start:start + HIST_CHUNK]
+        scaled = np.abs(chunk)
+        scaled *= scaled.dtype.type(factor)
+        counts = np.bincount(scaled.astype(np.intp), minlength=hist.size)
+        if counts[0]:  # exact zeros can only be in bin 0: count them only when it is not empty
+            zeros += int(np.count_nonzero(chunk == 0))  # (x == 0) then a count: ~5x faster than on float32
+        hist += counts
+    return zeros
+
+
+def _load_compiled():
+    global _compiled
+    if _compiled is None:
+        with _lock:
+            if _compiled is None:
+                _compiled = _compile() or False
+    return _compiled or None
+
+
+def _compile():
+    if os.environ.get(KERNEL_ENV, "").strip().lower() == "numpy":
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def add_bins_float32(x, factor, hist):  # pragma: no cover - compiled: tested through add_bins
+        n = x.size
+        bins = hist.size
+        sub = np.zeros((4, bins), np.int64)
+        zeros = 0
+        whole = n - n % 4
+        for i in range(0, whole, 4):
+            a = abs(x[i])
+            b = abs(x[i + 1])
+            c = abs(x[i + 2])
+            d = abs(x[i + 3])
+            zeros += (a == 0) + (b == 0) + (c == 0) + (d == 0)
+            sub[0, np.intp(a * factor)] += 1
+            sub[1, np.intp(b * factor)] += 1
+            sub[2, np.intp(c * factor)] += 1
+            sub[3, np.intp(d * factor)] += 1
+        for i in range(whole, n):
+            a = abs(x[i])
+            zeros += a == 0
+            sub[0, np.intp(a * factor)] += 1
+        for k in range(4):
+            for j in range(bins):
+                hist[j] += sub[k, j]
+        return zeros
+
+    try:
+        add_bins_float32(np.zeros(4, np.float32), np.float32(1.0), np.zeros(8, np.int64))  # compile (or load)
+    except Exception:  # noqa: BLE001 - a broken numba install: the numpy path is always right
+        return None
+    return add_bins_float32
