@@ -108,6 +108,18 @@ def collect_statistics_ray(model: Model, source: BatchSource, address: str = "lo
     return finish_statistics(model, merged, source)
 
 
+def ray_collector(address: str) -> Callable[..., StatsCollector]:
+    """:func:`trtq.calibrate.collect_statistics`'s signature, the shards run as Ray tasks at ``address``
+    (the ``collect`` hook of ``calibrate --calibrator auto`` and ``quantize``)."""
+
+    def collect(model: Model, batches: BatchSource, *, providers: list[str] | None = None,
+                progress: Callable[[int], None] | None = None, keep_histograms: bool = True) -> StatsCollector:
+        return collect_statistics_ray(model, batches, address, providers=providers, progress=progress,
+                                      keep_histograms=keep_histograms)
+
+    return collect
+
+
 def calibrate_ray(model: Model, source: BatchSource, calibrator: str = "entropy2", address: str = "local", *,
                   percentile: float = DEFAULT_PERCENTILE, shards: int | None = None,
                   providers: list[str] | None = None, progress: Callable[[int], None] | None = None,

@@ -1,0 +1,73 @@
+"""``--ray`` on the commands built from calibrate and sensitivity: ``trtq quantize --ray`` (ranking on actors,
+calibration sharded with --eval-data) and ``trtq evaluate --ray`` (batches as tasks) give the local run's
+files and numbers on the real MNIST model and digits; a local Ray instance, no stand-ins."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import DATA, REPO
+from tests.test_cli_calibrate import assert_user_error, run
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'trtq[ray]')")
+
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
+MODEL = REPO / "calib_data" / "mnist-8.onnx"
+DIGITS = REPO / "calib_data" / "mnist"
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    with np.load(DATA / "mnist-test-first1000.npz") as data:
+        images, labels = data["images"].astype(np.float32)[:, None], data["labels"].astype(np.int64)
+    folder = tmp_path_factory.mktemp("digits")
+    np.save(folder / "cal.npy", images[:120])
+    np.save(folder / "val.npy", images[600:680])
+    np.save(folder / "val_labels.npy", labels[600:680])
+    return folder
+
+
+def without_timings(document: dict) -> dict:
+    """A quantize report without its wall-clock figures (they differ between any two runs)."""
+    document = {**document, "seconds": None, "outputs": None}
+    document["steps"] = [{**step, "seconds": None} for step in document["steps"]]
+    return document
+
+
+def quantize_files(folder) -> dict[str, bytes]:
+    return {path.name.split(".", 1)[1]: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("eval_data", [True, False], ids=["eval-data", "holdout"])
+def test_cli_quantize_ray_keeps_and_writes_as_locally(tmp_path, digits, eval_data):
+    # 44 dB: all INT8 misses it, so the keep-in-float search (and its ranking, on Ray) runs
+    args = ["quantize", str(MODEL), "--data", str(digits / "cal.npy"), "--min-sqnr", "44", "--calibrator", "minmax"]
+    if eval_data:
+        args += ["--eval-data", str(digits / "val.npy"), "--labels", str(digits / "val_labels.npy")]
+    (tmp_path / "local").mkdir()
+    (tmp_path / "ray").mkdir()
+    local = run(*args, "-o", str(tmp_path / "local" / "m.onnx"))
+    assert local.exit_code == 0, local.output
+    result = run(*args, "--ray", "local", "-o", str(tmp_path / "ray" / "m.onnx"))
+    assert result.exit_code == 0, result.output
+    assert "ranking on Ray: " in result.output and " tasks" in result.output
+    assert ("the calibration pass (with its hold-out split) runs on this machine" in result.output) != eval_data
+    report = json.loads((tmp_path / "ray" / "m.report.json").read_text())
+    assert report["keep"] and report["sensitivity"]["ranking"]  # the ranking ran and kept layers in float
+    assert without_timings(report) == without_timings(json.loads((tmp_path / "local" / "m.report.json").read_text()))
+    ray_files, local_files = quantize_files(tmp_path / "ray"), quantize_files(tmp_path / "local")
+    assert set(ray_files) == {"onnx", "cache", "keep.txt", "report.json", "report.html"}
+    for name in ("onnx", "cache", "keep.txt"):
+        assert ray_files[name] == local_files[name], name
+
+
+def test_cli_quantize_ray_with_a_metric_is_a_usage_error(tmp_path, digits):
+    script = tmp_path / "metric.py"
+    script.write_text("def metric(fp32, int8, labels):\n    return 1.0\n")
+    result = run("quantize", str(MODEL), "--data", str(digits / "cal.npy"), "--metric", str(script),
+                 "--ray", "local", "-o", str(tmp_path / "q.onnx"))
+    assert_user_error(result, "--ray does not run a task metric yet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metric.py"]
