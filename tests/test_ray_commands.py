@@ -71,3 +71,70 @@ def test_cli_quantize_ray_with_a_metric_is_a_usage_error(tmp_path, digits):
                  "--ray", "local", "-o", str(tmp_path / "q.onnx"))
     assert_user_error(result, "--ray does not run a task metric yet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metric.py"]
+
+
+# -- evaluate --ray ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist_cache(tmp_path_factory):
+    from trtq.calibrate import calibrate
+    from trtq.data import open_batches
+    from trtq.model import load_model
+
+    model = load_model(MODEL)
+    path = tmp_path_factory.mktemp("cache") / "m.cache"
+    calibrate(model, open_batches(model, str(DIGITS), max_samples=80), "entropy2").write_cache(path)
+    return path
+
+
+def test_cli_evaluate_ray_reports_the_local_figures(tmp_path, mnist_cache):
+    args = ["evaluate", str(MODEL), "--cache", str(mnist_cache), "--data", str(DIGITS), "--max-samples", "90",
+            "--seed", "3", "--labels", str(DIGITS / "labels.csv")]
+    local = run(*args, "--json", str(tmp_path / "local.json"))
+    assert local.exit_code == 0, local.output
+    result = run(*args, "--json", str(tmp_path / "ray.json"), "--ray", "local")
+    assert result.exit_code == 0, result.output
+    assert "evaluating on Ray: " in result.output and " tasks" in result.output
+    got, expected = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("ray", "local"))
+    assert got["samples"] == expected["samples"] == 90 and got["accuracy"]["fp32"]["top1"] > 0.9
+    for key in ("outputs", "accuracy", "accuracy_output", "quantized_nodes"):
+        assert got[key] == expected[key], key  # the same floats, not merely close ones
+    # the printed table is the local one, line for line
+    table = [line for line in result.output.splitlines() if line.startswith(("Plus214", "  FP32", "  INT8"))]
+    assert table and table == [line for line in local.output.splitlines()
+                               if line.startswith(("Plus214", "  FP32", "  INT8"))]
+
+
+@pytest.mark.parametrize("shards", [1, 3, 4])
+def test_evaluate_shards_give_the_same_rows_and_statistics(tmp_path, shards):
+    from tests.test_ray import conv_model
+    from trtq.accuracy.evaluate import evaluate_int8
+    from trtq.calibrate import calibrate
+    from trtq.data import open_batches
+    from trtq.distributed.evaluate import evaluate_int8_ray
+
+    model = conv_model(tmp_path)  # a dynamic batch: batches of 4, the last one partial
+    np.save(tmp_path / "x.npy", np.random.default_rng(7).normal(size=(30, 3, 8, 8)).astype(np.float32) * 2)
+    source = open_batches(model, str(tmp_path / "x.npy"), batch_size=4, max_samples=27, seed=1)
+    amax = calibrate(model, source, "minmax").amax
+    local = evaluate_int8(model, amax, source, collect_stats=True)
+    remote = evaluate_int8_ray(model, amax, source, "local", collect_stats=True, shards=shards)
+    assert remote.samples == local.samples == 27
+    assert remote.outcome.rows == local.outcome.rows
+    assert remote.document() == local.document()
+    for name, stats in local.stats.tensors.items():
+        other = remote.stats[name]
+        assert (other.count, other.min, other.max, other.exponent) == (stats.count, stats.min, stats.max,
+                                                                        stats.exponent)
+        assert np.array_equal(other.hist, stats.hist)
+
+
+def test_cli_evaluate_ray_refuses_a_loader_script(tmp_path, mnist_cache):
+    script = tmp_path / "dl.py"
+    script.write_text("import numpy as np\n\ndef load_data():\n"
+                      "    yield {'Input3': np.zeros((1, 1, 28, 28), np.float32)}\n")
+    result = run("evaluate", str(MODEL), "--cache", str(mnist_cache), "--data-loader-script", str(script),
+                 "--ray", "local", "--json", str(tmp_path / "e.json"))
+    assert_user_error(result, "--ray shards the data by sample index")
+    assert not (tmp_path / "e.json").exists()

@@ -70,18 +70,20 @@ def worker_model(payload: tuple[str, object]) -> Model:
 def collect_shard(payload: tuple[str, object], source: BatchSource, keep_histograms: bool,
                   providers: list[str] | None) -> StatsCollector:
     """One Ray task: the raw statistics of one shard (runs on a worker)."""
+    return collect_raw_statistics(worker_model(payload), worker_source(source), providers=providers,
+                                  keep_histograms=keep_histograms)
+
+
+def worker_source(source: BatchSource) -> BatchSource:
+    """A shard as a worker reads it: its data must be there (one line naming the host when not); the driver
+    already warned while opening the source, so the worker uses the plain warning channel."""
     path = data_path(source)
     if path is not None and not Path(path).exists():
         raise TrtqError(f"the worker on {worker_host()} cannot read the data at {path}: --ray needs the data on "
                         "storage every node mounts at the same path")
-    _quiet_warnings(source)
-    return collect_raw_statistics(worker_model(payload), source, providers=providers, keep_histograms=keep_histograms)
-
-
-def _quiet_warnings(source: BatchSource) -> None:
-    """The driver already warned while opening the source; workers use the plain warning channel."""
     if hasattr(source, "_warn"):
         source._warn = default_warn
+    return source
 
 
 def collect_statistics_ray(model: Model, source: BatchSource, address: str = "local", *,
