@@ -138,3 +138,53 @@ def test_cli_evaluate_ray_refuses_a_loader_script(tmp_path, mnist_cache):
                  "--ray", "local", "--json", str(tmp_path / "e.json"))
     assert_user_error(result, "--ray shards the data by sample index")
     assert not (tmp_path / "e.json").exists()
+
+
+# -- ray = "ADDRESS" in trtq.toml ----------------------------------------------------------------------------
+
+
+def pipeline_config(folder, digits, ray: str | None):
+    lines = ['output = "artifacts"', 'precisions = ["int8"]', 'calibrators = ["auto", "entropy2"]',
+             *([f'ray = "{ray}"'] if ray else []),
+             "[gates]", "min_sqnr_db = 44.0",  # quantize keeps layers in float: its ranking runs
+             "[[models]]", 'name = "mnist"', f'path = "{MODEL}"', f'data = {{ path = "{digits / "cal.npy"}" }}',
+             f'eval = {{ path = "{digits / "val.npy"}", labels = "{digits / "val_labels.npy"}" }}']
+    folder.mkdir()
+    (folder / "trtq.toml").write_text("\n".join(lines) + "\n")
+    return folder / "trtq.toml"
+
+
+def test_pipeline_ray_runs_the_statistics_and_quantize_steps_on_ray(tmp_path, digits, monkeypatch):
+    from trtq.distributed import calibrate as distributed_calibrate
+    from trtq.distributed import sensitivity as distributed_sensitivity
+
+    used = []  # which Ray paths the steps took (the real functions run; nothing is replaced)
+
+    def spy(real):
+        def record(*args, **kwargs):
+            used.append(real.__name__)
+            return real(*args, **kwargs)
+
+        return record
+
+    for module, name in ((distributed_calibrate, "collect_statistics_ray"), (distributed_sensitivity, "use_ray")):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    # exit 3 both times: entropy2's all-INT8 model misses the 44 dB gate that makes quantize keep layers
+    local = run("run", str(pipeline_config(tmp_path / "local", digits, None)))
+    assert local.exit_code == 3, local.output
+    assert used == []
+    result = run("run", str(pipeline_config(tmp_path / "ray", digits, "local")))
+    assert result.exit_code == 3, result.output
+    assert "mnist/int8-entropy2: min_sqnr_db" in result.output and "mnist/int8-auto: " not in result.output
+    # statistics: one sharded pass; quantize: its calibration pass sharded (separate eval data), its ranking
+    assert sorted(used) == ["collect_statistics_ray", "collect_statistics_ray", "use_ray"]
+    out_local, out_ray = tmp_path / "local" / "artifacts", tmp_path / "ray" / "artifacts"
+    manifest = json.loads((out_ray / "manifest.json").read_text())
+    assert manifest["steps"]["mnist/int8-auto/quantize"]["result"]["record"]["keep"]  # layers kept in float
+    compared = [p.relative_to(out_local) for p in out_local.rglob("*")
+                if p.suffix in (".cache", ".onnx", ".txt") and p.is_file()]
+    assert len(compared) >= 5  # two caches, two Q/DQ models, the keep list
+    for rel in compared:
+        assert (out_ray / rel).read_bytes() == (out_local / rel).read_bytes(), rel
+    with np.load(out_local / "mnist" / "statistics.npz") as a, np.load(out_ray / "mnist" / "statistics.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from trtq.calibrate import CalibrationResult, collect_raw_statistics, compute_ranges, finish_statistics
-from trtq.data.base import BatchSource, default_warn, shard_selection
+from trtq.data.base import BatchSource, shard_selection
 from trtq.distributed.backend import cluster_cpus, gather, ray_session, worker_host
 from trtq.errors import TrtqError
 from trtq.model import PROTO_LIMIT, Model
@@ -75,14 +75,12 @@ def collect_shard(payload: tuple[str, object], source: BatchSource, keep_histogr
 
 
 def worker_source(source: BatchSource) -> BatchSource:
-    """A shard as a worker reads it: its data must be there (one line naming the host when not); the driver
-    already warned while opening the source, so the worker uses the plain warning channel."""
+    """A shard as a worker reads it: its data must be there (one line naming the host when not). It warns
+    through the plain channel (:class:`trtq.data.base.SentWithPlainWarnings`)."""
     path = data_path(source)
     if path is not None and not Path(path).exists():
         raise TrtqError(f"the worker on {worker_host()} cannot read the data at {path}: --ray needs the data on "
                         "storage every node mounts at the same path")
-    if hasattr(source, "_warn"):
-        source._warn = default_warn
     return source
 
 
