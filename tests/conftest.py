@@ -13,6 +13,21 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
 
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One local Ray instance (2 CPUs) for a module's tests: trtq's ray_session finds it initialised and reuses
+    it (``pytest.mark.usefixtures("local_ray")``; the module skips itself when ray is not installed)."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def mnist_model_path() -> Path:
     """The ONNX Model Zoo MNIST classifier bundled in calib_data/ (opset 8, static batch 1, raw 0-255 input)."""

@@ -125,6 +125,45 @@ def test_a_top1_gate_needs_labels(tmp_path):
     assert load_config(str(config)).models[0].gates == {"min_sqnr_db": 10.0}
 
 
+def test_ray_is_an_address_string_passed_to_the_run(tmp_path):
+    config = tmp_path / "trtq.toml"
+    body = f'[[models]]\npath = "{MODEL}"\ndata = "{DIGITS}"\n'
+    config.write_text(f'ray = " local "\n{body}')
+    assert load_config(str(config)).ray == "local"
+    config.write_text(body)
+    assert load_config(str(config)).ray is None
+    from trtq.pipeline import Pipeline
+
+    config.write_text(f'ray = "auto"\n{body}')
+    assert Pipeline(load_config(str(config))).config.ray == "auto"  # what the CPU steps get from ctx.ray()
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("ray = 5", "ray: expected a string, got the number 5"),
+    ("ray = true", "ray: expected a string, got the boolean true"),
+    ('ray = "  "', "ray: empty: give local, auto, HOST:PORT or ray://HOST:PORT (or leave ray out)"),
+])
+def test_a_wrong_ray_value_is_one_config_line(tmp_path, line, message):
+    config = tmp_path / "trtq.toml"
+    config.write_text(f'{line}\n[[models]]\npath = "{MODEL}"\ndata = "{DIGITS}"\n')
+    result = invoke("run", str(config))
+    assert result.exit_code == 2
+    assert errors(result) == [f"{config}: {message}"]
+    assert not (tmp_path / "trtq-artifacts").exists()
+
+
+def test_ray_refuses_a_calibration_loader_script(tmp_path):
+    (tmp_path / "dl.py").write_text("import numpy as np\n\ndef load_data():\n"
+                                    "    yield {'Input3': np.zeros((1, 1, 28, 28), np.float32)}\n")
+    config = tmp_path / "trtq.toml"
+    config.write_text(f'ray = "local"\n[[models]]\npath = "{MODEL}"\ndata = {{ loader_script = "dl.py" }}\n')
+    result = invoke("run", str(config))
+    assert result.exit_code == 2
+    assert errors(result) == [f"{config}: models[0].data.loader_script: ray shards the calibration data by sample "
+                              "index, which a loader script does not have: give data.path on shared storage, or "
+                              "leave ray out"]
+
+
 def test_toml_syntax_errors_name_the_line(tmp_path):
     config = tmp_path / "trtq.toml"
     config.write_text('[[models]]\npath = "a.onnx\n')

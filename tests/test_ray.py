@@ -20,20 +20,8 @@ from trtq.model import Model, load_model
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'trtq[ray]')")
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("local_ray")]
 MNIST_DIGITS = REPO / "calib_data" / "mnist"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray(tmp_path_factory):
-    """One local Ray instance (2 CPUs) for the module: trtq's ray_session finds it initialised and reuses it."""
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield
-    ray.shutdown()
 
 
 def conv_model(tmp_path) -> Model:

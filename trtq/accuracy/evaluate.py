@@ -88,7 +88,7 @@ class Comparison:
         return 100.0 * (self.metric_scores[None] - self.metric_scores[key])
 
 
-class _Predictions:
+class Predictions:
     """Top-k class indices of the logits output per sample, for the reference and every candidate."""
 
     def __init__(self, index: int, name: str, keys: Iterable[str]):
@@ -110,6 +110,12 @@ class _Predictions:
         self.top[None].append(self._top(reference[self.index]))
         for key, values in outputs.items():
             self.top[key].append(self._top(values[self.index]))
+
+    def merge(self, other: Predictions) -> None:
+        """Append the predictions of later batches (another shard of the same pass, in order)."""
+        for key, parts in other.top.items():
+            self.top[key].extend(parts)
+        self.classes = max(self.classes, other.classes)
 
     @property
     def samples(self) -> int:
@@ -180,7 +186,7 @@ def compare_candidates(
     index = logits_index(names, logits)
     if labels is not None:
         check_labels(labels, source)  # before the long part
-    predictions = _Predictions(index, names[index], candidates) if labels is not None else None
+    predictions = Predictions(index, names[index], candidates) if labels is not None else None
     observers = [o.observe for o in (predictions, metric) if o is not None]
 
     def observe(reference_outputs: list[np.ndarray], outputs: dict[str, list[np.ndarray]]) -> None:
@@ -188,6 +194,14 @@ def compare_candidates(
             observer(reference_outputs, outputs)
 
     rows = compare_runs(reference, candidates, names, batches, observe=observe if observers else None)
+    return finish_comparison(rows, names, index, predictions, labels, source, metric)
+
+
+def finish_comparison(rows: Mapping[str, list[OutputAgreement]], names: Sequence[str], index: int,
+                      predictions: Predictions | None, labels: Labels | None, source: BatchSource | None,
+                      metric: MetricTracker | None = None) -> Comparison:
+    """The :class:`Comparison` of :func:`compare_candidates` from its pass's rows and predictions (also those
+    of a pass run elsewhere in parts: ``trtq evaluate --ray``)."""
     samples = max((r.samples for per in rows.values() for r in per), default=0)
     reference_accuracy = None
     accuracy: dict = {}

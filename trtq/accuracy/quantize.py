@@ -42,6 +42,8 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 from trtq.stats import StatsCollector
 
 RANK_SAMPLES = 64  # the sensitivity ranking's samples: it orders layers; every keep step is verified on all
+# (analysis, ranges source) -> close: runs the ranking's evaluations elsewhere (trtq.distributed.sensitivity.use_ray)
+RankBackend = Callable[[SensitivityAnalysis, str], Callable[[], None]]
 MAX_KEPT_SHARE = 0.9  # keeping more than this share of the quantized layers in float is not INT8
 CALIBRATORS = ("auto", *METHODS)
 
@@ -180,10 +182,16 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
              logits: str | None = None, mode: str = "alone",
              max_eval_samples: int = DEFAULT_EVAL_SAMPLES,
              progress: Callable[[int], None] | None = None,
-             note: Callable[[str], None] | None = None) -> QuantizeResult:
+             note: Callable[[str], None] | None = None,
+             collect: Callable[..., StatsCollector] | None = None,
+             rank_backend: RankBackend | None = None) -> QuantizeResult:
     """The whole loop of the module docstring. ``eval_batches`` (held in memory) with ``eval_labels``
     (in their order) is the evaluation set; without it the calibration data is split and
-    ``calibration_labels`` (lined up by the calibration source) give the held-out samples' labels."""
+    ``calibration_labels`` (lined up by the calibration source) give the held-out samples' labels.
+
+    ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (the hold-out split
+    streams through this process); ``rank_backend(analysis, ranges_source)`` makes the sensitivity ranking
+    evaluate elsewhere and returns the function that closes it (``--ray``: both give the local results)."""
     if calibrator not in CALIBRATORS:
         raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(CALIBRATORS)})")
     say = note or (lambda _message: None)
@@ -195,7 +203,8 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         source = split
     else:
         source = calibration
-    stats = collect_statistics(model, source, progress=progress, keep_histograms=True)
+    gather = collect if collect is not None and split is None else collect_statistics
+    stats = gather(model, source, progress=progress, keep_histograms=True)
     check_inputs_finite(model, stats)
     timings["calibration"] = time.perf_counter() - started
 
@@ -251,7 +260,12 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         analysis = SensitivityAnalysis(model, amax, batches, logits=logits, metric=metric,
                                        labels=Labels("evaluation labels", by_index=labels) if labels is not None
                                        else None, ranges_source=f"the {method} ranges")
-        sensitivity = analysis.rank(mode, max_samples=RANK_SAMPLES)
+        close = rank_backend(analysis, f"the {method} ranges") if rank_backend is not None else None
+        try:
+            sensitivity = analysis.rank(mode, max_samples=RANK_SAMPLES)
+        finally:
+            if close is not None:  # the keep-set steps run here, one after the other
+                close()
         analysis.keep_set(sensitivity, target_sqnr=target.min_sqnr, max_drop=target.max_drop)
         keep = list(sensitivity.keep or [])
         for step in sensitivity.steps[1:]:

@@ -145,7 +145,9 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 if held is None and not quiet:
                     click.echo("--ray with --calibrator auto and no --eval-data: the hold-out split runs on this "
                                "machine (give --eval-data to shard the calibration)", err=True)
-                collect = _ray_collector(ray_address)
+                from trtq.distributed.calibrate import ray_collector
+
+                collect = ray_collector(ray_address)
             run = functools.partial(calibrate_auto, model, batches, eval_batches=None if held is None else held.batches,
                                     eval_labels=None if held is None else held.labels, providers=device_providers,
                                     collect=collect)
@@ -196,17 +198,6 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                    f"best = {methods.rule}):")
         click.echo(methods.format_table())
         click.echo(f"recommended: {methods.best.label}")
-
-
-def _ray_collector(address):
-    """``collect_statistics``'s signature, run as Ray tasks at ``address``."""
-    from trtq.distributed.calibrate import collect_statistics_ray
-
-    def collect(model, batches, *, providers=None, progress=None, keep_histograms=True):
-        return collect_statistics_ray(model, batches, address, providers=providers, progress=progress,
-                                      keep_histograms=keep_histograms)
-
-    return collect
 
 
 def _eval_set(model, data_kwargs, eval_data, eval_labels):

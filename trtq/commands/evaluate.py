@@ -16,9 +16,14 @@ from trtq.commands.options.data import data_options
 @click.option("--reference", "reference_path", type=click.Path(dir_okay=False),
               help="MODEL already has Q/DQ (QAT): its FP32 model, to measure against [default: MODEL with every "
                    "Q/DQ pair removed].")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Evaluate the data's batches as Ray tasks, cut into shards of whole batches (the same figures as "
+                   "one machine): local (a Ray instance in this process, one worker per core), auto, HOST:PORT or "
+                   "ray://HOST:PORT. The data must be on storage every node mounts at the same path. Needs "
+                   "pip install 'trtq[ray]'.")
 @report_options
 def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits, reference_path,
-             json_path, html_path, plot_dir, plot_tensor, quiet, **data_kwargs):
+             ray_address, json_path, html_path, plot_dir, plot_tensor, quiet, **data_kwargs):
     """Measure how far simulated INT8 lands from FP32 on held-out data, before building anything.
 
     MODEL is quantized exactly as TensorRT quantizes it (symmetric int8, per-tensor activation
@@ -46,6 +51,8 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
 
     quantized = load_model(model_path)
     if quantized.quantization.explicit:  # a Q/DQ (QAT) model: measured on its own scales
+        if ray_address is not None:
+            raise click.UsageError("--ray does not evaluate Q/DQ (QAT) models yet; drop --ray")
         from trtq.commands.qdq_accuracy import evaluate_quantized
 
         return evaluate_quantized(quantized, reference_path=reference_path, cache_path=cache_path,
@@ -66,8 +73,16 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
     source = describe_ranges(cache_path, ranges_path)
     if not quiet:
         click.echo(f"evaluating {model.name} (INT8 from {source}) on {batches.description}", err=True)
-    result = evaluate_int8(model, amax, batches, exclude=names, labels=labels, logits=logits,
-                           collect_stats=figures_wanted, ranges_source=source)
+    if ray_address is not None:
+        from trtq.commands.progress import task_progress
+        from trtq.distributed.evaluate import evaluate_int8_ray
+
+        result = evaluate_int8_ray(model, amax, batches, ray_address, exclude=names, labels=labels, logits=logits,
+                                   collect_stats=figures_wanted, ranges_source=source,
+                                   progress=task_progress("evaluating on Ray", quiet))
+    else:
+        result = evaluate_int8(model, amax, batches, exclude=names, labels=labels, logits=logits,
+                               collect_stats=figures_wanted, ranges_source=source)
     for line in result.export.warnings:
         warn(line)
     if not quiet:

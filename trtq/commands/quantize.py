@@ -56,8 +56,14 @@ def output_paths(output: str) -> dict[str, Path]:
               help="Evaluation samples held in memory.")
 @click.option("--trt-version", help="TensorRT version for the cache header [default: installed, else 10.16.1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; errors and warnings only.")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Run the sensitivity ranking on Ray actors (as trtq sensitivity --ray) and, with --eval-data, "
+                   "the calibration pass as Ray tasks over shards of the data (as trtq calibrate --ray); same "
+                   "results as one machine: local, auto, HOST:PORT or ray://HOST:PORT. Needs "
+                   "pip install 'trtq[ray]'.")
 def quantize(model_path, output, eval_data, labels_path, labels_from_folders, logits, metric, max_drop, min_sqnr,
-             calibrator, percentile, mode, max_eval_samples, trt_version, quiet, memory_budget, **data_kwargs):
+             calibrator, percentile, mode, max_eval_samples, trt_version, quiet, ray_address, memory_budget,
+             **data_kwargs):
     """Quantize MODEL to INT8 and verify it: one command from FP32 ONNX to a Q/DQ model that meets
     an accuracy target.
 
@@ -91,6 +97,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
 
     click.get_current_context().with_resource(memory_budget_scope(memory_budget))
     check_percentile(percentile)
+    if ray_address is not None and metric:
+        raise click.UsageError("--ray does not run a task metric yet; drop --metric or --ray")
     paths = output_paths(output)
     for path in paths.values():
         check_output_path(path)
@@ -119,7 +127,11 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         calibration_labels=calibration_labels, metric=task_metric, min_sqnr=min_sqnr, max_drop=max_drop,
         calibrator=calibrator, percentile=percentile, logits=logits, mode=mode, max_eval_samples=max_eval_samples,
         note=None if quiet else (lambda line: click.echo(line, err=True)))
-    result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass")
+    if ray_address is None:
+        result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass")
+    else:
+        result = _run_on_ray(run, model, ray_address, calibration.total_samples, sharded=eval_batches is not None,
+                             quiet=quiet)
     if eval_description:
         result.eval_description = eval_description
 
@@ -159,3 +171,23 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         click.echo(f"trtq: error: {result.failure} (report: {paths['html']})", err=True)
         sys.exit(GATE_FAILED)
 
+
+
+def _run_on_ray(run, model, address: str, total: int | None, *, sharded: bool, quiet: bool):
+    """``run`` with one Ray session for the calibration shards (only with --eval-data: the hold-out split
+    streams through this process) and the ranking's actors."""
+    from trtq.commands.progress import task_progress
+    from trtq.distributed.backend import ray_session
+    from trtq.distributed.calibrate import ray_collector
+    from trtq.distributed.sensitivity import use_ray
+
+    def rank_backend(analysis, ranges_source):
+        return use_ray(analysis, model, address, ranges_source=ranges_source,
+                       progress=task_progress("ranking on Ray", quiet))
+
+    if not sharded and not quiet:
+        click.echo("--ray without --eval-data: the calibration pass (with its hold-out split) runs on this machine, "
+                   "the sensitivity ranking on Ray (give --eval-data to shard the calibration)", err=True)
+    with ray_session(address):
+        run = functools.partial(run, collect=ray_collector(address) if sharded else None, rank_backend=rank_backend)
+        return run_with_progress(run, total, quiet, label="calibration pass")

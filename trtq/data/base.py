@@ -118,7 +118,19 @@ def resolve_batch_size(
     return 1, False
 
 
-class DtypeCoercer:
+class SentWithPlainWarnings:
+    """Copied or pickled (a shard sent to a Ray worker), the object warns through :data:`default_warn`: the
+    caller's warning callback may hold anything (a whole pipeline run) and stays with the caller, who already
+    warned while opening the data."""
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if "_warn" in state:
+            state["_warn"] = default_warn
+        return state
+
+
+class DtypeCoercer(SentWithPlainWarnings):
     """Casts data to the model's dtype where that loses nothing the model can tell apart.
 
     * same dtype, or a safe cast (int32 -> int64, uint8 -> float32): cast silently;

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trtq.data.base import BatchSource, Warn
+from trtq.data.base import BatchSource, SentWithPlainWarnings, Warn
 from trtq.data.preprocess import IMAGE_EXTENSIONS, ImagePlan, UndecodableImage, decode_image
 from trtq.errors import TrtqError
 
@@ -62,7 +62,7 @@ def probe_first_image(root: Path, files: list[str], plan: ImagePlan) -> None:
     raise TrtqError(f"none of the {len(files)} image files in {root} can be used (e.g. {first_reason})")
 
 
-class ImageFolderSource(BatchSource):
+class ImageFolderSource(SentWithPlainWarnings, BatchSource):
     """Batches of preprocessed images for one model input."""
 
     def __init__(

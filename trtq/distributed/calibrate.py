@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from trtq.calibrate import CalibrationResult, collect_raw_statistics, compute_ranges, finish_statistics
-from trtq.data.base import BatchSource, default_warn, shard_selection
+from trtq.data.base import BatchSource, shard_selection
 from trtq.distributed.backend import cluster_cpus, gather, ray_session, worker_host
 from trtq.errors import TrtqError
 from trtq.model import PROTO_LIMIT, Model
@@ -70,18 +70,18 @@ def worker_model(payload: tuple[str, object]) -> Model:
 def collect_shard(payload: tuple[str, object], source: BatchSource, keep_histograms: bool,
                   providers: list[str] | None) -> StatsCollector:
     """One Ray task: the raw statistics of one shard (runs on a worker)."""
+    return collect_raw_statistics(worker_model(payload), worker_source(source), providers=providers,
+                                  keep_histograms=keep_histograms)
+
+
+def worker_source(source: BatchSource) -> BatchSource:
+    """A shard as a worker reads it: its data must be there (one line naming the host when not). It warns
+    through the plain channel (:class:`trtq.data.base.SentWithPlainWarnings`)."""
     path = data_path(source)
     if path is not None and not Path(path).exists():
         raise TrtqError(f"the worker on {worker_host()} cannot read the data at {path}: --ray needs the data on "
                         "storage every node mounts at the same path")
-    _quiet_warnings(source)
-    return collect_raw_statistics(worker_model(payload), source, providers=providers, keep_histograms=keep_histograms)
-
-
-def _quiet_warnings(source: BatchSource) -> None:
-    """The driver already warned while opening the source; workers use the plain warning channel."""
-    if hasattr(source, "_warn"):
-        source._warn = default_warn
+    return source
 
 
 def collect_statistics_ray(model: Model, source: BatchSource, address: str = "local", *,
@@ -106,6 +106,18 @@ def collect_statistics_ray(model: Model, source: BatchSource, address: str = "lo
             tensor.hist = np.array(tensor.hist)
         merged.merge(stats)
     return finish_statistics(model, merged, source)
+
+
+def ray_collector(address: str) -> Callable[..., StatsCollector]:
+    """:func:`trtq.calibrate.collect_statistics`'s signature, the shards run as Ray tasks at ``address``
+    (the ``collect`` hook of ``calibrate --calibrator auto`` and ``quantize``)."""
+
+    def collect(model: Model, batches: BatchSource, *, providers: list[str] | None = None,
+                progress: Callable[[int], None] | None = None, keep_histograms: bool = True) -> StatsCollector:
+        return collect_statistics_ray(model, batches, address, providers=providers, progress=progress,
+                                      keep_histograms=keep_histograms)
+
+    return collect
 
 
 def calibrate_ray(model: Model, source: BatchSource, calibrator: str = "entropy2", address: str = "local", *,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +94,22 @@ class _Accumulator:
             self.top1_same += int(np.count_nonzero(classes_ref == classes_out))
             self.top1_total += classes_ref.size
 
+    def merge(self, other: _Accumulator) -> None:
+        """Add the sums of later data (a batch's sums added to a fresh accumulator are the batch's own values,
+        so merging batch by batch in order repeats :meth:`add`'s arithmetic exactly)."""
+        self.floating = other.floating
+        self.samples += other.samples
+        self.dot += other.dot
+        self.ref_sq += other.ref_sq
+        self.out_sq += other.out_sq
+        self.err_sq += other.err_sq
+        self.max_abs_error = max(self.max_abs_error, other.max_abs_error)
+        self.abs_error_sum += other.abs_error_sum
+        self.values += other.values
+        self.min_sample_cosine = min(self.min_sample_cosine, other.min_sample_cosine)
+        self.top1_same += other.top1_same
+        self.top1_total += other.top1_total
+
     def result(self, name: str) -> OutputAgreement:
         cosine = float(_cosine(np.array(self.dot), np.array(self.ref_sq), np.array(self.out_sq)))
         if self.err_sq == 0:
@@ -162,19 +178,41 @@ def compare_runs(
     """Compare several candidates with one reference on every feed: the reference runs once per
     feed however many candidates there are. ``observe(reference_outputs, {candidate: outputs})``
     sees each batch's outputs (e.g. to score them against labels). Returns candidate -> rows."""
-    accumulators = {key: {name: _Accumulator() for name in names} for key in candidates}
+    return fold_sums(batch_sums(reference, candidates, names, batches, observe), names, list(candidates))
+
+
+BatchSums = dict[str, list[_Accumulator]]  # candidate -> one batch's sums per output, in the order of `names`
+
+
+def batch_sums(reference: Run, candidates: Mapping[str, Run], names: list[str],
+               batches: Iterable[Mapping[str, np.ndarray]], observe: Observer | None = None) -> Iterator[BatchSums]:
+    """The running sums of :func:`compare_runs`, batch by batch, each batch's on its own (small, picklable):
+    :func:`fold_sums` of them in batch order is :func:`compare_runs`, to the last bit, wherever each
+    batch ran (``trtq evaluate --ray``)."""
     for feed in batches:
         reference_outputs = reference(feed)
-        outputs = {}
+        outputs, sums = {}, {}
         for key, run in candidates.items():
             outputs[key] = run(feed)
-            for name, ref, out in zip(names, reference_outputs, outputs[key], strict=True):
-                accumulators[key][name].add(ref, out)
+            sums[key] = [_Accumulator() for _ in names]
+            for accumulator, ref, out in zip(sums[key], reference_outputs, outputs[key], strict=True):
+                accumulator.add(ref, out)
         if observe is not None:
             observe(reference_outputs, outputs)
-    if not any(acc.samples for per_output in accumulators.values() for acc in per_output.values()):
+        yield sums
+
+
+def fold_sums(parts: Iterable[BatchSums], names: list[str], keys: Sequence[str]) -> dict[str, list[OutputAgreement]]:
+    """Candidate -> rows from the batch sums of :func:`batch_sums`, added in the order given."""
+    accumulators = {key: [_Accumulator() for _ in names] for key in keys}
+    for part in parts:
+        for key, per_output in accumulators.items():
+            for accumulator, other in zip(per_output, part[key], strict=True):
+                accumulator.merge(other)
+    if not any(acc.samples for per_output in accumulators.values() for acc in per_output):
         raise TrtqError("no data to compare the models on: the data source yielded no batch")
-    return {key: [acc.result(name) for name, acc in per_output.items()] for key, per_output in accumulators.items()}
+    return {key: [acc.result(name) for name, acc in zip(names, per_output, strict=True)]
+            for key, per_output in accumulators.items()}
 
 
 def compare_outputs(

@@ -57,5 +57,5 @@ def load_config(path: str | None = None, *, output: str | None = None, cwd: Path
     if checker.problems:
         raise ConfigError(checker.problems)
     return PipelineConfig(source, display, prefix, hashlib.sha256(data).hexdigest(), config.output, config.models,
-                          checker.loaded)
+                          config.ray, checker.loaded)
 

@@ -84,6 +84,7 @@ class Pipeline:
         self._models: dict[str, Any] = dict(config.loaded)  # loaded by the config check, or on first use
         self._summary: dict[str, Any] = {}  # what finish() renders: summary.md and the text of RunResult
         self._markdown = ""
+        self._ray = None  # the Ray session of ``ray = "ADDRESS"``, opened by the first step that asks for it
 
     # -- selection -------------------------------------------------------------------------------------------
 
@@ -109,6 +110,22 @@ class Pipeline:
 
             self._models[config.name] = load_model(config.path)
         return self._models[config.name]
+
+    def ray(self) -> str | None:
+        """The config's ``ray`` address, connected on first use and kept until the run ends (one start of a
+        ``local`` instance for every step that uses it; none when every such step is reused)."""
+        if self.config.ray is not None and self._ray is None:
+            from trtq.distributed.backend import ray_session
+
+            session = ray_session(self.config.ray)
+            session.__enter__()
+            self._ray = session
+        return self.config.ray
+
+    def _close_ray(self) -> None:
+        session, self._ray = self._ray, None
+        if session is not None:
+            session.__exit__(None, None, None)
 
     def step_warn(self, step: Step) -> Echo:
         return lambda text: self.warn(f"{step.id}: {text}")
@@ -237,6 +254,7 @@ class Pipeline:
             status = "interrupted"
             raise
         finally:
+            self._close_ray()
             clear_staging(self.out)
             self.finish(status)
         return self.result()

@@ -36,7 +36,7 @@ EVAL_INHERITS = ("batch_size", "preset", "resize", "crop", "interpolation", "sca
                  "layout", "input")
 BUILD_KEYS = ("workspace", "precision_constraints", "timing_cache")
 BENCH_KEYS = ("warmup_ms", "iterations", "duration_s", "cuda_graph", "transfers", "profile_iterations", "shapes")
-TOP_KEYS = ("output", "precisions", "calibrators", "percentile", "gates", "build", "bench", "models")
+TOP_KEYS = ("output", "precisions", "calibrators", "percentile", "gates", "build", "bench", "ray", "models")
 MODEL_KEYS = ("name", "path", "precisions", "calibrators", "percentile", "shapes", "profile", "keep_precision",
               "data", "eval", "gates", "build", "bench")
 
@@ -124,6 +124,9 @@ class PipelineConfig:
     sha256: str
     output: Path
     models: tuple[ModelConfig, ...]
+    # ``ray = "ADDRESS"``: the statistics and quantize steps on Ray (as ``--ray ADDRESS``; the same files, so it is
+    # no fingerprint input)
+    ray: str | None = None
     # The models the deep check loaded (by model name), so that the run does not load them again.
     loaded: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 

@@ -34,6 +34,7 @@ class ParsedConfig:
 
     output: Path
     models: tuple[ModelConfig, ...]
+    ray: str | None = None
 
 
 class StructureChecker(DataTableChecks):
@@ -72,7 +73,22 @@ class StructureChecker(DataTableChecks):
                 self.problem(f"{model.key}.name", f"'{model.name}' is also the name of models[{seen[model.name]}]; "
                              "give each model a distinct name (it names its artifact folder)")
             seen.setdefault(model.name, model.index)
-        return ParsedConfig(output, tuple(models))
+        ray = self.safe(lambda: self.ray(doc, models))
+        return ParsedConfig(output, tuple(models), ray)
+
+    def ray(self, doc: dict, models: list[ModelConfig]) -> str | None:
+        """``ray = "ADDRESS"`` (what ``--ray`` takes); the calibration data it shards must be a path."""
+        address = self.get(doc, "ray", "", "str")
+        if address is None:
+            return None
+        if not address.strip():
+            self.problem("ray", "empty: give local, auto, HOST:PORT or ray://HOST:PORT (or leave ray out)")
+            raise Skip
+        for model in models:
+            if model.data.loader_script is not None:
+                self.problem(f"{model.key}.data.loader_script", "ray shards the calibration data by sample index, "
+                             "which a loader script does not have: give data.path on shared storage, or leave ray out")
+        return address.strip()
 
     def precisions(self, table: dict, where: str) -> list[str] | None:
         return self.choice_list(table, "precisions", where, PRECISIONS, "precision")

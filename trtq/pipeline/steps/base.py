@@ -29,6 +29,8 @@ class RunContext(Protocol):
 
     def model(self, config: ModelConfig) -> Any: ...  # the loaded model (loaded once per run)
 
+    def ray(self) -> str | None: ...  # the config's Ray address (connected for the run), None without one
+
     def step_warn(self, step: Step) -> Echo: ...
 
     def step_echo(self, step: Step) -> Echo: ...

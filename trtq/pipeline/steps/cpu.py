@@ -26,12 +26,20 @@ def ranges_digest(amax: dict[str, float]) -> str:
     return fingerprint(amax)
 
 
-def run_statistics(model, config: ModelConfig, staging: Path, layout: Layout, warn: Echo) -> tuple[dict, dict]:
-    """One pass over the calibration data: per-tensor |x| statistics that every calibrator derives from."""
+def run_statistics(model, config: ModelConfig, staging: Path, layout: Layout, warn: Echo,
+                   ray: str | None = None) -> tuple[dict, dict]:
+    """One pass over the calibration data: per-tensor |x| statistics that every calibrator derives from
+    (``ray``: in shards, as Ray tasks; the same statistics)."""
     from trtq.calibrate import collect_statistics
 
     # The source warns about each file it skips; collect_statistics records its provenance in the statistics.
-    stats = collect_statistics(model, open_data(model, config.data, config.shapes, warn=warn))
+    source = open_data(model, config.data, config.shapes, warn=warn)
+    if ray is None:
+        stats = collect_statistics(model, source)
+    else:
+        from trtq.distributed.calibrate import collect_statistics_ray
+
+        stats = collect_statistics_ray(model, source, ray)
     rel = layout.statistics()
     stats.save(staged(staging, rel))
     result = {"samples": stats.samples, "batches": stats.batches, "tensors": len(stats), "data": stats.meta["data"]}
@@ -88,10 +96,11 @@ def quantize_target(model, config: ModelConfig) -> dict[str, Any]:
 
 
 def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str, staging: Path, layout: Layout,
-                 warn: Echo) -> tuple[dict, dict]:
+                 warn: Echo, ray: str | None = None) -> tuple[dict, dict]:
     """``trtq quantize`` with the gates as its target (:func:`quantize_target`): the report always; the
     cache of its ranges and its keep list only when the target is met, else the result blocks the
-    variant's later steps (a failed gate of the run)."""
+    variant's later steps (a failed gate of the run). ``ray``: as ``trtq quantize --ray`` (the ranking on
+    Ray actors; the calibration pass in shards when the evaluation data is not the calibration data)."""
     from trtq.accuracy.holdout import read_eval_set
     from trtq.accuracy.labels import read_labels
     from trtq.accuracy.quantize import quantize
@@ -108,9 +117,16 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     if not config.eval_is_calibration_data:
         held = read_eval_set(open_data(model, config.eval, config.shapes, warn=warn), labels)
         eval_batches, eval_labels, calibration_labels = held.batches, held.labels, None
+    backends: dict[str, Any] = {}
+    if ray is not None:
+        from trtq.distributed.calibrate import ray_collector
+        from trtq.distributed.sensitivity import use_ray
+
+        backends = {"collect": ray_collector(ray) if eval_batches is not None else None,
+                    "rank_backend": lambda analysis, ranges: use_ray(analysis, model, ray, ranges_source=ranges)}
     result = quantize(model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
                       calibration_labels=calibration_labels, min_sqnr=target["min_sqnr"], max_drop=target["max_drop"],
-                      logits=config.eval.logits)
+                      logits=config.eval.logits, **backends)
     record = quantize_record(result)
     report_rel, html_rel = layout.quantize_report(variant), layout.quantize_report(variant, "html")
     write_json(staged(staging, report_rel), {**result.document(), "model": model.name, "data": calibration.provenance(),
@@ -204,7 +220,8 @@ class StatisticsStep(Step):
         return {"model": ctx.fingerprints.sha(m.path), "data": ctx.fingerprints.data_inputs(m.data), "shapes": m.shapes}
 
     def produce(self, ctx: RunContext, staging: Path) -> Produced:
-        return run_statistics(ctx.model(self.model), self.model, staging, self.layout, ctx.step_warn(self))
+        return run_statistics(ctx.model(self.model), self.model, staging, self.layout, ctx.step_warn(self),
+                              ctx.ray())
 
 
 class CalibrateStep(Step):
@@ -244,7 +261,7 @@ class QuantizeStep(Step):
 
     def produce(self, ctx: RunContext, staging: Path) -> Produced:
         return run_quantize(ctx.model(self.model), self.model, self.variant, cache_trt_version(ctx.machine),
-                            staging, self.layout, ctx.step_warn(self))
+                            staging, self.layout, ctx.step_warn(self), ctx.ray())
 
 
 class ExportStep(Step):
