@@ -166,3 +166,32 @@ def test_capture_run_merges_the_runs_of_a_batch(dynamic_mnist, mnist_digits):
     assert sorted(a) == sorted(b)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_qdq_tensor_subset_calibrates_what_the_qdq_export_needs(mnist, mnist_digits):
+    """--tensors qdq: only the Q/DQ export's activation tensors are captured (onnxruntime optimises between
+    them); their ranges match the full capture's within a histogram bin, and the export finds every range."""
+    from trtq.export.qdq import export_qdq, qdq_activation_tensors
+
+    wanted = qdq_activation_tensors(mnist)
+    assert 0 < len(wanted) < len(mnist.calibration_tensors())
+    batches = batches_of("Input3", mnist_digits[0][:60], 1)
+    full = calibrate(mnist, batches, "entropy2", providers=CPU)
+    subset = calibrate(mnist, batches, "entropy2", providers=CPU, tensors=wanted)
+    assert set(wanted) <= set(subset.amax) and set(subset.amax) < set(full.amax)
+    for name in wanted:
+        _, width = full.stats[name].histogram()
+        assert abs(subset.amax[name] - full.amax[name]) <= width + 1e-6 * full.amax[name], name
+    exported = export_qdq(mnist, subset.all_amax())
+    assert not exported.plan.missing_ranges and exported.plan.quantized_nodes
+
+
+def test_cli_tensors_qdq_writes_a_smaller_cache(tmp_path, mnist_model_path):
+    args = ["calibrate", str(mnist_model_path), "--data", "calib_data/mnist", "--calibrator", "minmax", "-q"]
+    full = CliRunner().invoke(main, [*args, "--cache", str(tmp_path / "all.cache")])
+    qdq = CliRunner().invoke(main, [*args, "--tensors", "qdq", "--cache", str(tmp_path / "qdq.cache")])
+    assert full.exit_code == qdq.exit_code == 0, full.output + qdq.output
+    assert (tmp_path / "qdq.cache").stat().st_size < (tmp_path / "all.cache").stat().st_size
+    refused = CliRunner().invoke(main, ["calibrate", "--from-stats", "x.npz", "--calibrator", "minmax",
+                                        "--tensors", "qdq"])
+    assert refused.exit_code == 2 and "--tensors qdq" in refused.output

@@ -46,7 +46,7 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
                        providers: list[str] | None = None,
                        progress: Callable[[int], None] | None = None,
                        workers: int | None = None, keep_histograms: bool = True,
-                       memory_budget: int | None = None) -> StatsCollector:
+                       memory_budget: int | None = None, tensors: list[str] | None = None) -> StatsCollector:
     """Run every batch through the model once and fold each calibrated tensor into its statistics.
 
     The capture runs each batch within ``memory_budget`` bytes of activations (default:
@@ -57,9 +57,12 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
     finished micro-batch. The data source's ``provenance()`` (when it has one) is recorded in the
     statistics' ``meta["data"]``, how the runs were cut in ``capture``.
     ``keep_histograms=False`` keeps min/max/count only: enough for ``minmax``, and most of the cost saved.
+    ``tensors``: only these (e.g. :func:`trtq.export.qdq.qdq_activation_tensors`, all a TensorRT 11 Q/DQ
+    export needs); onnxruntime then optimises the graph between them (their names survive as outputs).
     """
     collector = collect_raw_statistics(model, batches, providers=providers, progress=progress, workers=workers,
-                                       keep_histograms=keep_histograms, memory_budget=memory_budget)
+                                       keep_histograms=keep_histograms, memory_budget=memory_budget,
+                                       tensors=tensors)
     return finish_statistics(model, collector, batches)
 
 
@@ -67,14 +70,20 @@ def collect_raw_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]
                            providers: list[str] | None = None,
                            progress: Callable[[int], None] | None = None,
                            workers: int | None = None, keep_histograms: bool = True,
-                           memory_budget: int | None = None) -> StatsCollector:
+                           memory_budget: int | None = None, tensors: list[str] | None = None) -> StatsCollector:
     """The batches' statistics of the tensors actually captured (aliases not yet filled in, no provenance):
     what one shard of a distributed calibration returns; :func:`finish_statistics` completes the merge."""
-    tensors = model.calibration_tensors()
+    everything = model.calibration_tensors()
+    subset = tensors is not None and set(tensors) != set(everything)
+    if tensors is not None:
+        unknown = sorted(set(tensors) - set(everything))
+        if unknown:
+            raise TrtqError(f"not a calibrated tensor of {model.name}: {', '.join(unknown[:5])}")
+    tensors = [t for t in everything if tensors is None or t in set(tensors)]
     aliases = model.value_aliases(tensors)
     independent = data_independent_tensors(model.proto)
     with ActivationCapture(model, [t for t in tensors if t not in aliases], providers=providers,
-                           memory_budget=memory_budget) as capture, \
+                           memory_budget=memory_budget, optimize=subset) as capture, \
             ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="trtq-stats") as pool:
         collector = StatsCollector(meta={"model": model.name, "model_sha256": model.sha256},
                                    keep_histograms=keep_histograms)
@@ -119,6 +128,8 @@ def finish_statistics(model: Model, collector: StatsCollector, batches: object) 
     ordered = {}
     for name in tensors:  # graph order; an alias gets a copy of its source's statistics
         source = aliases.get(name, name)
+        if source not in captured:  # a subset (``tensors=``) may capture an alias without its source
+            source = name
         if source in captured:
             ordered[name] = collector.tensors[source] if source == name else dataclasses.replace(
                 collector.tensors[source], name=name, hist=collector.tensors[source].hist.copy())
@@ -288,11 +299,13 @@ class CalibrationResult:
 def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator: str = "entropy2", *,
               percentile: float = DEFAULT_PERCENTILE, providers: list[str] | None = None,
               progress: Callable[[int], None] | None = None,
-              keep_histograms: bool | None = None) -> CalibrationResult:
+              keep_histograms: bool | None = None,
+              tensors: list[str] | None = None) -> CalibrationResult:
     """Collect statistics over ``batches`` and compute ``calibrator``'s ranges.
 
     ``keep_histograms``: None (default) keeps them when the method needs them, i.e. for every method
     but ``minmax``; pass True to re-derive other methods from ``result.stats`` or to save them.
+    ``tensors``: calibrate only these (see :func:`collect_statistics`).
     """
     if calibrator not in METHODS:
         raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(METHODS)})")
@@ -302,7 +315,7 @@ def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator
     if keep_histograms is None:
         keep_histograms = calibrator != "minmax"
     stats = collect_statistics(model, batches, providers=providers, progress=progress,
-                               keep_histograms=keep_histograms)
+                               keep_histograms=keep_histograms, tensors=tensors)
     amax = compute_ranges(stats, calibrator, percentile)
     return CalibrationResult(calibrator, amax, stats, percentile, time.perf_counter() - started)
 

@@ -188,7 +188,8 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
                    eval_labels: np.ndarray | None = None, max_eval_samples: int = DEFAULT_EVAL_SAMPLES,
                    providers: list[str] | None = None,
                    progress: Callable[[int], None] | None = None,
-                   collect: Callable[..., StatsCollector] | None = None) -> tuple[CalibrationResult, AutoChoice, str]:
+                   collect: Callable[..., StatsCollector] | None = None,
+                   tensors: list[str] | None = None) -> tuple[CalibrationResult, AutoChoice, str]:
     """``trtq calibrate --calibrator auto``: choose the method on data the ranges did not see, then derive
     the final ranges from ALL the calibration data.
 
@@ -197,14 +198,16 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
     cache covers every sample, as the other methods' caches do. The target is the default one of
     :func:`trtq.accuracy.targets.resolve_target` (it orders the candidates; nothing is kept in float here).
     ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (``--ray``: the same
-    statistics, collected as Ray tasks). Returns the result, the choice, and a description of the evaluation data.
+    statistics, collected as Ray tasks). ``tensors``: calibrate only these (:func:`collect_statistics`).
+    Returns the result, the choice, and a description of the evaluation data.
     """
     started = time.perf_counter()
     split = HoldoutSplit(batches, max_eval_samples) if eval_batches is None else None
     # ``collect`` (e.g. Ray shards) takes the whole source; the hold-out split streams through this process
     gather = collect_statistics if split is not None or collect is None else collect
+    only = {} if tensors is None else {"tensors": tensors}  # (``collect`` takes none: --ray refuses a subset)
     stats = gather(model, split if split is not None else batches, providers=providers,
-                   progress=progress, keep_histograms=True)
+                   progress=progress, keep_histograms=True, **only)
     if split is not None:
         held, description = split.held, split.describe()
     else:
@@ -214,7 +217,7 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
         raise TrtqError("the evaluation data yielded no batch: nothing to choose the auto ranges on")
     choice = choose_default(model, stats, held, eval_labels)
     if split is not None and not split.shared:
-        stats.merge(collect_statistics(model, held, providers=providers, keep_histograms=True))
+        stats.merge(collect_statistics(model, held, providers=providers, keep_histograms=True, tensors=tensors))
         diagnoses = diagnose_all(stats, data_independent_tensors(model.proto))
         pct = choice.percentile if choice.percentile is not None else DEFAULT_PERCENTILE
         choice.amax = guarded_ranges(stats, choice.method, pct, diagnoses)

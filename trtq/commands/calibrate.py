@@ -19,6 +19,10 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
 @data_options
 @memory_budget_option()
+@click.option("--tensors", "tensor_set", type=click.Choice(["all", "qdq"]), default="all", show_default=True,
+              help="all: every float tensor (what a TensorRT 10 cache needs); qdq: only those a Q/DQ export "
+                   "quantizes (all a TensorRT 11 Q/DQ model uses) -- onnxruntime then optimises the graph "
+                   "between them, typically 1.5-2.5x faster.")
 @click.option("--calibrator", type=click.Choice(("auto", *METHODS)), default="auto", show_default=True,
               help="Range method: auto (every method below, guarded against degenerate tensors, measured as "
                    "simulated INT8 vs FP32 on held-out data; the closest kept), entropy2 (TensorRT's KL search), "
@@ -56,7 +60,8 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.option("--eval-labels", type=click.Path(dir_okay=False),
               help="Labels of the --eval-data (.npy in data order, or a file,label CSV): adds accuracy.")
 def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_version, save_stats, from_stats,
-              device, quiet, ray_address, compare_methods, eval_data, eval_labels, memory_budget, **data_kwargs):
+              device, quiet, ray_address, compare_methods, eval_data, eval_labels, memory_budget, tensor_set,
+              **data_kwargs):
     """Compute INT8 ranges for MODEL's tensors and write a TensorRT calibration cache.
 
     Runs the model in onnxruntime over the calibration data once, collecting per-tensor
@@ -91,6 +96,8 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         raise click.UsageError("--compare-methods with --from-stats needs MODEL and --eval-data PATH")
     if from_stats and data_given(data_kwargs):
         raise click.UsageError("--from-stats derives ranges from saved statistics; it takes no --data")
+    if tensor_set != "all" and (from_stats or ray_address is not None):
+        raise click.UsageError("--tensors qdq selects what the model run captures: not with --from-stats or --ray")
     if ray_address is not None and from_stats:
         raise click.UsageError("--ray collects statistics; --from-stats has them already")
     if ray_address is not None and data_kwargs.get("data_loader_script"):
@@ -134,8 +141,14 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise TrtqError("--device cuda needs onnxruntime-gpu (pip install onnxruntime-gpu)")
+        only = None
+        if tensor_set == "qdq":
+            from trtq.export.qdq import qdq_activation_tensors
+
+            only = qdq_activation_tensors(model)
         if not quiet:
-            click.echo(f"calibrating {model.name} on {batches.description}", err=True)
+            click.echo(f"calibrating {model.name} on {batches.description}"
+                       + (f" ({len(only)} Q/DQ tensors only)" if only is not None else ""), err=True)
         if calibrator == "auto":
             from trtq.accuracy.auto import calibrate_auto
 
@@ -150,7 +163,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 collect = ray_collector(ray_address)
             run = functools.partial(calibrate_auto, model, batches, eval_batches=None if held is None else held.batches,
                                     eval_labels=None if held is None else held.labels, providers=device_providers,
-                                    collect=collect)
+                                    collect=collect, tensors=only)
             result, choice, described = run_with_progress(run, batches.total_samples, quiet)
             _print_auto(choice, held.description if held else described, quiet)
         else:
@@ -163,7 +176,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                                         percentile=percentile, providers=device_providers, keep_histograms=keep)
             else:
                 run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
-                                        providers=device_providers, keep_histograms=keep)
+                                        providers=device_providers, keep_histograms=keep, tensors=only)
             result = run_with_progress(run, batches.total_samples, quiet)
 
     if model is not None:  # weight-derived tensors: max|w|, whatever the method (a no-op when already done)

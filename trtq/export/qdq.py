@@ -325,6 +325,15 @@ def plan_qdq(model: Model, amax: Mapping[str, float], exclude: Iterable[str] = (
     return _Planner(model, amax, excluded, only_unquantized).run()
 
 
+def qdq_activation_tensors(model: Model, exclude: Iterable[str] = ()) -> list[str]:
+    """The activation tensors :func:`export_qdq` puts Q/DQ on (graph order): the only ranges a TensorRT 11
+    Q/DQ model uses. A TensorRT 10 cache wants every tensor (:meth:`trtq.model.Model.calibration_tensors`)."""
+    everything = model.calibration_tensors()
+    plan = plan_qdq(model, dict.fromkeys(everything, 1.0), exclude)
+    wanted = {p.tensor for p in plan.points if p.kind == "activation"}
+    return [t for t in everything if t in wanted]
+
+
 def _tensor_dtype(model: Model, point: QdqPoint, plan: QdqPlan) -> int:
     if point.kind == "weight":
         return helper.np_dtype_to_tensor_dtype(plan.weight_values[point.tensor].dtype)
