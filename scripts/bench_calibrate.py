@@ -19,6 +19,7 @@ and peak RSS (``ru_maxrss``). Contenders:
 * ``trtq <method>``       ``trtq.calibrate`` + the cache file, as ``trtq calibrate`` does it (minmax without
                           the histograms), default memory budget and the compiled kernel when numba is installed
 * ``trtq entropy2 numpy`` the same with ``TRTQ_HISTOGRAM=numpy`` (the pure-numpy binning)
+* ``trtq entropy2 qdq``   ``--tensors qdq``: only the tensors a Q/DQ export quantizes, graph optimised between
 * ``trtq entropy2 whole`` the same with a budget so large that the whole batch runs through the whole graph
   at once (what trtq did before it had a memory budget)
 * ``... x4``              the samples fed four times (peak RSS must stay flat)
@@ -68,9 +69,14 @@ def child(kind: str, model_path: str, data_path: str, batch: int, repeat: int) -
 
         model = load_model(model_path)
         budget = os.environ.get("BENCH_BUDGET")
+        tensors = None
+        if os.environ.get("BENCH_TENSORS") == "qdq":
+            from trtq.export.qdq import qdq_activation_tensors
+
+            tensors = qdq_activation_tensors(model)
         with memory_budget_scope(int(budget) if budget else None):
             result = calibrate(model, feeds(model.inputs[0].name), kind.removeprefix("trtq-"),
-                               providers=["CPUExecutionProvider"])
+                               providers=["CPUExecutionProvider"], tensors=tensors)
         with tempfile.TemporaryDirectory() as tmp:
             result.write_cache(Path(tmp) / "bench.cache")
         print(json.dumps(result.stats.capture), file=sys.stderr)
@@ -104,6 +110,7 @@ CONTENDERS = {
     "trtq entropy2": ("trtq-entropy2", 1, 1, {}),
     "trtq entropy2 numpy": ("trtq-entropy2", 1, 1, {"TRTQ_HISTOGRAM": "numpy"}),
     "trtq entropy2 whole": ("trtq-entropy2", 1, 1, {"BENCH_BUDGET": WHOLE_GRAPH_BUDGET}),
+    "trtq entropy2 qdq": ("trtq-entropy2", 1, 1, {"BENCH_TENSORS": "qdq"}),
     "trtq entropy2 x4": ("trtq-entropy2", 4, 1, {}),
     "trtq entropy2 batch x4": ("trtq-entropy2", 1, 4, {}),
     "ort minmax": ("ort-minmax", 1, 1, {}),
@@ -116,6 +123,7 @@ CHECKS = [  # label, numerator, denominator, key, target
     ("trtq entropy2 numpy / floor, wall", "trtq entropy2 numpy", "floor", "wall_s", None),
     ("trtq entropy2 numpy / floor, RSS", "trtq entropy2 numpy", "floor", "peak_rss_mb", None),
     ("trtq entropy2 whole / floor, RSS", "trtq entropy2 whole", "floor", "peak_rss_mb", None),
+    ("trtq entropy2 qdq / floor, wall", "trtq entropy2 qdq", "floor", "wall_s", None),
     ("samples x4 / x1, peak RSS", "trtq entropy2 x4", "trtq entropy2", "peak_rss_mb", 1.10),
     ("batch x4 / x1, peak RSS", "trtq entropy2 batch x4", "trtq entropy2", "peak_rss_mb", 1.10),
     ("ort minmax / floor, wall", "ort minmax", "floor", "wall_s", None),
@@ -208,9 +216,21 @@ def prepare_real(name: str, directory: Path) -> tuple[str, str, int, str]:
     return str(model), str(data), batch, title
 
 
+def prepare_in_child(name: str, directory: Path) -> tuple[str, str, int, str]:
+    """:func:`prepare_real` in its own process: a child's ``ru_maxrss`` starts from its parent's peak RSS
+    (Linux carries the high-water mark across fork and exec), so the parent must stay small."""
+    out = subprocess.run([sys.executable, __file__, "--prepare", name, str(directory)], check=True,
+                         capture_output=True, text=True).stdout
+    model, data, batch, title = json.loads(out.strip().splitlines()[-1])
+    return model, data, int(batch), title
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--prepare":
+        print(json.dumps(prepare_real(sys.argv[2], Path(sys.argv[3]))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="yolo,rapid", help="comma-separated: yolo, rapid")
@@ -223,10 +243,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import compileall
+    import importlib.util
 
-    import trtq
-
-    compileall.compile_dir(Path(trtq.__file__).parent, quiet=1)  # as pip does for an installed package
+    package = Path(importlib.util.find_spec("trtq").origin).parent  # without importing it (parent stays small)
+    compileall.compile_dir(package, quiet=1)  # as pip does for an installed package
     labels = [label.strip() for label in args.contenders.split(",") if label.strip()]
     unknown = [label for label in labels if label not in CONTENDERS]
     if unknown:
@@ -235,7 +255,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         jobs = ([(args.model, args.data, args.batch_size, Path(args.model).name)] if args.model else
-                [prepare_real(name.strip(), Path(tmp)) for name in args.models.split(",") if name.strip()])
+                [prepare_in_child(name.strip(), Path(tmp)) for name in args.models.split(",") if name.strip()])
         for model, data, batch, title in jobs:
             samples = int(np.load(data, mmap_mode="r").shape[0])
             rows = measure(model, data, batch, args.runs, labels)
