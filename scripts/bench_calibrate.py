@@ -17,11 +17,12 @@ and peak RSS (``ru_maxrss``). Contenders:
 
 * ``floor``               onnxruntime inference of the batches, default session options (graph optimisations on)
 * ``trtq <method>``       ``trtq.calibrate`` + the cache file, as ``trtq calibrate`` does it (minmax without
-                          the histograms), default memory budget and the compiled kernel when numba is installed
-* ``trtq entropy2 numpy`` the same with ``TRTQ_HISTOGRAM=numpy`` (the pure-numpy binning)
+                          the histograms), default memory budget, numpy binning (a plain ``pip install trtq``)
+* ``trtq entropy2 numba`` the same with the compiled kernel (``pip install 'trtq[fast]'``)
 * ``trtq entropy2 qdq``   ``--tensors qdq``: only the tensors a Q/DQ export quantizes, graph optimised between
-* ``trtq entropy2 whole`` the same with a budget so large that the whole batch runs through the whole graph
-  at once (what trtq did before it had a memory budget)
+* ``trtq entropy2 256M``  ``--memory-budget 256M``
+* ``trtq entropy2 whole`` a budget so large that the whole batch runs through the whole graph at once (what
+                          trtq did before it had a memory budget)
 * ``... x4``              the samples fed four times (peak RSS must stay flat)
 * ``... batch x4``        four times the batch size (peak RSS must not depend on it)
 * ``ort minmax``          onnxruntime.quantization ``create_calibrator`` MinMax + ``compute_data``
@@ -104,15 +105,17 @@ def child(kind: str, model_path: str, data_path: str, batch: int, repeat: int) -
 
 
 # label -> (child kind, repeat, batch factor, extra environment)
+NUMPY = {"TRTQ_HISTOGRAM": "numpy"}  # a plain `pip install trtq`: numpy bins the histograms
 CONTENDERS = {
     "floor": ("floor", 1, 1, {}),
-    "trtq minmax": ("trtq-minmax", 1, 1, {}),
-    "trtq entropy2": ("trtq-entropy2", 1, 1, {}),
-    "trtq entropy2 numpy": ("trtq-entropy2", 1, 1, {"TRTQ_HISTOGRAM": "numpy"}),
-    "trtq entropy2 whole": ("trtq-entropy2", 1, 1, {"BENCH_BUDGET": WHOLE_GRAPH_BUDGET}),
-    "trtq entropy2 qdq": ("trtq-entropy2", 1, 1, {"BENCH_TENSORS": "qdq"}),
-    "trtq entropy2 x4": ("trtq-entropy2", 4, 1, {}),
-    "trtq entropy2 batch x4": ("trtq-entropy2", 1, 4, {}),
+    "trtq minmax": ("trtq-minmax", 1, 1, NUMPY),
+    "trtq entropy2": ("trtq-entropy2", 1, 1, NUMPY),
+    "trtq entropy2 numba": ("trtq-entropy2", 1, 1, {}),
+    "trtq entropy2 qdq": ("trtq-entropy2", 1, 1, {"BENCH_TENSORS": "qdq", **NUMPY}),
+    "trtq entropy2 256M": ("trtq-entropy2", 1, 1, {"BENCH_BUDGET": str(256 << 20), **NUMPY}),
+    "trtq entropy2 whole": ("trtq-entropy2", 1, 1, {"BENCH_BUDGET": WHOLE_GRAPH_BUDGET, **NUMPY}),
+    "trtq entropy2 x4": ("trtq-entropy2", 4, 1, NUMPY),
+    "trtq entropy2 batch x4": ("trtq-entropy2", 1, 4, NUMPY),
     "ort minmax": ("ort-minmax", 1, 1, {}),
 }
 
@@ -120,13 +123,16 @@ CHECKS = [  # label, numerator, denominator, key, target
     ("trtq entropy2 / floor, wall", "trtq entropy2", "floor", "wall_s", 3.0),
     ("trtq entropy2 / floor, peak RSS", "trtq entropy2", "floor", "peak_rss_mb", 1.5),
     ("trtq minmax / floor, wall", "trtq minmax", "floor", "wall_s", 2.0),
-    ("trtq entropy2 numpy / floor, wall", "trtq entropy2 numpy", "floor", "wall_s", None),
-    ("trtq entropy2 numpy / floor, RSS", "trtq entropy2 numpy", "floor", "peak_rss_mb", None),
-    ("trtq entropy2 whole / floor, RSS", "trtq entropy2 whole", "floor", "peak_rss_mb", None),
-    ("trtq entropy2 qdq / floor, wall", "trtq entropy2 qdq", "floor", "wall_s", None),
     ("samples x4 / x1, peak RSS", "trtq entropy2 x4", "trtq entropy2", "peak_rss_mb", 1.10),
     ("batch x4 / x1, peak RSS", "trtq entropy2 batch x4", "trtq entropy2", "peak_rss_mb", 1.10),
+    ("trtq entropy2 numba / floor, wall", "trtq entropy2 numba", "floor", "wall_s", None),
+    ("trtq entropy2 numba / floor, RSS", "trtq entropy2 numba", "floor", "peak_rss_mb", None),
+    ("trtq entropy2 qdq / floor, wall", "trtq entropy2 qdq", "floor", "wall_s", None),
+    ("trtq entropy2 qdq / floor, RSS", "trtq entropy2 qdq", "floor", "peak_rss_mb", None),
+    ("trtq entropy2 256M / floor, RSS", "trtq entropy2 256M", "floor", "peak_rss_mb", None),
+    ("trtq entropy2 whole / floor, RSS", "trtq entropy2 whole", "floor", "peak_rss_mb", None),
     ("ort minmax / floor, wall", "ort minmax", "floor", "wall_s", None),
+    ("ort minmax / floor, RSS", "ort minmax", "floor", "peak_rss_mb", None),
 ]
 
 

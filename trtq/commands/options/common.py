@@ -33,4 +33,4 @@ def memory_budget_option() -> Callable[[F], F]:
         "--memory-budget", metavar="SIZE", callback=parse,
         help="Most activation memory the model runs may hold (512M, 2G; a plain number is MiB). Batches are "
              "run in slices of samples and the graph in segments to stay within it; ranges do not change. "
-             "[default: 256M, or a quarter of the available memory when less]")
+             "[default: 128M, or a quarter of the available memory when less]")
