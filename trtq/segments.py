@@ -123,7 +123,7 @@ class Segment:
     stop: int
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    bytes_per_sample: int  # estimated: its outputs plus the boundary tensors alive while it runs
+    bytes_per_sample: int  # estimated: every tensor it produces plus the boundary tensors alive while it runs
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,9 @@ class GraphSegmenter:
         own = set(produced)
         inputs = tuple(dict.fromkeys(n for reads in self.reads[start:stop] for n in reads if n not in own))
         outputs = tuple(o for o in produced if o in self.captured or self.last_use.get(o, -1) >= stop)
-        total = held + sum(sizes.get(o, 0.0) for o in outputs)
+        # every tensor it produces counts, exposed or not: an optimised run (a subset captured) still holds
+        # the intermediate ones while it runs (upper bound: onnxruntime frees them as it goes)
+        total = held + sum(sizes.get(o, 0.0) for o in produced)
         return Segment(start, stop, inputs, outputs, int(math.ceil(total)))
 
 
