@@ -39,3 +39,21 @@ def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     """The first 1,000 real MNIST test digits as float32 [N,1,28,28] in 0..255, and their labels."""
     with np.load(DATA / "mnist-test-first1000.npz") as data:
         return data["images"].astype(np.float32)[:, None], data["labels"].astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def dynamic_mnist(mnist_model_path):
+    """The zoo model with a dynamic batch: input dim 'N' and the flattening Reshape made [-1, 256]."""
+    import onnx
+    from onnx import numpy_helper
+
+    from trtq.model import Model
+
+    proto = onnx.load(str(mnist_model_path))
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    for i, init in enumerate(proto.graph.initializer):
+        if init.name == "Pooling160_Output_0_reshape0_shape":
+            proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array([-1, 256], np.int64), init.name))
+    onnx.checker.check_model(proto)
+    return Model(proto)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -26,19 +25,6 @@ def batches_of(images: np.ndarray, size: int):
 @pytest.fixture(scope="module")
 def mnist(mnist_model_path):
     return load_model(mnist_model_path)
-
-
-@pytest.fixture(scope="module")
-def dynamic_mnist(mnist_model_path) -> Model:
-    """The zoo model with a dynamic batch: input dim 'N' and the flattening Reshape made [-1, 256]."""
-    proto = onnx.load(str(mnist_model_path))
-    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    for i, init in enumerate(proto.graph.initializer):
-        if init.name == "Pooling160_Output_0_reshape0_shape":
-            proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array([-1, 256], np.int64), init.name))
-    onnx.checker.check_model(proto)
-    return Model(proto)
 
 
 def test_minmax_ranges_equal_the_true_absmax_of_every_tensor(mnist, mnist_digits):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
@@ -36,18 +35,6 @@ def assert_same_statistics(a, b, same_batches: bool = True):
 @pytest.fixture(scope="module")
 def mnist(mnist_model_path):
     return load_model(mnist_model_path)
-
-
-@pytest.fixture(scope="module")
-def dynamic_mnist(mnist_model_path) -> Model:
-    """The zoo model with a dynamic batch (as tests/test_calibrate.py makes it)."""
-    proto = onnx.load(str(mnist_model_path))
-    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    for i, init in enumerate(proto.graph.initializer):
-        if init.name == "Pooling160_Output_0_reshape0_shape":
-            proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.array([-1, 256], np.int64), init.name))
-    return Model(proto)
 
 
 @pytest.mark.parametrize("budget_kib", [150, 200, 400])
