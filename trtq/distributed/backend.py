@@ -86,6 +86,19 @@ def task_error(exc: BaseException) -> TrtqError:
     return TrtqError(f"a Ray task failed: {type(exc).__name__}: {first_line(exc, 'no detail')}")
 
 
+def count_done(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int, Any], None]:
+    """An ``on_done`` for :func:`gather` that reports ``progress(tasks finished, total)``."""
+    finished = 0
+
+    def done(_index: int, _value: Any) -> None:
+        nonlocal finished
+        finished += 1
+        if progress is not None:
+            progress(finished, total)
+
+    return done
+
+
 def gather(ray, refs: Sequence[Any], on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
     """The results of ``refs`` in their order; ``on_done(index, result)`` as each finishes (in completion order).
 

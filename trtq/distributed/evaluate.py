@@ -20,7 +20,7 @@ from trtq.accuracy.evaluate import CapturingRunner, Evaluation, Predictions, fin
 from trtq.accuracy.labels import Labels, check_labels
 from trtq.accuracy.targets import logits_index
 from trtq.data.base import BatchSource
-from trtq.distributed.backend import cluster_cpus, gather, ray_session
+from trtq.distributed.backend import cluster_cpus, count_done, gather, ray_session
 from trtq.distributed.calibrate import SHARDS_PER_CPU, model_payload, split_source, worker_model, worker_source
 from trtq.export import export_qdq
 from trtq.export.compare import BatchSums, batch_sums, fake_quant_session, fold_sums, session_runner
@@ -75,14 +75,7 @@ def evaluate_int8_ray(model: Model, amax: Mapping[str, float], source: BatchSour
         task = ray.remote(num_cpus=1, max_retries=2)(evaluate_shard)
         tensors = list(export.activation_tensors) if collect_stats else None
         refs = [task.remote(models, part, names, index, labels is not None, tensors) for part in parts]
-        finished = 0
-
-        def done(_index, _outcome) -> None:
-            nonlocal finished
-            finished += 1
-            if progress is not None:
-                progress(finished, len(refs))
-
+        done = count_done(progress, len(refs))
         outcomes: list[ShardOutcome] = gather(ray, refs, done)
     rows = fold_sums((part for outcome in outcomes for part in outcome.sums), names, [KEY])  # in batch order
     predictions = None

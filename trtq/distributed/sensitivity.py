@@ -19,7 +19,7 @@ from trtq.accuracy.evaluate import Comparison
 from trtq.accuracy.holdout import take_samples
 from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.sensitivity import SensitivityAnalysis
-from trtq.distributed.backend import cluster_cpus, gather, ray_session
+from trtq.distributed.backend import cluster_cpus, count_done, gather, ray_session
 from trtq.distributed.calibrate import model_payload, worker_model
 from trtq.errors import TrtqError
 
@@ -100,14 +100,7 @@ def use_ray(analysis: SensitivityAnalysis, model, address: str, *, exclude: Iter
         # outputs the keep-set steps reuse are then exactly those of the local run
         for feed in take_samples(analysis.batches, max_samples, max_bytes=None):
             analysis._reference_run(feed)
-        finished = 0
-
-        def done(_index, _value) -> None:
-            nonlocal finished
-            finished += 1
-            if progress is not None:
-                progress(finished, len(refs))
-
+        done = count_done(progress, len(refs))
         comparison = merge_comparisons(gather(ray, refs, done), configurations)
         analysis.samples = comparison.samples
         return comparison
