@@ -13,6 +13,8 @@ NVIDIA ModelOpt's ONNX post-training quantization (``modelopt.onnx.quantization.
     pair's Q and DQ); the command line equivalent is
     ``python -m modelopt.onnx.quantization --onnx_path mnist13.onnx --quantize_mode int8
     --calibration_data mnist64.npy --calibration_eps cpu --output_path mnist.int8.onnx``
+  - ``mnist.int8-fp32.onnx``: ``--high_precision_dtype fp32``: the same Q/DQ placement with the rest of the model
+    left float32 (removing every pair gives back the FP32 model exactly)
   - ``mnist.int8-dq-only.onnx``: ``--dq_only --high_precision_dtype fp32``: weights stored as int8 with only a
     DequantizeLinear (no QuantizeLinear before it), the rest of the model float32
   (``--quantize_mode fp8`` quantizes nothing here: ModelOpt skips Convs whose channels it finds unsupported
@@ -115,6 +117,7 @@ def quantize(source: Path, out: Path, data: np.ndarray, **options) -> Path:
 
 VARIANTS = {
     "mnist.int8.onnx": dict(quantize_mode="int8"),
+    "mnist.int8-fp32.onnx": dict(quantize_mode="int8", high_precision_dtype="fp32"),
     "mnist.int8-dq-only.onnx": dict(quantize_mode="int8", dq_only=True, high_precision_dtype="fp32"),
 }
 MLP = {"digits_mlp.int4.onnx": dict(quantize_mode="int4", calibration_method="rtn_dq", block_size=16,
