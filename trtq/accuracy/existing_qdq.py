@@ -184,6 +184,8 @@ def format_pair_ranking(result: QdqSensitivity, limit: int | None = None) -> str
 
 def drop_file_text(result: QdqSensitivity, model_name: str) -> str:
     pairs = result.to_drop or []
+    stored = any(p.q_node is None and p.kind == "weight" for p in pairs)
+    reference = " --reference FP32.onnx" if stored and result.reference.startswith("FP32 model") else ""
     head = (f"# Q/DQ pairs of {model_name} to remove for {result.target} vs {result.reference} (trtq sensitivity)\n"
-            "# use: trtq export MODEL --remove-qdq @FILE -o MODEL.trimmed.onnx, then trtq build\n")
+            f"# use: trtq export MODEL --remove-qdq @FILE{reference} -o MODEL.trimmed.onnx, then trtq build\n")
     return head + "".join(f"{p.name}\n" for p in pairs)

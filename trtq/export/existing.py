@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -156,15 +157,40 @@ def check_only_unquantized(model: Model, only_unquantized: bool) -> None:
                          "takes pairs out")
 
 
-def export_removed(model: Model, names: list[str], output) -> tuple[int, int]:
-    """``export --remove-qdq``: the model without the named pairs, written to ``output``; (removed, kept)."""
+@dataclass
+class Removed:
+    """What ``export --remove-qdq`` did: pairs removed and kept; removed integer-stored weights restored
+    from the reference's FP32 weights, and those left at their dequantized values."""
+
+    removed: int
+    kept: int
+    restored: int
+    unrestored: list[str]
+
+    def unrestored_message(self, reference_path) -> str:
+        shown = ", ".join(self.unrestored[:3]) + (", ..." if len(self.unrestored) > 3 else "")
+        if reference_path:
+            return (f"{len(self.unrestored)} removed weights stored as integers have no same-named consumer in "
+                    f"{reference_path} and keep their dequantized values: {shown}")
+        return (f"{len(self.unrestored)} removed weights were stored as integers (DequantizeLinear only) and keep "
+                f"their dequantized (rounded) values: {shown}; --reference FP32.onnx restores their FP32 values")
+
+
+def export_removed(model: Model, names: list[str], output, reference: Model | None = None) -> Removed:
+    """``export --remove-qdq``: the model without the named pairs, written to ``output``."""
     from trtq.errors import TrtqError
     from trtq.export.graph import check_exported, save_model
 
     if not model.quantization.explicit:
         raise TrtqError(f"--remove-qdq: {model.name} has no Q/DQ pairs")
+    if reference is not None and reference.quantization.explicit:
+        raise TrtqError(f"--reference {reference.name} is quantized too; give the FP32 model the Q/DQ model came from")
     pairs = model.quantization.find(names)
-    proto = remove_qdq(model, pairs)
+    weights = reference_weights(model, reference.proto) if reference is not None else {}
+    proto = remove_qdq(model, pairs, weights)
     check_exported(proto, "Q/DQ-removed")
     save_model(proto, output)
-    return len(pairs), len(model.quantization.pairs) - len(pairs)
+    stored = [p for p in pairs if p.q_node is None and p.kind == "weight"]
+    restored = [p for p in stored if p.outputs[0] in weights]
+    return Removed(len(pairs), len(model.quantization.pairs) - len(pairs), len(restored),
+                   [p.name for p in stored if p.outputs[0] not in weights])
