@@ -4,8 +4,9 @@ A model with QuantizeLinear/DequantizeLinear nodes, or with integer ops (QLinear
 MatMulInteger), is *explicitly quantized*: TensorRT builds it with the model's own scales and ignores
 any calibration. :func:`detect_quantization` finds its Q/DQ pairs (a QuantizeLinear and the
 DequantizeLinear nodes reading it; a DequantizeLinear of a stored integer weight alone), their
-granularity (per tensor / per channel) and types (int8, uint8, fp8, int4, int32 biases), and which
-compute layers (Conv, ConvTranspose, Gemm, MatMul) the model left in float.
+granularity (per tensor / per channel / per block: opset 21's ``block_size``, ModelOpt's int4 weights) and
+types (int8, uint8, fp8, int4, int32 biases), and which compute layers (Conv, ConvTranspose, Gemm, MatMul)
+the model left in float.
 :meth:`Quantization.problems` lists what TensorRT cannot build, one line per node, before any work.
 
 A pair is named by its QuantizeLinear node (its DequantizeLinear node when the weight is stored as
@@ -72,13 +73,22 @@ class QdqPair:
     dq_nodes: tuple[str, ...]
     kind: str  # "activation", "weight" or "bias" (an int32 DequantizeLinear)
     dtype: str
-    axis: int | None  # per-channel axis (as written, default 1); None per tensor
+    axis: int | None  # per-channel (or per-block) axis (as written, default 1); None per tensor
     scale: np.ndarray | None = field(compare=False, repr=False)  # None: not a constant
     zero_point: np.ndarray | None = field(compare=False, repr=False)
+    block_size: int | None = None  # block-wise quantization along ``axis`` (opset 21); None otherwise
+
+    @property
+    def per_block(self) -> bool:
+        return self.block_size is not None
 
     @property
     def per_channel(self) -> bool:
-        return self.scale is not None and self.scale.size > 1
+        return self.scale is not None and self.scale.size > 1 and not self.per_block
+
+    @property
+    def per_tensor(self) -> bool:
+        return not self.per_channel and not self.per_block
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -93,6 +103,7 @@ class Quantization:
     integer_ops: list[str] = field(default_factory=list)
     quantized_layers: list[str] = field(default_factory=list)
     float_layers: list[str] = field(default_factory=list)
+    weight_only_layers: list[str] = field(default_factory=list)  # of quantized_layers: only the weight has Q/DQ
     problems_found: list[str] = field(default_factory=list)
     lone_quantize: list[str] = field(default_factory=list)  # QuantizeLinear nodes no DequantizeLinear reads
 
@@ -106,7 +117,11 @@ class Quantization:
 
     @property
     def per_tensor(self) -> int:
-        return sum(1 for p in self.pairs if not p.per_channel)
+        return sum(1 for p in self.pairs if p.per_tensor)
+
+    @property
+    def per_block(self) -> int:
+        return sum(1 for p in self.pairs if p.per_block)
 
     @property
     def dtypes(self) -> Counter:
@@ -121,12 +136,15 @@ class Quantization:
         plural = {"activation": "activations", "weight": "weights", "bias": "biases"}
         parts = [f"{n} {k if n == 1 else plural[k]}" for k in plural if (n := kinds[k])]
         types = ", ".join(f"{t}" if n == len(self.pairs) else f"{n} {t}" for t, n in self.dtypes.most_common())
-        text = (f"{len(self.pairs)} Q/DQ pairs ({', '.join(parts) or 'none'}; {self.per_channel} per-channel, "
+        blocks = f"{self.per_block} per-block, " if self.per_block else ""
+        text = (f"{len(self.pairs)} Q/DQ pairs ({', '.join(parts) or 'none'}; {blocks}{self.per_channel} per-channel, "
                 f"{self.per_tensor} per-tensor; {types or 'no type'})")
         if self.integer_ops:
             text += f", {len(self.integer_ops)} integer ops"
         total = len(self.quantized_layers) + len(self.float_layers)
         text += f"; {len(self.quantized_layers)} of {total} compute layers quantized"
+        if self.weight_only_layers:
+            text += f" ({len(self.weight_only_layers)} weight-only)"
         if self.float_layers:
             shown = ", ".join(self.float_layers[:4]) + (", ..." if len(self.float_layers) > 4 else "")
             text += f", left in float: {shown}"
@@ -135,8 +153,10 @@ class Quantization:
     def document(self) -> dict:
         return {
             "explicit": self.explicit, "pairs": len(self.pairs), "per_channel": self.per_channel,
-            "per_tensor": self.per_tensor, "dtypes": dict(self.dtypes), "integer_ops": list(self.integer_ops),
+            "per_tensor": self.per_tensor, "per_block": self.per_block, "dtypes": dict(self.dtypes),
+            "integer_ops": list(self.integer_ops),
             "quantized_layers": list(self.quantized_layers), "float_layers": list(self.float_layers),
+            "weight_only_layers": list(self.weight_only_layers),
         }
 
     def find(self, names: Iterable[str], option: str = "--remove-qdq") -> list[QdqPair]:
@@ -234,11 +254,18 @@ def detect_quantization(proto: onnx.ModelProto, types: Callable[[], Mapping[str,
         found.pairs.append(_pair(None, [node], stored, kind, constants))
         _check(found, node, stored, tensor_types, tensor_shapes, constants, quantize=False)
     dq_outputs = {o for p in found.pairs for o in p.outputs}
+    int4_outputs = {o for p in found.pairs if p.dtype in ("int4", "uint4") for o in p.outputs}
     for node in nodes:
         if node.op_type in COMPUTE_OPS and node.domain in ("", "ai.onnx"):
             data = [i for i in node.input[:2] if i]
-            (found.quantized_layers if data and all(i in dq_outputs for i in data) else found.float_layers).append(
-                _label(node))
+            if data and all(i in dq_outputs for i in data):
+                found.quantized_layers.append(_label(node))
+            elif node.op_type in ("MatMul", "Gemm") and len(data) == 2 and data[1] in int4_outputs:
+                # TensorRT's weight-only quantization (ModelOpt's int4 MatMul/Gemm weights, float activations)
+                found.quantized_layers.append(_label(node))
+                found.weight_only_layers.append(_label(node))
+            else:
+                found.float_layers.append(_label(node))
     return found
 
 
@@ -249,11 +276,13 @@ def _pair(q: onnx.NodeProto | None, dqs: list[onnx.NodeProto], tensor: str, kind
     zero = _array(constants.get(first.input[2])) if len(first.input) > 2 and first.input[2] else None
     dtype = _dtype(first, constants, q is None)
     per_channel = scale is not None and scale.size > 1
+    block = _attribute(first, "block_size", 0)
     return QdqPair(
         name=_label(first), tensor=tensor, outputs=tuple(d.output[0] for d in dqs), q_node=_label(q) if q else None,
         dq_nodes=tuple(_label(d) for d in dqs), kind=kind,
         dtype=_DTYPE_NAMES.get(dtype, onnx.TensorProto.DataType.Name(dtype).lower()),
         axis=int(_attribute(first, "axis", 1)) if per_channel else None, scale=scale, zero_point=zero,
+        block_size=int(block) if block and per_channel else None,
     )
 
 
@@ -296,13 +325,26 @@ def _check(found: Quantization, node: onnx.NodeProto, data: str, types: Mapping[
         axis = int(_attribute(node, "axis", 1))
         name = shape_of or data
         shape = tuple(constants[name].dims) if name in constants else tuple(shapes.get(name, ()) or ())
+        block = int(_attribute(node, "block_size", 0) or 0)
         if shape:
             rank = len(shape)
             if not -rank <= axis < rank:
                 problems.append(f"{label} has axis {axis}, outside the {rank}-D tensor '{name}'")
+            elif block:
+                _check_blocks(problems, label, name, shape, axis % rank, block, scale.shape)
             elif shape[axis] not in (None, scale.size):
                 problems.append(f"{label} has {scale.size} per-channel scales on axis {axis}, but '{name}' has "
                                 f"{shape[axis]} channels there (shape {list(shape)})")
+
+
+def _check_blocks(problems: list[str], label: str, name: str, shape: tuple, axis: int, block: int,
+                  scale_shape: tuple) -> None:
+    """Block-wise quantization (opset 21): the scale has the tensor's rank, ceil(D/block_size) on ``axis``."""
+    expected = [(-(-d // block) if i == axis and isinstance(d, int) else d) for i, d in enumerate(shape)]
+    if block < 0 or len(scale_shape) != len(shape) or any(
+            e is not None and e != s for e, s in zip(expected, scale_shape, strict=True)):
+        problems.append(f"{label} has block_size {block} on axis {axis} and scales of shape {list(scale_shape)}, "
+                        f"but '{name}' (shape {list(shape)}) needs scales of shape {expected}")
 
 
 def require_buildable(quantization: Quantization, model_name: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -22,7 +22,7 @@ from trtq.accuracy.evaluate import Comparison, Outcome, compare_candidates
 from trtq.accuracy.labels import Labels
 from trtq.errors import TrtqError
 from trtq.export.compare import fake_quant_session, session_runner
-from trtq.export.existing import float_twin, remove_qdq
+from trtq.export.existing import float_twin, reference_weights, remove_qdq
 from trtq.model import Model
 from trtq.qdq_model import QdqPair
 
@@ -33,12 +33,24 @@ QUANTIZED = "int8"  # the candidate key of the model as it is (format_accuracy's
 class Reference:
     proto: onnx.ModelProto
     description: str
+    float_weights: dict[str, np.ndarray] = field(default_factory=dict)  # stored integer weight -> FP32 weight
+    note: str = ""  # what this reference cannot measure (said once by the commands)
 
 
 def reference_for(model: Model, twin: Model | None) -> Reference:
     """The FP32 twin, checked to have the same inputs and outputs, or the model without its Q/DQ pairs."""
+    stored = [p for p in model.quantization.pairs if p.q_node is None and p.kind == "weight"]
     if twin is None:
-        return Reference(float_twin(model), "the same graph without its Q/DQ pairs")
+        note = ""
+        if stored:
+            rankable = [p for p in model.quantization.pairs if p.kind != "bias"]
+            if len(stored) == len(rankable):
+                raise TrtqError(f"{model.name} stores all its {len(stored)} quantized weights as integers "
+                                "(DequantizeLinear only) and quantizes no activation: without their float values "
+                                "there is nothing to compare with; give --reference FP32.onnx")
+            note = (f"{len(stored)} weights are stored as integers (DequantizeLinear only): without --reference "
+                    "their rounding is not measured (the comparison uses the same dequantized values)")
+        return Reference(float_twin(model), "the same graph without its Q/DQ pairs", note=note)
     if twin.quantization.explicit:
         raise TrtqError(f"--reference {twin.name} is quantized too; give the FP32 model the Q/DQ model came from")
     mine = sorted(s.name for s in model.inputs), list(model.output_names)
@@ -46,7 +58,12 @@ def reference_for(model: Model, twin: Model | None) -> Reference:
     if mine != theirs:
         raise TrtqError(f"--reference {twin.name} is not {model.name}'s FP32 twin: inputs/outputs {theirs[0]} -> "
                         f"{theirs[1]} vs {mine[0]} -> {mine[1]}")
-    return Reference(twin.proto, f"FP32 model {twin.name}")
+    weights = reference_weights(model, twin.proto)
+    note = ""
+    if len(weights) < len(stored):
+        note = (f"{len(stored) - len(weights)} of {len(stored)} integer-stored weights have no same-named "
+                f"consumer in {twin.name}: removing their pairs keeps the dequantized values")
+    return Reference(twin.proto, f"FP32 model {twin.name}", weights, note)
 
 
 def _run(proto: onnx.ModelProto, names: Sequence[str]):
@@ -112,7 +129,7 @@ def rank_pairs(model: Model, batches: list[Mapping[str, np.ndarray]], reference:
     reference_run = _run(reference.proto, names)
     candidates = {QUANTIZED: _run(model.proto, names)}
     for index, pair in enumerate(pairs):
-        candidates[f"without:{index}"] = _run(remove_qdq(model, [pair]), names)
+        candidates[f"without:{index}"] = _run(remove_qdq(model, [pair], reference.float_weights), names)
     first = compare_candidates(reference_run, candidates, names, batches, labels=labels, source=source,
                                logits=logits)
     effects = [PairEffect(pair, first.outcomes[f"without:{i}"], _drop(first, f"without:{i}"))
@@ -133,7 +150,8 @@ def rank_pairs(model: Model, batches: list[Mapping[str, np.ndarray]], reference:
         if met(baseline, baseline_drop):
             to_drop = []
         else:
-            prefixes = {f"top:{k}": _run(remove_qdq(model, [e.pair for e in effects[:k]]), names)
+            prefixes = {f"top:{k}": _run(remove_qdq(model, [e.pair for e in effects[:k]], reference.float_weights),
+                                         names)
                         for k in range(1, len(effects) + 1)}
             verified = compare_candidates(reference_run, prefixes, names, batches, labels=labels, source=source,
                                           logits=logits)
@@ -166,6 +184,8 @@ def format_pair_ranking(result: QdqSensitivity, limit: int | None = None) -> str
 
 def drop_file_text(result: QdqSensitivity, model_name: str) -> str:
     pairs = result.to_drop or []
+    stored = any(p.q_node is None and p.kind == "weight" for p in pairs)
+    reference = " --reference FP32.onnx" if stored and result.reference.startswith("FP32 model") else ""
     head = (f"# Q/DQ pairs of {model_name} to remove for {result.target} vs {result.reference} (trtq sensitivity)\n"
-            "# use: trtq export MODEL --remove-qdq @FILE -o MODEL.trimmed.onnx, then trtq build\n")
+            f"# use: trtq export MODEL --remove-qdq @FILE{reference} -o MODEL.trimmed.onnx, then trtq build\n")
     return head + "".join(f"{p.name}\n" for p in pairs)

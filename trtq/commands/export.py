@@ -32,12 +32,15 @@ from trtq.messages import note
               help="Remove this existing Q/DQ pair of MODEL (its QuantizeLinear node or the tensor it quantizes; "
                    "'*' for all), keeping the layer in float: DQ(Q(x)) becomes x, stored weights are dequantized. "
                    "Repeatable; @FILE reads one per line (trtq sensitivity's drop list).")
+@click.option("--reference", "reference_path", type=click.Path(dir_okay=False), metavar="FP32.onnx",
+              help="With --remove-qdq: the FP32 model MODEL came from; a removed weight stored as integers "
+                   "(DequantizeLinear only) gets its FP32 value back instead of its dequantized one.")
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Where to write the exported .onnx model.")
 @data_options
 @quiet_option()
-def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized, remove_qdq, output_path, quiet,
-           **data_kwargs):
+def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized, remove_qdq, reference_path,
+           output_path, quiet, **data_kwargs):
     """Write MODEL as an explicit-precision ONNX model for TensorRT 11 (strongly typed).
 
     No GPU and no TensorRT are needed. With --data (or --data-loader-script), the exported
@@ -70,6 +73,8 @@ def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized,
     if remove_qdq and (mode or only_unquantized):
         raise click.UsageError("--remove-qdq writes MODEL without those pairs; export that model with --qdq/--fp16 "
                                "in a second step")
+    if reference_path and not remove_qdq:
+        raise click.UsageError("--reference belongs to --remove-qdq")
     if only_unquantized and mode != "qdq":
         raise click.UsageError("--only-unquantized belongs to --qdq")
     if mode is None and not remove_qdq:
@@ -88,9 +93,14 @@ def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized,
     if remove_qdq:
         from trtq.export.existing import export_removed
 
-        removed, kept = export_removed(model, read_name_list(remove_qdq, what="--remove-qdq list"), output)
+        reference = load_model(reference_path) if reference_path else None
+        result = export_removed(model, read_name_list(remove_qdq, what="--remove-qdq list"), output, reference)
+        if result.unrestored:
+            warn(result.unrestored_message(reference_path))
         if not quiet:
-            click.echo(f"wrote {output}: {removed} Q/DQ pairs removed (those layers run in float), {kept} kept")
+            click.echo(f"wrote {output}: {result.removed} Q/DQ pairs removed (those layers run in float), "
+                       f"{result.kept} kept" + (f"; {result.restored} FP32 weights from {reference.name}"
+                                                if reference else ""))
         return
     if mode == "qdq":
         from trtq.export.existing import check_only_unquantized

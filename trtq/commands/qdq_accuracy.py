@@ -29,6 +29,8 @@ def _setup(model, reference_path, labels_path, labels_from_folders, data_kwargs)
 
     labels = read_labels(labels_path, labels_from_folders)
     reference = reference_for(model, load_model(reference_path) if reference_path else None)
+    if reference.note:
+        warn(reference.note)
     batches = batches_from_options(model, warn=warn, **data_kwargs)
     return reference, labels, batches
 

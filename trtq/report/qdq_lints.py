@@ -63,9 +63,11 @@ PASS_THROUGH_OPS = frozenset({
 })
 # Ops TensorRT's INT8 fusions do not use: transcendental activations, normalizations, divisions and
 # reductions. Only these (and network outputs) make a Q/DQ pair useless; an op on neither list is left alone.
+# HardSwish is not among them: ModelOpt's TensorRT placement quantizes its input on purpose (its QDQ registry
+# lists HardSwish, "mobilenet_v3, efficientvit"), TensorRT running it as an INT8 pointwise layer.
 FLOAT_ONLY_OPS = frozenset({
     "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Exp", "Log", "Erf", "Gelu", "Softplus", "Softsign",
-    "HardSwish", "Mish", "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization",
+    "Mish", "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization",
     "Div", "Pow", "Sqrt", "Reciprocal", "ReduceMean", "ReduceSum", "ReduceL2", "ReduceLogSumExp", "CumSum",
 })
 # Between a convolution and the residual Add TensorRT fuses into it.
@@ -311,7 +313,7 @@ def _output_channels(node: onnx.NodeProto, shape: tuple) -> tuple[int, int | Non
 def _per_tensor_weight_lints(g: _Graph) -> list[Lint]:
     lints = []
     for pair in g.pairs:
-        if pair.kind != "weight" or pair.per_channel or pair.dtype != "int8":  # fp8 weights are per tensor
+        if pair.kind != "weight" or not pair.per_tensor or pair.dtype != "int8":  # fp8 weights are per tensor
             continue
         for node, slot, read in (e for o in pair.outputs for e in g.ends(o)):
             if node is None or node.op_type not in WEIGHTED_OPS or slot != 1:
@@ -394,7 +396,7 @@ def _concat_lints(g: _Graph) -> list[Lint]:
         if node.op_type != "Concat" or len(node.input) < 2:
             continue
         pairs = [g.pair_of_output.get(i) for i in node.input if i]
-        if any(p is None or p.scale is None or p.per_channel for p in pairs):
+        if any(p is None or p.scale is None or not p.per_tensor for p in pairs):
             continue
         scales = [float(np.asarray(p.scale, dtype=np.float64).reshape(-1)[0]) for p in pairs]
         if np.allclose(scales, scales[0], rtol=SCALE_RTOL, atol=0.0):
