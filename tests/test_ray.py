@@ -205,3 +205,20 @@ def test_a_raising_task_is_one_clean_line(mnist_ranges, tmp_path, monkeypatch):
     assert "a Ray task failed: RuntimeError: worker exploded" in result.output
     assert "second line" not in result.output and "Traceback" not in result.output
     assert not (tmp_path / "r.json").exists()
+
+
+def test_an_explicit_memory_budget_reaches_the_workers(tmp_path):
+    """--memory-budget on the driver bounds the shards' captures too: a budget below the model's minimum is the
+    same one-line error from a worker, and a sufficient one gives the local cache."""
+    from trtq.distributed.calibrate import calibrate_ray
+    from trtq.segments import memory_budget_scope
+
+    model = conv_model(tmp_path)
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).normal(size=(12, 3, 8, 8)).astype(np.float32))
+    source = open_batches(model, str(tmp_path / "x.npy"), batch_size=4)
+    local = api.calibrate(model, source, "minmax")
+    with memory_budget_scope(64 << 10):
+        sharded = calibrate_ray(model, source, "minmax", "local", shards=2)
+    assert cache_bytes(sharded) == cache_bytes(local)
+    with memory_budget_scope(16), pytest.raises(TrtqError, match="memory-budget"):
+        calibrate_ray(model, source, "minmax", "local", shards=2)

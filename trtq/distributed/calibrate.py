@@ -24,6 +24,7 @@ from trtq.distributed.backend import cluster_cpus, gather, ray_session, worker_h
 from trtq.errors import TrtqError
 from trtq.model import PROTO_LIMIT, Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS, check_percentile
+from trtq.segments import resolve_budget
 from trtq.stats import StatsCollector
 
 SHARDS_PER_CPU = 2  # a few more shards than workers evens out the load
@@ -68,10 +69,11 @@ def worker_model(payload: tuple[str, object]) -> Model:
 
 
 def collect_shard(payload: tuple[str, object], source: BatchSource, keep_histograms: bool,
-                  providers: list[str] | None) -> StatsCollector:
-    """One Ray task: the raw statistics of one shard (runs on a worker)."""
+                  providers: list[str] | None, memory_budget: int | None = None) -> StatsCollector:
+    """One Ray task: the raw statistics of one shard (runs on a worker, within the driver's explicit
+    ``--memory-budget`` when one was given, else the worker machine's default)."""
     return collect_raw_statistics(worker_model(payload), worker_source(source), providers=providers,
-                                  keep_histograms=keep_histograms)
+                                  keep_histograms=keep_histograms, memory_budget=memory_budget)
 
 
 def worker_source(source: BatchSource) -> BatchSource:
@@ -93,7 +95,9 @@ def collect_statistics_ray(model: Model, source: BatchSource, address: str = "lo
         parts = split_source(source, shards or SHARDS_PER_CPU * cluster_cpus(ray))
         payload = ray.put(model_payload(model))
         task = ray.remote(num_cpus=1, max_retries=2)(collect_shard)
-        refs = [task.remote(payload, part, keep_histograms, providers) for part in parts]
+        budget, explicit = resolve_budget(None)
+        refs = [task.remote(payload, part, keep_histograms, providers, budget if explicit else None)
+                for part in parts]
 
         def done(index: int, _stats) -> None:
             if progress is not None:
