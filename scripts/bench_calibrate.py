@@ -186,7 +186,8 @@ def report(title: str, samples: int, batch: int, rows: dict[str, dict], runs: in
             lines.append(f"{label:<26}   {row['error']}")
             continue
         capture = row.get("capture") or {}
-        how = f"{capture.get('plan')}; {capture.get('histogram_kernel')}" if capture.get("plan") else ""
+        how = f"{capture.get('plan')}; {capture.get('histogram_kernel') or 'no histograms'}" \
+            if capture.get("plan") else ""
         lines.append(f"{label:<26}{row['wall_s']:>9.2f}{row['peak_rss_mb']:>13.0f}   {how}")
     lines.append("ratios [target]")
     for label, a, b, key, target in CHECKS:

@@ -86,6 +86,14 @@ def test_cli_summary_says_how_the_model_ran(tmp_path, mnist_model_path):
                                        "--cache", str(tmp_path / "m.cache"), "--calibrator", "entropy2"])
     assert result.exit_code == 0, result.output
     assert "model runs: the whole graph" in result.output and "memory budget" in result.output
+    assert "histograms binned by numpy" in result.output or "histograms binned by numba" in result.output
+
+
+def test_cli_minmax_summary_says_no_histograms_were_made(tmp_path, mnist_model_path):
+    result = CliRunner().invoke(main, ["calibrate", str(mnist_model_path), "--data", "calib_data/mnist",
+                                       "--cache", str(tmp_path / "m.cache"), "--calibrator", "minmax"])
+    assert result.exit_code == 0, result.output
+    assert "no histograms (min/max only)" in result.output and "binned by" not in result.output
 
 
 @pytest.mark.parametrize(("text", "expected"), [("512M", 512 << 20), ("2G", 2 << 30), ("1.5GiB", 3 << 29),

@@ -104,16 +104,17 @@ def collect_raw_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]
             pending_samples = run.samples
             del run
         finish()
-        collector.capture = capture_summary(capture)
+        collector.capture = capture_summary(capture, collector.keep_histograms)
     return collector
 
 
-def capture_summary(capture: ActivationCapture) -> dict:
-    """How the statistics were collected: the runs' plan and the binning kernel (for the summary line)."""
+def capture_summary(capture: ActivationCapture, histograms: bool = True) -> dict:
+    """How the statistics were collected: the runs' plan and the binning kernel (for the summary line;
+    None when no histogram was made)."""
     from trtq.histogram import kernel_used
 
     return {"plan": capture.plan.describe() if capture.plan else None, "runs": capture.runs,
-            "budget_bytes": capture.budget, "histogram_kernel": kernel_used()}
+            "budget_bytes": capture.budget, "histogram_kernel": kernel_used() if histograms else None}
 
 
 def finish_statistics(model: Model, collector: StatsCollector, batches: object) -> StatsCollector:

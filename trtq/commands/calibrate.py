@@ -244,7 +244,9 @@ def _print_summary(result, written) -> None:
     click.echo(range_sources_line(result))
     capture = stats.capture or {}
     if capture.get("plan"):
-        click.echo(f"model runs: {capture['plan']}; histograms binned by {capture.get('histogram_kernel') or 'numpy'}")
+        kernel = capture.get("histogram_kernel")
+        click.echo(f"model runs: {capture['plan']}; "
+                   + (f"histograms binned by {kernel}" if kernel else "no histograms (min/max only)"))
     for what, path in written:
         click.echo(f"{what} written to {path}")
 
