@@ -26,6 +26,8 @@ and peak RSS (``ru_maxrss``). Contenders:
 * ``... x4``              the samples fed four times (peak RSS must stay flat)
 * ``... batch x4``        four times the batch size (peak RSS must not depend on it)
 * ``ort minmax``          onnxruntime.quantization ``create_calibrator`` MinMax + ``compute_data``
+* ``trtq evaluate``       (on request) ``evaluate_int8`` with statistics, every sample, ranges from 4 samples
+* ``trtq sensitivity``    (on request) the ``alone`` ranking of the first 4 samples (``BENCH_SENSITIVITY_SAMPLES``)
 
 Contenders run round-robin ``--runs`` times (drifts of the machine hit all alike); medians are shown.
 """
@@ -63,7 +65,7 @@ def child(kind: str, model_path: str, data_path: str, batch: int, repeat: int) -
         session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
         for feed in feeds(session.get_inputs()[0].name):
             session.run(None, feed)
-    elif kind.startswith("trtq-"):
+    elif kind.startswith("trtq-") and kind not in ("trtq-evaluate", "trtq-sensitivity"):
         from trtq.calibrate import calibrate
         from trtq.model import load_model
         from trtq.segments import memory_budget_scope
@@ -81,6 +83,22 @@ def child(kind: str, model_path: str, data_path: str, batch: int, repeat: int) -
         with tempfile.TemporaryDirectory() as tmp:
             result.write_cache(Path(tmp) / "bench.cache")
         print(json.dumps(result.stats.capture), file=sys.stderr)
+    elif kind in ("trtq-evaluate", "trtq-sensitivity"):
+        from trtq.accuracy.evaluate import evaluate_int8
+        from trtq.accuracy.sensitivity import SensitivityAnalysis
+        from trtq.calibrate import calibrate
+        from trtq.model import load_model
+
+        model = load_model(model_path)
+        name = model.inputs[0].name
+        ranges = calibrate(model, [{name: np.ascontiguousarray(data[i:i + 1])} for i in range(4)], "minmax",
+                           providers=["CPUExecutionProvider"]).amax
+        if kind == "trtq-evaluate":
+            evaluate_int8(model, ranges, feeds(name), collect_stats=True)
+        else:
+            limit = int(os.environ.get("BENCH_SENSITIVITY_SAMPLES", "4"))
+            samples = [{name: np.ascontiguousarray(data[s:min(limit, s + batch)])} for s in range(0, limit, batch)]
+            SensitivityAnalysis(model, ranges, samples).rank("alone")
     elif kind == "ort-minmax":
         import onnx
         from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
@@ -117,7 +135,12 @@ CONTENDERS = {
     "trtq entropy2 x4": ("trtq-entropy2", 4, 1, NUMPY),
     "trtq entropy2 batch x4": ("trtq-entropy2", 1, 4, NUMPY),
     "ort minmax": ("ort-minmax", 1, 1, {}),
+    # the accuracy loop (not run by default): evaluate_int8 with the statistics over every sample, and the
+    # `alone` sensitivity ranking of the first BENCH_SENSITIVITY_SAMPLES (4) samples; ranges from 4 samples
+    "trtq evaluate": ("trtq-evaluate", 1, 1, {}),
+    "trtq sensitivity": ("trtq-sensitivity", 1, 1, {}),
 }
+DEFAULT_CONTENDERS = [label for label in CONTENDERS if label not in ("trtq evaluate", "trtq sensitivity")]
 
 CHECKS = [  # label, numerator, denominator, key, target
     ("trtq entropy2 / floor, wall", "trtq entropy2", "floor", "wall_s", 3.0),
@@ -245,7 +268,8 @@ def main() -> None:
     parser.add_argument("--data", help=".npy of samples for --model (axis 0: samples)")
     parser.add_argument("--batch-size", type=int, default=8, help="batch for --model")
     parser.add_argument("--runs", type=int, default=1, help="processes per contender; medians are reported")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated labels")
+    parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
+                        help=f"comma-separated labels, from: {', '.join(CONTENDERS)}")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 

@@ -159,8 +159,15 @@ def test_capture_run_merges_the_runs_of_a_batch(dynamic_mnist, mnist_digits):
         a, b = whole.run(feed), sliced.run(feed)
         assert sliced.runs > whole.runs
     assert sorted(a) == sorted(b)
+    # onnxruntime's MatMul is not batch-invariant: a run of 1 sample (this plan) takes another kernel than one
+    # of 16, and its product (and the Add after it) differ in the last bits (measured: 9e-6 relative).
+    # Every other tensor, convolutions included, is bit for bit the whole batch's.
+    after_gemm = {"Times212_Output_0", "Plus214_Output_0"}
     for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        if name in after_gemm:
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-4, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_qdq_tensor_subset_calibrates_what_the_qdq_export_needs(mnist, mnist_digits):
@@ -190,3 +197,70 @@ def test_cli_tensors_qdq_writes_a_smaller_cache(tmp_path, mnist_model_path):
     refused = CliRunner().invoke(main, ["calibrate", "--from-stats", "x.npz", "--calibrator", "minmax",
                                         "--tensors", "qdq"])
     assert refused.exit_code == 2 and "--tensors qdq" in refused.output
+
+
+# evaluate and sensitivity: the runs that expose the quantized tensors stay within the budget too
+
+
+@pytest.fixture(scope="module")
+def dynamic_ranges(dynamic_mnist, mnist_digits):
+    return calibrate(dynamic_mnist, batches_of("Input3", mnist_digits[0][:64], 16), "minmax", providers=CPU).amax
+
+
+def test_evaluation_runs_in_slices_within_the_budget_with_the_same_outputs(dynamic_mnist, dynamic_ranges,
+                                                                           mnist_digits):
+    from trtq.accuracy.evaluate import CapturingRunner, evaluate_int8
+    from trtq.export import export_qdq
+
+    images = mnist_digits[0][100:140]
+    tensors = export_qdq(dynamic_mnist, dynamic_ranges).activation_tensors
+    names = list(dynamic_mnist.output_names)
+    whole = CapturingRunner(dynamic_mnist.proto, names, tensors, memory_budget=1 << 30)
+    sliced = CapturingRunner(dynamic_mnist.proto, names, tensors, memory_budget=200 * KiB)
+    expected, got = whole({"Input3": images}), sliced({"Input3": images})
+    assert whole.largest_run == 40 and 1 <= sliced.largest_run < 10
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert_same_statistics(whole.stats, sliced.stats)
+    # the whole evaluation: the same figures to the last bit, the budget taken from the scope
+    runs = []
+    for budget in (1 << 30, 200 * KiB):
+        with memory_budget_scope(budget):
+            runs.append(evaluate_int8(dynamic_mnist, dynamic_ranges, batches_of("Input3", images, 20),
+                                      collect_stats=True))
+    assert runs[0].outcome.rows == runs[1].outcome.rows
+    assert_same_statistics(runs[0].stats, runs[1].stats)
+
+
+def test_an_output_without_the_samples_on_axis_0_runs_the_batch_whole():
+    from trtq.accuracy.evaluate import CapturingRunner
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])
+    total = helper.make_tensor_value_info("total", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]),
+                               helper.make_node("ReduceSum", ["r"], ["total"], keepdims=0)], "g", [x], [total])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    data = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+    runner = CapturingRunner(proto, ["total"], ["r"], memory_budget=1 * KiB)
+    (result,) = runner({"x": data})
+    assert runner.largest_run == 32 and runner.stats.samples == 32 and runner.stats.batches == 1
+    assert runner.stats["r"].max == float(np.maximum(data, 0).max())
+    np.testing.assert_allclose(result, np.maximum(data, 0).sum(), rtol=1e-5)
+
+
+def test_sensitivity_holds_slices_within_the_budget_and_ranks_alike(dynamic_mnist, dynamic_ranges, mnist_digits):
+    from trtq.accuracy.sensitivity import SensitivityAnalysis
+
+    amax = {**dynamic_ranges, "Pooling66_Output_0": dynamic_ranges["Pooling66_Output_0"] * 0.01}
+    feeds = batches_of("Input3", mnist_digits[0][200:232], 16)
+    rankings = []
+    for budget in (1 << 30, 400 * KiB):
+        with memory_budget_scope(budget):
+            analysis = SensitivityAnalysis(dynamic_mnist, amax, feeds)
+        rankings.append(analysis.rank("alone"))
+        sizes = [len(feed["Input3"]) for feed in analysis.batches]
+        assert sum(sizes) == 32 and (sizes == [16, 16]) == (budget == 1 << 30)
+    whole, sliced = rankings
+    assert [e.layer.node for e in whole.ranking] == [e.layer.node for e in sliced.ranking]
+    assert whole.ranking[0].layer.node == "Convolution110"
+    for a, b in zip(whole.ranking, sliced.ranking, strict=True):
+        assert a.sqnr_db == pytest.approx(b.sqnr_db, rel=1e-9, abs=1e-9)

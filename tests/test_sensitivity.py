@@ -134,7 +134,7 @@ def test_ranking_costs_one_run_per_layer_plus_the_reference(digits, monkeypatch)
             return self.session.get_inputs()
 
     real = downstream.fake_quant_session
-    monkeypatch.setattr(downstream, "fake_quant_session", lambda proto: Counting(real(proto), "downstream"))
+    monkeypatch.setattr(downstream, "fake_quant_session", lambda proto, **kw: Counting(real(proto, **kw), "downstream"))
     analysis.session = Counting(analysis.session, "switched")
     analysis._capture.session = Counting(analysis._capture.session, "reference")
     analysis.rank("alone")

@@ -21,8 +21,10 @@ from trtq.segments import (
     GraphSegmenter,
     Segment,
     SegmentPlan,
+    batch_samples,
     complete_sizes,
     estimate_sizes,
+    micro_batches,
     plan_segments,
     resolve_budget,
     segment_model,
@@ -117,12 +119,12 @@ class ActivationCapture:
         return {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in merged.items()}
 
     def _runs(self, feed: dict[str, np.ndarray]) -> Iterator[CapturedRun]:
-        samples = _batch_samples(feed)
+        samples = batch_samples(feed)
         if self.plan is None:
             self.plan = self._make_plan(feed, samples)
         plan = self.plan
         slices = [(feed, samples)] if plan.micro_batch is None or plan.micro_batch >= samples else \
-            list(_micro_batches(feed, samples, plan.micro_batch))
+            list(micro_batches(feed, samples, plan.micro_batch))
         last_segment = len(plan.segments) - 1
         for slice_index, (part, part_samples) in enumerate(slices):
             live = dict(part)
@@ -241,19 +243,3 @@ class ActivationCapture:
 
 
 _FLOAT_TYPES = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
-
-
-def _micro_batches(feed: dict[str, np.ndarray], samples: int, size: int):
-    """Slices of ``size`` samples along axis 0 of every input that has the batch's samples there."""
-    for start in range(0, samples, size):
-        stop = min(samples, start + size)
-        yield {name: (array[start:stop] if np.ndim(array) and np.shape(array)[0] == samples else array)
-               for name, array in feed.items()}, stop - start
-
-
-def _batch_samples(feed: dict[str, np.ndarray]) -> int:
-    for array in feed.values():
-        array = np.asarray(array)
-        return int(array.shape[0]) if array.ndim else 1
-    return 0
-

@@ -245,6 +245,8 @@ def estimate_sizes(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray], sampl
         return {}
     fixed = onnx.ModelProto()
     fixed.CopyFrom(proto) if proto.ByteSize() < (1 << 30) else fixed.CopyFrom(_without_weights(proto))
+    # shapes recorded by the exporter hold its batch (often 1): inferred again at this feed's, they are right
+    fixed.graph.ClearField("value_info")
     for value in fixed.graph.input:
         array = feed.get(value.name)
         if array is None or not value.type.HasField("tensor_type"):
@@ -308,3 +310,59 @@ def segment_model(proto: onnx.ModelProto, segment: Segment, input_types: Mapping
     model = helper.make_model(sub, opset_imports=proto.opset_import, ir_version=proto.ir_version)
     model.functions.extend(proto.functions)
     return model
+
+
+def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
+    """The samples of a feed: axis 0 of its first input (1 for a scalar, 0 for an empty feed)."""
+    for array in feed.values():
+        return int(np.shape(array)[0]) if np.ndim(array) else 1
+    return 0
+
+
+def micro_batches(feed: Mapping[str, np.ndarray], samples: int, size: int) -> Iterator[tuple[dict, int]]:
+    """``(slice, its samples)``: ``size`` samples at a time along axis 0 of every input that has the batch's
+    samples there (others, e.g. a fixed mask, go whole with each slice)."""
+    for start in range(0, samples, size):
+        stop = min(samples, start + size)
+        yield {name: (array[start:stop] if np.ndim(array) and np.shape(array)[0] == samples else array)
+               for name, array in feed.items()}, stop - start
+
+
+def samples_within_budget(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray], tensors: Iterable[str],
+                          budget: int) -> int | None:
+    """The most samples of ``feed`` that one run holding all of ``tensors`` at once keeps within ``budget``
+    bytes (at least 1), at the sizes onnx shape inference gives (a tensor it cannot size counts as the largest
+    it can). None: the whole batch fits, an input's batch dimension is fixed, or nothing could be sized.
+    For the runs that expose tensors without segments (evaluate, sensitivity)."""
+    samples = batch_samples(feed)
+    fixed = any(i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].HasField("dim_value")
+                for i in proto.graph.input if i.name in feed)
+    if samples <= 1 or fixed:
+        return None
+    sizes = estimate_sizes(proto, feed, samples)
+    if not sizes:
+        return None
+    largest = max(sizes.values())
+    per_sample = sum(sizes.get(name, largest) for name in dict.fromkeys(tensors))
+    if per_sample * samples <= budget:
+        return None
+    return max(1, int(budget // max(per_sample, 1.0)))
+
+
+def slices_within_budget(proto: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], tensors: Iterable[str],
+                         budget: int) -> list[dict[str, np.ndarray]]:
+    """``feeds`` (held in memory) re-cut along axis 0 so that a run holding ``tensors`` fits ``budget``
+    (:func:`samples_within_budget`); feeds that fit stay as they are, in order."""
+    tensors = list(tensors)
+    sizes: dict[tuple, int | None] = {}
+    cut: list[dict[str, np.ndarray]] = []
+    for feed in feeds:
+        key = tuple((name, np.shape(array)[1:]) for name, array in feed.items())
+        if key not in sizes:
+            sizes[key] = samples_within_budget(proto, feed, tensors, budget)
+        samples, size = batch_samples(feed), sizes[key]
+        if size is None or size >= samples:
+            cut.append(dict(feed))
+        else:
+            cut.extend(part for part, _ in micro_batches(feed, samples, size))
+    return cut

@@ -105,7 +105,7 @@ class DownstreamRuns:
                                     outputs, [initializers[n] for n in region.initializers])
             proto = helper.make_model(sub, opset_imports=self.switchable.proto.opset_import,
                                       ir_version=self.switchable.proto.ir_version)
-            self._sessions[node] = fake_quant_session(proto)
+            self._sessions[node] = fake_quant_session(proto, arena=False)
         return self._sessions[node]
 
     def runner(self, node: str, fallback: Run) -> Run:

@@ -25,6 +25,7 @@ from trtq.errors import TrtqError
 from trtq.export import OutputAgreement, QdqExport, export_qdq
 from trtq.export.compare import Run, compare_runs, fake_quant_session, session_runner
 from trtq.model import Model
+from trtq.segments import batch_samples, micro_batches, resolve_budget, samples_within_budget
 from trtq.stats import StatsCollector
 
 TOP_K = 5
@@ -143,10 +144,15 @@ class CapturingRunner:
     no extra pass; graph inputs are taken from the feed. ``extra_feed`` adds fixed inputs (the layer
     switches of a switchable model, all off). Its :attr:`session` also serves plain runs of the model:
     the extra outputs are intermediate tensors the model computes anyway.
+
+    Exposed tensors are all alive until the run ends, so a batch whose tensors would not fit in the memory
+    budget (:func:`trtq.segments.resolve_budget`, ``--memory-budget``) runs in slices along axis 0 whose
+    outputs are concatenated: the same outputs and statistics as one run (both are per sample), at a bounded
+    peak (YOLOv8n at 640: ~237 MB a sample exposed).
     """
 
     def __init__(self, proto: onnx.ModelProto, names: Sequence[str], tensors: Iterable[str],
-                 extra_feed: Mapping[str, np.ndarray] | None = None):
+                 extra_feed: Mapping[str, np.ndarray] | None = None, memory_budget: int | None = None):
         self.names = list(names)
         self.tensors = list(dict.fromkeys(tensors))
         self.input_names = {i.name for i in proto.graph.input}
@@ -154,18 +160,72 @@ class CapturingRunner:
         self.session = fake_quant_session(with_extra_outputs(proto, self.fetched))
         self.extra_feed = dict(extra_feed or {})
         self.stats = StatsCollector(self.tensors)
+        self.budget = resolve_budget(memory_budget)[0]
+        self._proto = proto
+        self._run_samples: dict[tuple, int | None] = {}  # input shapes past axis 0 -> samples a run (None: all)
+        self.largest_run = 0  # the most samples one run took (for the tests and the summary)
 
     def __call__(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        results = session_runner(self.session, [*self.names, *self.fetched], self.extra_feed)(feed)
+        samples = batch_samples(feed)
+        key = tuple((name, np.shape(array)[1:]) for name, array in feed.items())
+        size = self._samples_a_run(key, feed)
+        if size is None or size >= samples:
+            return self._fold(feed, samples, self._run(feed))
+        parts, seen = [], 0
+        for part, count in micro_batches(feed, samples, size):
+            outputs = self._run(part)
+            if any(np.ndim(o) == 0 or np.shape(o)[0] != count for o in outputs):
+                # an output without the samples on axis 0 (a count, a flat list of boxes): slices would not
+                # concatenate to the batch's outputs. Nothing of this batch is folded yet: run it whole.
+                self._run_samples[key] = None
+                return self._fold(feed, samples, self._run(feed))
+            seen += count
+            parts.append(self._fold(part, count, outputs, batches=int(seen == samples)))
+        return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+    def sliced(self, run: Run) -> Run:
+        """``run`` fed the way this runner slices a feed (decided when this runner first saw its shapes, so it
+        must run first on each feed), outputs concatenated: the INT8 candidate of an evaluation runs on the
+        same slices as its reference, so its own activation memory is bounded by the same budget."""
+
+        def run_sliced(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            samples = batch_samples(feed)
+            size = self._run_samples.get(tuple((name, np.shape(array)[1:]) for name, array in feed.items()))
+            if size is None or size >= samples:
+                return run(feed)
+            parts = [run(part) for part, _ in micro_batches(feed, samples, size)]
+            return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+        return run_sliced
+
+    def _samples_a_run(self, key: tuple, feed: Mapping[str, np.ndarray]) -> int | None:
+        """Samples a run takes so that its exposed tensors stay within the budget; None for the whole batch
+        (also when an output is declared with a fixed first dimension: it cannot carry the samples)."""
+        if key not in self._run_samples:
+            size = samples_within_budget(self._proto, feed, [*self.fetched, *self.names], self.budget)
+            declared = {o.name: o.type.tensor_type.shape.dim for o in self._proto.graph.output}
+            if any(declared.get(name) and declared[name][0].HasField("dim_value") for name in self.names):
+                size = None
+            self._run_samples[key] = size
+        return self._run_samples[key]
+
+    def _run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return session_runner(self.session, [*self.names, *self.fetched], self.extra_feed)(feed)
+
+    def _fold(self, feed: Mapping[str, np.ndarray], samples: int, results: list[np.ndarray],
+              batches: int = 1) -> list[np.ndarray]:
+        """Fold a run's captured tensors into the statistics (a slice of a batch counts the batch only on its
+        last run); returns its outputs."""
         outputs = results[: len(self.names)]
         captured = dict(zip(self.fetched, results[len(self.names):], strict=True))
+        del results
         for name in self.tensors:
             if name in self.input_names:
                 captured[name] = np.asarray(feed[name])
             elif name in self.names:
                 captured[name] = outputs[self.names.index(name)]
-        first = next(iter(feed.values()))
-        self.stats.update(captured, int(np.asarray(first).shape[0]) if np.ndim(first) else 1)
+        self.stats.update(captured, samples, batches)
+        self.largest_run = max(self.largest_run, samples)
         return outputs
 
 
@@ -268,6 +328,8 @@ def evaluate_int8(
     else:
         reference = session_runner(fake_quant_session(model.proto), names)
     candidate = session_runner(fake_quant_session(export.model), names)
+    if capture is not None:
+        candidate = capture.sliced(candidate)
     comparison = compare_candidates(reference, {"int8": candidate}, names, batches, labels=labels,
                                     source=batches if isinstance(batches, BatchSource) else None, logits=logits)
     return Evaluation(comparison, export, dict(amax), capture.stats if capture is not None else None)

@@ -48,6 +48,7 @@ from trtq.export import QdqExport, export_qdq
 from trtq.export.compare import session_runner
 from trtq.export.qdq import INT8_MAX
 from trtq.model import Model
+from trtq.segments import resolve_budget, slices_within_budget
 from trtq.stats import StatsCollector, TensorStats
 
 MODES = ("alone", "all-but-one")
@@ -181,11 +182,13 @@ class SensitivityAnalysis:
         self.switchable: SwitchableModel = build_switchable(model.proto, self.export)
         self.names = list(model.output_names)
         self.logits = logits
-        # the data is read once; sensitivity works on a small evaluation set held in memory
-        self.batches = [dict(feed) for feed in batches]
+        tensors = [t for layer in self.switchable.layers for t in layer.tensors]
+        # the data is read once; sensitivity works on a small evaluation set held in memory, in slices small
+        # enough that a run's exposed tensors (the reference's statistics, the ``alone`` boundary, about the
+        # same quantized tensors, both alive) fit the memory budget
+        self.batches = slices_within_budget(model.proto, batches, tensors, resolve_budget(None)[0] // 2)
         if not self.batches:
             raise TrtqError("the data source yielded no batch: nothing to evaluate")
-        tensors = [t for layer in self.switchable.layers for t in layer.tensors]
         # the float reference (all switches off, gathering statistics) and every configuration share one session
         self._capture = CapturingRunner(self.switchable.proto, self.names, tensors,
                                         extra_feed=self.switchable.switches([]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from trtq.commands.options.accuracy import label_options, ranges_options, report_options
+from trtq.commands.options.common import memory_budget_option
 from trtq.commands.options.data import data_options
 
 
@@ -21,9 +22,10 @@ from trtq.commands.options.data import data_options
                    "one machine): local (a Ray instance in this process, one worker per core), auto, HOST:PORT or "
                    "ray://HOST:PORT. The data must be on storage every node mounts at the same path. Needs "
                    "pip install 'trtq[ray]'.")
+@memory_budget_option()
 @report_options
 def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits, reference_path,
-             ray_address, json_path, html_path, plot_dir, plot_tensor, quiet, **data_kwargs):
+             ray_address, json_path, html_path, plot_dir, plot_tensor, quiet, memory_budget, **data_kwargs):
     """Measure how far simulated INT8 lands from FP32 on held-out data, before building anything.
 
     MODEL is quantized exactly as TensorRT quantizes it (symmetric int8, per-tensor activation
@@ -48,7 +50,9 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
     from trtq.fileio import atomic_write, write_json
     from trtq.messages import note, warn
     from trtq.model import load_model
+    from trtq.segments import memory_budget_scope
 
+    click.get_current_context().with_resource(memory_budget_scope(memory_budget))
     quantized = load_model(model_path)
     if quantized.quantization.explicit:  # a Q/DQ (QAT) model: measured on its own scales
         if ray_address is not None:

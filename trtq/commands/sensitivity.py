@@ -6,6 +6,7 @@ import click
 
 from trtq.accuracy.sensitivity import MODES
 from trtq.commands.options.accuracy import label_options, ranges_options, report_options
+from trtq.commands.options.common import memory_budget_option
 from trtq.commands.options.data import data_options
 
 DEFAULT_SAMPLES = 500
@@ -37,10 +38,11 @@ TOP_HISTOGRAMS = 8
                    "and keep set): local (a Ray instance in this process, one worker per core), auto, HOST:PORT "
                    "or ray://HOST:PORT. The evaluation batches travel through Ray's object store. Needs "
                    "pip install 'trtq[ray]'.")
+@memory_budget_option()
 @report_options
 def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, labels_from_folders, logits,
                 reference_path, mode, target_sqnr, max_drop, keep_out, ray_address, json_path, html_path, plot_dir,
-                plot_tensor, quiet, **data_kwargs):
+                plot_tensor, quiet, memory_budget, **data_kwargs):
     """Rank MODEL's INT8 layers by the output error each one causes, with its cause.
 
     Every quantized layer (an ONNX node that gets Q/DQ) is switched between INT8 and float inside
@@ -69,7 +71,9 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
     if plot_tensor and not (html_path or plot_dir):
         raise click.UsageError("--plot-tensor draws into --html or --plot-dir; give one of them")
     from trtq.model import load_model
+    from trtq.segments import memory_budget_scope
 
+    click.get_current_context().with_resource(memory_budget_scope(memory_budget))
     quantized = load_model(model_path)
     if quantized.quantization.explicit:  # a Q/DQ (QAT) model: rank its own pairs
         if ray_address is not None:

@@ -50,6 +50,8 @@ def evaluate_shard(models: tuple, source: BatchSource, names: list[str], index: 
     capture = CapturingRunner(proto, names, tensors) if tensors is not None else None
     reference = capture if capture is not None else session_runner(fake_quant_session(proto), names)
     candidate = session_runner(fake_quant_session(worker_model(int8_payload).proto), names)
+    if capture is not None:
+        candidate = capture.sliced(candidate)
     predictions = Predictions(index, names[index], [KEY]) if predict else None
     sums = list(batch_sums(reference, {KEY: candidate}, names, source,
                            observe=predictions.observe if predictions is not None else None))

@@ -133,11 +133,14 @@ def _cosine(dot: np.ndarray, ref_sq: np.ndarray, out_sq: np.ndarray) -> np.ndarr
     return np.where(both_zero, 1.0, value)
 
 
-def fake_quant_session(model: onnx.ModelProto | bytes | str | os.PathLike):
-    """An onnxruntime session that computes Q/DQ arithmetic as written (no integer-kernel fusions)."""
+def fake_quant_session(model: onnx.ModelProto | bytes | str | os.PathLike, arena: bool = True):
+    """An onnxruntime session that computes Q/DQ arithmetic as written (no integer-kernel fusions).
+    ``arena=False``: its memory goes back after each run instead of staying with the session (for the many
+    sessions of a sensitivity ranking, each of which would otherwise hold its own peak)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = arena
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     # No Q/DQ rewrites at all: since onnxruntime 1.20 even the basic level quantizes a float Gemm/Conv bias
     # behind Q/DQ inputs to int32 (WeightBiasQuantization), which TensorRT does not do (it adds the bias in float).
