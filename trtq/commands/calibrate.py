@@ -134,6 +134,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         model = load_model(model_path)
         _refuse_quantized(model)
         batches = batches_from_options(model, **data_kwargs)
+        fold_device = None
         device_providers = {"auto": None, "cpu": ["CPUExecutionProvider"],
                             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}[device]
         if device == "cuda":
@@ -141,6 +142,12 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise TrtqError("--device cuda needs onnxruntime-gpu (pip install onnxruntime-gpu)")
+            from trtq.trt.device_fold import cupy_available
+
+            fold_device = "cuda" if cupy_available() else None
+            if fold_device is None and not quiet:
+                click.echo("note: statistics folded on the host: CuPy is not installed or sees no GPU "
+                           "(pip install 'trtq[device-stats]' to fold them on the GPU)", err=True)
         only = None
         if tensor_set == "qdq":
             from trtq.export.qdq import qdq_activation_tensors
@@ -176,7 +183,8 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                                         percentile=percentile, providers=device_providers, keep_histograms=keep)
             else:
                 run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
-                                        providers=device_providers, keep_histograms=keep, tensors=only)
+                                        providers=device_providers, keep_histograms=keep, tensors=only,
+                                        fold_device=fold_device)
             result = run_with_progress(run, batches.total_samples, quiet)
 
     if model is not None:  # weight-derived tensors: max|w|, whatever the method (a no-op when already done)
@@ -245,8 +253,9 @@ def _print_summary(result, written) -> None:
     capture = stats.capture or {}
     if capture.get("plan"):
         kernel = capture.get("histogram_kernel")
-        click.echo(f"model runs: {capture['plan']}; "
-                   + (f"histograms binned by {kernel}" if kernel else "no histograms (min/max only)"))
+        how = ("statistics folded on the GPU (CuPy)" if capture.get("fold_device") else
+               f"histograms binned by {kernel}" if kernel else "no histograms (min/max only)")
+        click.echo(f"model runs: {capture['plan']}; {how}")
     for what, path in written:
         click.echo(f"{what} written to {path}")
 
