@@ -189,7 +189,8 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
                    providers: list[str] | None = None,
                    progress: Callable[[int], None] | None = None,
                    collect: Callable[..., StatsCollector] | None = None,
-                   tensors: list[str] | None = None) -> tuple[CalibrationResult, AutoChoice, str]:
+                   tensors: list[str] | None = None,
+                   fold_device: str | None = None) -> tuple[CalibrationResult, AutoChoice, str]:
     """``trtq calibrate --calibrator auto``: choose the method on data the ranges did not see, then derive
     the final ranges from ALL the calibration data.
 
@@ -198,7 +199,8 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
     cache covers every sample, as the other methods' caches do. The target is the default one of
     :func:`trtq.accuracy.targets.resolve_target` (it orders the candidates; nothing is kept in float here).
     ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (``--ray``: the same
-    statistics, collected as Ray tasks). ``tensors``: calibrate only these (:func:`collect_statistics`).
+    statistics, collected as Ray tasks). ``tensors``: calibrate only these, ``fold_device``: fold on the GPU
+    (:func:`collect_statistics`; not with ``collect``).
     Returns the result, the choice, and a description of the evaluation data.
     """
     started = time.perf_counter()
@@ -206,6 +208,8 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
     # ``collect`` (e.g. Ray shards) takes the whole source; the hold-out split streams through this process
     gather = collect_statistics if split is not None or collect is None else collect
     only = {} if tensors is None else {"tensors": tensors}  # (``collect`` takes none: --ray refuses a subset)
+    if fold_device is not None and gather is collect_statistics:
+        only["fold_device"] = fold_device
     stats = gather(model, split if split is not None else batches, providers=providers,
                    progress=progress, keep_histograms=True, **only)
     if split is not None:
@@ -217,7 +221,8 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
         raise TrtqError("the evaluation data yielded no batch: nothing to choose the auto ranges on")
     choice = choose_default(model, stats, held, eval_labels)
     if split is not None and not split.shared:
-        stats.merge(collect_statistics(model, held, providers=providers, keep_histograms=True, tensors=tensors))
+        stats.merge(collect_statistics(model, held, providers=providers, keep_histograms=True, tensors=tensors,
+                                       fold_device=fold_device))
         diagnoses = diagnose_all(stats, data_independent_tensors(model.proto))
         pct = choice.percentile if choice.percentile is not None else DEFAULT_PERCENTILE
         choice.amax = guarded_ranges(stats, choice.method, pct, diagnoses)

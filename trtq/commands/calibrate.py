@@ -42,7 +42,9 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.option("--from-stats", type=click.Path(dir_okay=False),
               help="Derive ranges from statistics saved with --save-stats instead of running the model.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="onnxruntime execution provider (cuda needs onnxruntime-gpu).")
+              help="onnxruntime execution provider (cuda needs onnxruntime-gpu). With cuda and CuPy (pip install "
+                   "'trtq[device-stats]') the statistics are folded on the GPU too (not with --ray), the same "
+                   "bits as on the host.")
 @quiet_option("No progress bar and no summary; errors and warnings only.")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
               help="Collect the statistics as Ray tasks, the data cut into shards of whole batches (same cache as "
@@ -170,7 +172,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 collect = ray_collector(ray_address)
             run = functools.partial(calibrate_auto, model, batches, eval_batches=None if held is None else held.batches,
                                     eval_labels=None if held is None else held.labels, providers=device_providers,
-                                    collect=collect, tensors=only)
+                                    collect=collect, tensors=only, fold_device=None if collect else fold_device)
             result, choice, described = run_with_progress(run, batches.total_samples, quiet)
             _print_auto(choice, held.description if held else described, quiet)
         else:
