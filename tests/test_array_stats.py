@@ -170,3 +170,37 @@ def test_device_tensor_wraps_an_ortvalue_and_says_what_is_missing():
     if importlib.util.find_spec("cupy") is None:
         with pytest.raises(TrtqError, match=r"needs the Python package 'cupy'.*trtq\[device-stats\]"):
             tensor.fold_into(TensorStats("t"))
+
+
+def test_the_io_binding_capture_gives_the_host_statistics(monkeypatch, dynamic_mnist, mnist_digits):
+    """The GPU capture path (IO binding, device tensors folded by the collector, boundary tensors brought back
+    to the host for the next segment) run on the CPU: onnxruntime binds the outputs to the host and numpy
+    stands in for CuPy. What this cannot check is CuPy itself (the gpu-marked tests above)."""
+    import warnings
+
+    import trtq.capture
+    import trtq.trt.device_fold as device_fold
+    from trtq.calibrate import calibrate
+    from trtq.segments import memory_budget_scope
+
+    monkeypatch.setattr(trtq.capture, "OUTPUT_DEVICES", {"cuda": "cpu"})
+    monkeypatch.setattr(device_fold, "load_cupy", lambda: np)
+    monkeypatch.setattr(device_fold.DeviceTensor, "as_cupy", lambda self: self.ortvalue.numpy())
+    folded = []
+    real_fold = device_fold.DeviceTensor.fold_into
+    monkeypatch.setattr(device_fold.DeviceTensor, "fold_into",
+                        lambda self, stats, weight=1: (folded.append(stats.name), real_fold(self, stats, weight)))
+    feeds = [{"Input3": mnist_digits[0][i:i + 8]} for i in range(0, 48, 8)]
+    for budget in (1 << 30, 150 << 10):  # the whole graph, then graph segments
+        folded.clear()
+        with memory_budget_scope(budget):
+            on_host = calibrate(dynamic_mnist, feeds, "entropy2", providers=["CPUExecutionProvider"])
+            with warnings.catch_warnings():  # onnxruntime: CUDA is not available here, the CPU runs it
+                warnings.simplefilter("ignore", UserWarning)
+                bound = calibrate(dynamic_mnist, feeds, "entropy2", fold_device="cuda",
+                                  providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        assert bound.stats.capture["fold_device"] == "cuda" and len(set(folded)) >= 5
+        assert ("segments" in bound.stats.capture["plan"]) == (budget < 1 << 30), bound.stats.capture["plan"]
+        for name in on_host.stats.tensors:
+            assert_same(on_host.stats[name], bound.stats[name])
+        assert on_host.cache().to_bytes() == bound.cache().to_bytes()

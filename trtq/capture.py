@@ -180,7 +180,7 @@ class ActivationCapture:
         for name, value in feed.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in fetch:
-            binding.bind_output(name, "cuda" if name in keep else "cpu")
+            binding.bind_output(name, OUTPUT_DEVICES[self.fold_device] if name in keep else "cpu")
         session.run_with_iobinding(binding)
         outputs: dict[str, object] = {}
         for name, value in zip(fetch, binding.get_outputs(), strict=True):
@@ -282,4 +282,6 @@ class ActivationCapture:
         self.close()
 
 
+# where IO binding puts the captured tensors for each fold device (onnxruntime's device names)
+OUTPUT_DEVICES = {"cuda": "cuda"}
 _FLOAT_TYPES = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
