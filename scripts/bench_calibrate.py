@@ -65,7 +65,23 @@ def child(kind: str, model_path: str, data_path: str, batch: int, repeat: int) -
         session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
         for feed in feeds(session.get_inputs()[0].name):
             session.run(None, feed)
-    elif kind.startswith("trtq-") and kind not in ("trtq-evaluate", "trtq-sensitivity"):
+    elif kind in ("trtq-evaluate", "trtq-sensitivity"):
+        from trtq.accuracy.evaluate import evaluate_int8
+        from trtq.accuracy.sensitivity import SensitivityAnalysis
+        from trtq.calibrate import calibrate
+        from trtq.model import load_model
+
+        model = load_model(model_path)
+        name = model.inputs[0].name
+        ranges = calibrate(model, [{name: np.ascontiguousarray(data[i:i + 1])} for i in range(4)], "minmax",
+                           providers=["CPUExecutionProvider"]).amax
+        if kind == "trtq-evaluate":
+            evaluate_int8(model, ranges, feeds(name), collect_stats=True)
+        else:
+            limit = int(os.environ.get("BENCH_SENSITIVITY_SAMPLES", "4"))
+            samples = [{name: np.ascontiguousarray(data[s:min(limit, s + batch)])} for s in range(0, limit, batch)]
+            SensitivityAnalysis(model, ranges, samples).rank("alone")
+    elif kind.startswith("trtq-"):
         from trtq.calibrate import calibrate
         from trtq.model import load_model
         from trtq.segments import memory_budget_scope
@@ -83,22 +99,6 @@ def child(kind: str, model_path: str, data_path: str, batch: int, repeat: int) -
         with tempfile.TemporaryDirectory() as tmp:
             result.write_cache(Path(tmp) / "bench.cache")
         print(json.dumps(result.stats.capture), file=sys.stderr)
-    elif kind in ("trtq-evaluate", "trtq-sensitivity"):
-        from trtq.accuracy.evaluate import evaluate_int8
-        from trtq.accuracy.sensitivity import SensitivityAnalysis
-        from trtq.calibrate import calibrate
-        from trtq.model import load_model
-
-        model = load_model(model_path)
-        name = model.inputs[0].name
-        ranges = calibrate(model, [{name: np.ascontiguousarray(data[i:i + 1])} for i in range(4)], "minmax",
-                           providers=["CPUExecutionProvider"]).amax
-        if kind == "trtq-evaluate":
-            evaluate_int8(model, ranges, feeds(name), collect_stats=True)
-        else:
-            limit = int(os.environ.get("BENCH_SENSITIVITY_SAMPLES", "4"))
-            samples = [{name: np.ascontiguousarray(data[s:min(limit, s + batch)])} for s in range(0, limit, batch)]
-            SensitivityAnalysis(model, ranges, samples).rank("alone")
     elif kind == "ort-minmax":
         import onnx
         from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator

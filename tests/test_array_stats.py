@@ -204,3 +204,20 @@ def test_the_io_binding_capture_gives_the_host_statistics(monkeypatch, dynamic_m
         for name in on_host.stats.tensors:
             assert_same(on_host.stats[name], bound.stats[name])
         assert on_host.cache().to_bytes() == bound.cache().to_bytes()
+
+
+def test_a_cuda_error_while_folding_is_one_line_naming_the_tensor(monkeypatch):
+    import onnxruntime as ort
+
+    import trtq.trt.device_fold as device_fold
+    from trtq.errors import TrtqError
+
+    def out_of_memory(self):
+        raise RuntimeError("cudaErrorMemoryAllocation: out of memory\n  (CuPy's traceback lines)")
+
+    monkeypatch.setattr(device_fold, "load_cupy", lambda: np)
+    monkeypatch.setattr(device_fold.DeviceTensor, "as_cupy", out_of_memory)
+    tensor = device_fold.DeviceTensor(ort.OrtValue.ortvalue_from_numpy(np.ones(4, np.float32)), "tensor(float)")
+    with pytest.raises(TrtqError) as caught:
+        tensor.fold_into(TensorStats("conv1"))
+    assert str(caught.value) == "folding tensor 'conv1' on the GPU failed: cudaErrorMemoryAllocation: out of memory"

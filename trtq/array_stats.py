@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from trtq.stats import _FINE_LOG2, FINE_BINS, TensorStats
+from trtq.stats import FINE_BINS, FINE_LOG2, TensorStats, finite_extremes
 
 
 def batch_stats(xp, name: str, values, keep_histogram: bool = True, weight: int = 1) -> TensorStats:
@@ -33,15 +33,10 @@ def batch_stats(xp, name: str, values, keep_histogram: bool = True, weight: int 
         x = x.astype(xp.float32)
     if x.size == 0:
         return stats
-    lo, hi = float(x.min()), float(x.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        finite = xp.isfinite(x)
-        kept = int(xp.count_nonzero(finite))
-        stats.nonfinite = (int(x.size) - kept) * weight
-        if kept == 0:
-            return stats
-        x = x[finite]
-        lo, hi = float(x.min()), float(x.max())
+    x, lo, hi, nonfinite = finite_extremes(xp, x)
+    stats.nonfinite = nonfinite * weight
+    if x is None:
+        return stats
     stats.min, stats.max = lo, hi
     stats.count = int(x.size) * weight
     if not keep_histogram:
@@ -51,7 +46,7 @@ def batch_stats(xp, name: str, values, keep_histogram: bool = True, weight: int 
         stats.hist[0] = stats.zeros = int(x.size) * weight
         return stats
     stats.exponent = math.frexp(top)[1]
-    shift = _FINE_LOG2 - stats.exponent
+    shift = FINE_LOG2 - stats.exponent
     scaled = xp.abs(x) if -120 < shift < 120 else xp.abs(x.astype(xp.float64))
     scaled *= scaled.dtype.type(math.ldexp(1.0, shift))
     counts = xp.bincount(scaled.astype(xp.int64), minlength=FINE_BINS)

@@ -142,19 +142,18 @@ class ActivationCapture:
             live = dict(part)
             for k, segment in enumerate(plan.segments):
                 session, fetch, keep = self._session(segment, live)
-                feed = part if plan.whole_graph else {name: live[name] for name in segment.inputs}
+                run_feed = part if plan.whole_graph else {name: live[name] for name in segment.inputs}
                 try:
                     if self.fold_device is None:
-                        outputs = dict(zip(fetch, session.run(fetch, feed), strict=True))
+                        outputs = dict(zip(fetch, session.run(fetch, run_feed), strict=True))
                     else:
-                        outputs = self._run_on_device(session, fetch, set(keep), feed, segment.stop)
+                        outputs = self._run_on_device(session, fetch, set(keep), run_feed, segment.stop)
                 except TrtqError:
                     raise
                 except Exception as exc:
                     raise TrtqError(f"onnxruntime failed to run {self.model.name} on a batch: "
                                     f"{first_line(exc)}") from exc
                 self.runs += 1
-                results = None
                 for name, array in outputs.items():
                     if part_samples:
                         self._measured[name] = array.nbytes / part_samples
@@ -165,7 +164,7 @@ class ActivationCapture:
                             if self._segmenter.last_use.get(name, -1) >= segment.stop)
                 for name in [n for n in live if self._segmenter.last_use.get(n, -1) < segment.stop]:
                     del live[name]  # no later segment reads it
-                del outputs, results
+                del outputs
                 done = k == last_segment
                 yield CapturedRun(captured, part_samples if done else 0, int(done and slice_index == len(slices) - 1),
                                   part_samples)
@@ -173,24 +172,20 @@ class ActivationCapture:
     def _run_on_device(self, session, fetch: list[str], keep: set[str], feed: dict[str, np.ndarray],
                        stop: int) -> dict[str, object]:
         """One run with the captured tensors bound to the GPU (IO binding): they come back as
-        :class:`trtq.trt.device_fold.DeviceTensor`; tensors a later segment reads come back to the host."""
-        from trtq.trt.device_fold import DeviceTensor
+        :class:`trtq.trt.device_fold.DeviceTensor`. Tensors a later segment reads, and types the device fold
+        does not take (bfloat16), are bound to the host and folded there."""
+        from trtq.trt.device_fold import FOLDABLE_TYPES, DeviceTensor
 
+        on_device = {name for name in keep if self._types.get(name) in FOLDABLE_TYPES
+                     and self._segmenter.last_use.get(name, -1) < stop}
         binding = session.io_binding()
         for name, value in feed.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in fetch:
-            binding.bind_output(name, OUTPUT_DEVICES[self.fold_device] if name in keep else "cpu")
+            binding.bind_output(name, OUTPUT_DEVICES[self.fold_device] if name in on_device else "cpu")
         session.run_with_iobinding(binding)
-        outputs: dict[str, object] = {}
-        for name, value in zip(fetch, binding.get_outputs(), strict=True):
-            if name not in keep:
-                outputs[name] = value.numpy()
-                continue
-            tensor = DeviceTensor(value, self._types[name])
-            # a boundary tensor (read by a later segment) is needed on the host too
-            outputs[name] = tensor.numpy() if self._segmenter.last_use.get(name, -1) >= stop else tensor
-        return outputs
+        return {name: DeviceTensor(value, self._types[name]) if name in on_device else value.numpy()
+                for name, value in zip(fetch, binding.get_outputs(), strict=True)}
 
     def _make_plan(self, feed: dict[str, np.ndarray], samples: int) -> SegmentPlan:
         for name in self._segmenter.graph_inputs:
@@ -282,6 +277,7 @@ class ActivationCapture:
         self.close()
 
 
-# where IO binding puts the captured tensors for each fold device (onnxruntime's device names)
+# where IO binding puts the captured tensors for each fold device (onnxruntime's device names); the CPU test
+# of the IO-binding path (tests/test_array_stats.py) points "cuda" at the host
 OUTPUT_DEVICES = {"cuda": "cuda"}
 _FLOAT_TYPES = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}

@@ -319,6 +319,11 @@ def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
     return 0
 
 
+def shape_key(feed: Mapping[str, np.ndarray]) -> tuple:
+    """The feed's input shapes past axis 0: feeds with the same key cut into the same slices."""
+    return tuple((name, np.shape(array)[1:]) for name, array in feed.items())
+
+
 def micro_batches(feed: Mapping[str, np.ndarray], samples: int, size: int) -> Iterator[tuple[dict, int]]:
     """``(slice, its samples)``: ``size`` samples at a time along axis 0 of every input that has the batch's
     samples there (others, e.g. a fixed mask, go whole with each slice)."""
@@ -357,7 +362,7 @@ def slices_within_budget(proto: onnx.ModelProto, feeds: Iterable[Mapping[str, np
     sizes: dict[tuple, int | None] = {}
     cut: list[dict[str, np.ndarray]] = []
     for feed in feeds:
-        key = tuple((name, np.shape(array)[1:]) for name, array in feed.items())
+        key = shape_key(feed)
         if key not in sizes:
             sizes[key] = samples_within_budget(proto, feed, tensors, budget)
         samples, size = batch_samples(feed), sizes[key]

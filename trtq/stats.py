@@ -40,8 +40,23 @@ from trtq.histogram import add_bins
 
 HIST_BINS = 2048  # what the range methods see (TensorRT's histogram size)
 FINE_BINS = 8 * HIST_BINS  # what is collected
-_FINE_LOG2 = int(math.log2(FINE_BINS))
+FINE_LOG2 = int(math.log2(FINE_BINS))
 STATS_FORMAT = "trtq-stats-1"
+
+
+def finite_extremes(xp, x):
+    """``(finite values, their min, their max, NaN/Inf count)`` of flat float32 ``x`` with array module ``xp``
+    (numpy here, CuPy on the GPU: :mod:`trtq.array_stats`); the values None when none is finite. Only one
+    min and one max pass when every value is finite, the usual case."""
+    lo, hi = float(x.min()), float(x.max())
+    if math.isfinite(lo) and math.isfinite(hi):
+        return x, lo, hi, 0
+    finite = xp.isfinite(x)
+    kept = int(xp.count_nonzero(finite))
+    if kept == 0:
+        return None, math.inf, -math.inf, int(x.size)
+    values = x[finite]
+    return values, float(values.min()), float(values.max()), int(x.size) - kept
 
 
 @dataclass
@@ -80,7 +95,7 @@ class TensorStats:
         """Width of one fine bin (0.0 before any non-zero value)."""
         if self.exponent is None:
             return 0.0
-        return math.ldexp(1.0, self.exponent - _FINE_LOG2)
+        return math.ldexp(1.0, self.exponent - FINE_LOG2)
 
     def update(self, values: np.ndarray, weight: int = 1) -> None:
         """Fold one batch of this tensor into the statistics, each value counted ``weight`` times.
@@ -101,21 +116,16 @@ class TensorStats:
         x = x.reshape(-1)
         if x.size == 0:
             return
-        lo, hi = x.min(), x.max()
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            finite = np.isfinite(x)
-            kept = int(np.count_nonzero(finite))
-            self.nonfinite += (x.size - kept) * weight
-            if kept == 0:
-                return
-            x = x[finite]
-            lo, hi = x.min(), x.max()
-        self.min = min(self.min, float(lo))
-        self.max = max(self.max, float(hi))
+        x, lo, hi, nonfinite = finite_extremes(np, x)
+        self.nonfinite += nonfinite * weight
+        if x is None:
+            return
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
         self.count += x.size * weight
         if not self.keep_histogram:
             return
-        top = max(-float(lo), float(hi))
+        top = max(-lo, hi)
         if top == 0.0:
             self.hist[0] += x.size * weight
             self.zeros += x.size * weight
@@ -164,7 +174,7 @@ class TensorStats:
         """The power-of-two factor that maps |x| to its fine bin, and the values to multiply it by: float32
         when the factor is exact in float32, else float64 (extreme magnitudes). |x| < 2**exponent and the
         scaling is exact, so every bin index is below FINE_BINS."""
-        shift = _FINE_LOG2 - self.exponent
+        shift = FINE_LOG2 - self.exponent
         if -120 < shift < 120:
             return math.ldexp(1.0, shift), x
         return math.ldexp(1.0, shift), x.astype(np.float64)
@@ -173,7 +183,7 @@ class TensorStats:
         """Widen the range to [0, 2**exponent): neighbouring bins merge exactly."""
         factor_log2 = exponent - self.exponent
         merged = np.zeros(FINE_BINS, dtype=np.int64)
-        if factor_log2 >= _FINE_LOG2:  # everything seen so far fits in the new first bin
+        if factor_log2 >= FINE_LOG2:  # everything seen so far fits in the new first bin
             merged[0] = self.hist.sum()
         else:
             factor = 1 << factor_log2

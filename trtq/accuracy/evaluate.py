@@ -25,7 +25,7 @@ from trtq.errors import TrtqError
 from trtq.export import OutputAgreement, QdqExport, export_qdq
 from trtq.export.compare import Run, compare_runs, fake_quant_session, session_runner
 from trtq.model import Model
-from trtq.segments import batch_samples, micro_batches, resolve_budget, samples_within_budget
+from trtq.segments import batch_samples, micro_batches, resolve_budget, samples_within_budget, shape_key
 from trtq.stats import StatsCollector
 
 TOP_K = 5
@@ -163,11 +163,11 @@ class CapturingRunner:
         self.budget = resolve_budget(memory_budget)[0]
         self._proto = proto
         self._run_samples: dict[tuple, int | None] = {}  # input shapes past axis 0 -> samples a run (None: all)
-        self.largest_run = 0  # the most samples one run took (for the tests and the summary)
+        self.largest_run = 0  # the most samples one run took (what the tests check the slicing by)
 
     def __call__(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         samples = batch_samples(feed)
-        key = tuple((name, np.shape(array)[1:]) for name, array in feed.items())
+        key = shape_key(feed)
         size = self._samples_a_run(key, feed)
         if size is None or size >= samples:
             return self._fold(feed, samples, self._run(feed))
@@ -190,7 +190,7 @@ class CapturingRunner:
 
         def run_sliced(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
             samples = batch_samples(feed)
-            size = self._run_samples.get(tuple((name, np.shape(array)[1:]) for name, array in feed.items()))
+            size = self._run_samples.get(shape_key(feed))
             if size is None or size >= samples:
                 return run(feed)
             parts = [run(part) for part, _ in micro_batches(feed, samples, size)]

@@ -19,6 +19,7 @@ import numpy as np
 
 from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.data import BatchSource
+from trtq.segments import batch_samples
 
 HOLDOUT_EVERY = 5
 DEFAULT_EVAL_SAMPLES = 256
@@ -28,11 +29,6 @@ MAX_EVAL_BYTES = 256 << 20  # the evaluation set is held in memory: at most this
 
 def feed_bytes(feed: Mapping[str, np.ndarray]) -> int:
     return int(sum(np.asarray(v).nbytes for v in feed.values()))
-
-
-def batch_samples(feed: Mapping[str, np.ndarray]) -> int:
-    first = np.asarray(next(iter(feed.values())))
-    return int(first.shape[0]) if first.ndim else 1
 
 
 @dataclass

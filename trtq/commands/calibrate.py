@@ -172,7 +172,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 collect = ray_collector(ray_address)
             run = functools.partial(calibrate_auto, model, batches, eval_batches=None if held is None else held.batches,
                                     eval_labels=None if held is None else held.labels, providers=device_providers,
-                                    collect=collect, tensors=only, fold_device=None if collect else fold_device)
+                                    collect=collect, tensors=only, fold_device=fold_device)
             result, choice, described = run_with_progress(run, batches.total_samples, quiet)
             _print_auto(choice, held.description if held else described, quiet)
         else:

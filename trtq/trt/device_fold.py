@@ -52,7 +52,7 @@ def require_cupy() -> None:
 
 
 def cupy_available() -> bool:
-    """Whether CuPy imports and sees a GPU (for the capture's choice and the summary)."""
+    """Whether CuPy imports and sees a GPU (``--device cuda`` folds on the GPU only then)."""
     try:
         load_cupy()
     except TrtqError:
@@ -61,6 +61,7 @@ def cupy_available() -> bool:
 
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+FOLDABLE_TYPES = frozenset(_DTYPES)  # onnxruntime's output types a DeviceTensor takes (CuPy has no bfloat16)
 
 
 class DeviceTensor:
@@ -91,7 +92,10 @@ class DeviceTensor:
         from trtq.array_stats import batch_stats
 
         cupy = load_cupy()
-        batch = batch_stats(cupy, stats.name, self.as_cupy(), stats.keep_histogram, weight)
+        try:
+            batch = batch_stats(cupy, stats.name, self.as_cupy(), stats.keep_histogram, weight)
+        except Exception as exc:  # noqa: BLE001 - CUDA's errors (out of memory, a lost device): one line
+            raise TrtqError(f"folding tensor '{stats.name}' on the GPU failed: {first_line(exc)}") from exc
         stats.merge(batch)
         self.ortvalue = None  # onnxruntime may reuse the memory now
 
