@@ -172,38 +172,87 @@ def test_device_tensor_wraps_an_ortvalue_and_says_what_is_missing():
             tensor.fold_into(TensorStats("t"))
 
 
-def test_the_io_binding_capture_gives_the_host_statistics(monkeypatch, dynamic_mnist, mnist_digits):
+@pytest.fixture
+def io_binding_on_the_host(monkeypatch) -> list[str]:
     """The GPU capture path (IO binding, device tensors folded by the collector, boundary tensors brought back
-    to the host for the next segment) run on the CPU: onnxruntime binds the outputs to the host and numpy
-    stands in for CuPy. What this cannot check is CuPy itself (the gpu-marked tests above)."""
-    import warnings
-
+    to the host for the next segment) made to run on the CPU: onnxruntime binds the outputs to the host and
+    numpy stands in for CuPy. Yields the names of the tensors folded through that path."""
     import trtq.capture
     import trtq.trt.device_fold as device_fold
-    from trtq.calibrate import calibrate
-    from trtq.segments import memory_budget_scope
 
     monkeypatch.setattr(trtq.capture, "OUTPUT_DEVICES", {"cuda": "cpu"})
     monkeypatch.setattr(device_fold, "load_cupy", lambda: np)
     monkeypatch.setattr(device_fold.DeviceTensor, "as_cupy", lambda self: self.ortvalue.numpy())
-    folded = []
+    folded: list[str] = []
     real_fold = device_fold.DeviceTensor.fold_into
     monkeypatch.setattr(device_fold.DeviceTensor, "fold_into",
                         lambda self, stats, weight=1: (folded.append(stats.name), real_fold(self, stats, weight)))
+    return folded
+
+
+CUDA_THEN_CPU = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_the_io_binding_capture_gives_the_host_statistics(io_binding_on_the_host, dynamic_mnist, mnist_digits):
+    """What this cannot check is CuPy itself (the gpu-marked tests above)."""
+    import warnings
+
+    from trtq.calibrate import calibrate
+    from trtq.segments import memory_budget_scope
+
     feeds = [{"Input3": mnist_digits[0][i:i + 8]} for i in range(0, 48, 8)]
     for budget in (1 << 30, 150 << 10):  # the whole graph, then graph segments
-        folded.clear()
+        io_binding_on_the_host.clear()
         with memory_budget_scope(budget):
             on_host = calibrate(dynamic_mnist, feeds, "entropy2", providers=["CPUExecutionProvider"])
             with warnings.catch_warnings():  # onnxruntime: CUDA is not available here, the CPU runs it
                 warnings.simplefilter("ignore", UserWarning)
-                bound = calibrate(dynamic_mnist, feeds, "entropy2", fold_device="cuda",
-                                  providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-        assert bound.stats.capture["fold_device"] == "cuda" and len(set(folded)) >= 5
+                bound = calibrate(dynamic_mnist, feeds, "entropy2", fold_device="cuda", providers=CUDA_THEN_CPU)
+        assert bound.stats.capture["fold_device"] == "cuda" and len(set(io_binding_on_the_host)) >= 5
         assert ("segments" in bound.stats.capture["plan"]) == (budget < 1 << 30), bound.stats.capture["plan"]
         for name in on_host.stats.tensors:
             assert_same(on_host.stats[name], bound.stats[name])
         assert on_host.cache().to_bytes() == bound.cache().to_bytes()
+
+
+def test_a_ray_shard_folds_where_its_worker_can(monkeypatch, io_binding_on_the_host, dynamic_mnist, mnist_digits):
+    """``collect_shard`` as a Ray worker runs it (here in this process): with onnxruntime's CUDA provider and
+    CuPy it folds through the device path, without CuPy on the host, without the provider it is one line;
+    either way the shard's statistics are the host's."""
+    import warnings
+
+    import onnxruntime as ort
+
+    import trtq.trt.device_fold as device_fold
+    from trtq.calibrate import collect_raw_statistics
+    from trtq.distributed.calibrate import collect_shard, model_payload, shards_summary
+    from trtq.errors import TrtqError
+
+    feeds = [{"Input3": mnist_digits[0][i:i + 8]} for i in range(0, 32, 8)]
+    payload = model_payload(dynamic_mnist)
+    with pytest.raises(TrtqError) as caught:  # this machine's onnxruntime has no CUDA provider
+        collect_shard(payload, feeds, True, CUDA_THEN_CPU, fold_device="cuda")
+    assert "has no CUDAExecutionProvider" in str(caught.value) and "\n" not in str(caught.value)
+
+    host = collect_raw_statistics(dynamic_mnist, feeds, providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: CUDA_THEN_CPU)
+    shards = []
+    for cupy_there in (True, False):
+        monkeypatch.setattr(device_fold, "cupy_available", lambda cupy_there=cupy_there: cupy_there)
+        io_binding_on_the_host.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            shard = collect_shard(payload, feeds, True, CUDA_THEN_CPU, fold_device="cuda")
+        assert shard.capture["fold_device"] == ("cuda" if cupy_there else None)
+        assert bool(io_binding_on_the_host) == cupy_there
+        for name in host.tensors:
+            assert_same(host[name], shard[name])
+        shards.append(shard)
+    both = shards_summary(shards, "cuda")
+    assert both["gpu_shards"] == 1 and both["fold_device"] is None and "1 of them folded on the GPU" in both["plan"]
+    assert shards_summary(shards[:1], "cuda")["fold_device"] == "cuda"
+    assert shards_summary(shards[1:], "cuda")["gpu_shards"] == 0
+    assert shards_summary(shards, None)["gpu_shards"] is None
 
 
 def test_a_cuda_error_while_folding_is_one_line_naming_the_tensor(monkeypatch):

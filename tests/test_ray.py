@@ -84,6 +84,28 @@ def test_cli_auto_with_eval_data_shards_and_matches_local(tmp_path):
     assert (tmp_path / "ray.cache").read_bytes() == (tmp_path / "local.cache").read_bytes()
 
 
+def test_cli_calibrate_ray_tensors_qdq_matches_local(tmp_path):
+    model = str(REPO / "calib_data" / "mnist-8.onnx")
+    common = ["--data", str(MNIST_DIGITS), "--max-samples", "40", "--calibrator", "percentile", "-q"]
+    for flags, name in (([], "all"), (["--tensors", "qdq"], "local"), (["--tensors", "qdq", "--ray", "local"], "ray")):
+        result = run("calibrate", model, *common, *flags, "--cache", str(tmp_path / f"{name}.cache"))
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "ray.cache").read_bytes() == (tmp_path / "local.cache").read_bytes()
+    lines = {n: len((tmp_path / f"{n}.cache").read_text().splitlines()) for n in ("all", "ray")}
+    assert lines["ray"] < lines["all"], lines  # the subset reached the shards
+
+
+def test_cli_ray_device_cuda_on_a_cluster_without_gpus_is_one_line(tmp_path, local_ray):
+    if local_ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this Ray instance offers GPUs: the error under test is for a cluster without any")
+    common = [str(REPO / "calib_data" / "mnist-8.onnx"), "--data", str(MNIST_DIGITS), "--max-samples", "4",
+              "--device", "cuda", "--ray", "local", "--cache", str(tmp_path / "x.cache")]
+    assert_user_error(run("calibrate", *common, "--calibrator", "minmax"), "offers no GPU")
+    # auto without --eval-data calibrates here (its hold-out split): this machine's onnxruntime is asked
+    assert_user_error(run("calibrate", *common), "--device cuda needs onnxruntime-gpu")
+    assert not (tmp_path / "x.cache").exists()
+
+
 def test_worker_that_cannot_read_the_data_is_one_line(tmp_path):
     from trtq.distributed.calibrate import calibrate_ray
 

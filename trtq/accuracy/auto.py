@@ -200,18 +200,15 @@ def calibrate_auto(model: Model, batches: Iterable[Mapping[str, np.ndarray]], *,
     :func:`trtq.accuracy.targets.resolve_target` (it orders the candidates; nothing is kept in float here).
     ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (``--ray``: the same
     statistics, collected as Ray tasks). ``tensors``: calibrate only these, ``fold_device``: fold on the GPU
-    (:func:`collect_statistics`; not with ``collect``).
+    (both passed to ``collect`` too).
     Returns the result, the choice, and a description of the evaluation data.
     """
     started = time.perf_counter()
     split = HoldoutSplit(batches, max_eval_samples) if eval_batches is None else None
     # ``collect`` (e.g. Ray shards) takes the whole source; the hold-out split streams through this process
     gather = collect_statistics if split is not None or collect is None else collect
-    only = {} if tensors is None else {"tensors": tensors}  # (``collect`` takes none: --ray refuses a subset)
-    if fold_device is not None and gather is collect_statistics:
-        only["fold_device"] = fold_device
-    stats = gather(model, split if split is not None else batches, providers=providers,
-                   progress=progress, keep_histograms=True, **only)
+    stats = gather(model, split if split is not None else batches, providers=providers, progress=progress,
+                   keep_histograms=True, tensors=tensors, fold_device=fold_device)
     if split is not None:
         held, description = split.held, split.describe()
     else:

@@ -43,8 +43,9 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
               help="Derive ranges from statistics saved with --save-stats instead of running the model.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="onnxruntime execution provider (cuda needs onnxruntime-gpu). With cuda and CuPy (pip install "
-                   "'trtq[device-stats]') the statistics are folded on the GPU too (not with --ray), the same "
-                   "bits as on the host.")
+                   "'trtq[device-stats]') the statistics are folded on the GPU too, the same bits as on the host; "
+                   "with --ray each shard is a task on one GPU of the cluster, folding there when its worker has "
+                   "CuPy.")
 @quiet_option("No progress bar and no summary; errors and warnings only.")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
               help="Collect the statistics as Ray tasks, the data cut into shards of whole batches (same cache as "
@@ -98,8 +99,8 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         raise click.UsageError("--compare-methods with --from-stats needs MODEL and --eval-data PATH")
     if from_stats and data_given(data_kwargs):
         raise click.UsageError("--from-stats derives ranges from saved statistics; it takes no --data")
-    if tensor_set != "all" and (from_stats or ray_address is not None):
-        raise click.UsageError("--tensors qdq selects what the model run captures: not with --from-stats or --ray")
+    if tensor_set != "all" and from_stats:
+        raise click.UsageError("--tensors qdq selects what the model run captures: not with --from-stats")
     if ray_address is not None and from_stats:
         raise click.UsageError("--ray collects statistics; --from-stats has them already")
     if ray_address is not None and data_kwargs.get("data_loader_script"):
@@ -139,7 +140,11 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         fold_device = None
         device_providers = {"auto": None, "cpu": ["CPUExecutionProvider"],
                             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}[device]
-        if device == "cuda":
+        # the statistics pass runs as Ray tasks, except auto's hold-out split, which streams through here
+        sharded = ray_address is not None and (calibrator != "auto" or bool(eval_data))
+        if device == "cuda" and sharded:
+            fold_device = "cuda"  # the workers' onnxruntime-gpu and CuPy count, not this machine's
+        elif device == "cuda":
             import onnxruntime as ort
 
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -182,7 +187,8 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
                 from trtq.distributed.calibrate import calibrate_ray
 
                 run = functools.partial(calibrate_ray, model, batches, calibrator, ray_address,
-                                        percentile=percentile, providers=device_providers, keep_histograms=keep)
+                                        percentile=percentile, providers=device_providers, keep_histograms=keep,
+                                        tensors=only, fold_device=fold_device)
             else:
                 run = functools.partial(api.calibrate, model, batches, calibrator, percentile=percentile,
                                         providers=device_providers, keep_histograms=keep, tensors=only,
@@ -257,6 +263,8 @@ def _print_summary(result, written) -> None:
         kernel = capture.get("histogram_kernel")
         how = ("statistics folded on the GPU (CuPy)" if capture.get("fold_device") else
                f"histograms binned by {kernel}" if kernel else "no histograms (min/max only)")
+        if capture.get("gpu_shards") == 0:  # --ray --device cuda, and no worker had CuPy
+            how += " (on the hosts: no Ray worker has CuPy seeing a GPU; pip install 'trtq[device-stats]' there)"
         click.echo(f"model runs: {capture['plan']}; {how}")
     for what, path in written:
         click.echo(f"{what} written to {path}")

@@ -76,6 +76,14 @@ def cluster_cpus(ray) -> int:
         return 1
 
 
+def cluster_gpus(ray) -> int:
+    """GPUs the cluster offers (0 when none, or when Ray cannot say)."""
+    try:
+        return int(ray.cluster_resources().get("GPU", 0))
+    except Exception:
+        return 0
+
+
 def task_error(exc: BaseException) -> TrtqError:
     """A Ray task failure as one line: the task's own TrtqError message, else its exception's type and first line."""
     cause = getattr(exc, "cause", None)

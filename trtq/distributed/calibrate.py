@@ -20,7 +20,7 @@ import numpy as np
 
 from trtq.calibrate import CalibrationResult, collect_raw_statistics, compute_ranges, finish_statistics
 from trtq.data.base import BatchSource, shard_selection
-from trtq.distributed.backend import cluster_cpus, gather, ray_session, worker_host
+from trtq.distributed.backend import cluster_cpus, cluster_gpus, gather, ray_session, worker_host
 from trtq.errors import TrtqError
 from trtq.model import PROTO_LIMIT, Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS, check_percentile
@@ -69,11 +69,46 @@ def worker_model(payload: tuple[str, object]) -> Model:
 
 
 def collect_shard(payload: tuple[str, object], source: BatchSource, keep_histograms: bool,
-                  providers: list[str] | None, memory_budget: int | None = None) -> StatsCollector:
+                  providers: list[str] | None, memory_budget: int | None = None, tensors: list[str] | None = None,
+                  fold_device: str | None = None) -> StatsCollector:
     """One Ray task: the raw statistics of one shard (runs on a worker, within the driver's explicit
-    ``--memory-budget`` when one was given, else the worker machine's default)."""
+    ``--memory-budget`` when one was given, else the worker machine's default). ``tensors``: only these
+    (``--tensors qdq``); ``fold_device="cuda"``: fold on the worker's GPU when CuPy sees one there (the
+    collector's ``capture`` says where it folded)."""
     return collect_raw_statistics(worker_model(payload), worker_source(source), providers=providers,
-                                  keep_histograms=keep_histograms, memory_budget=memory_budget)
+                                  keep_histograms=keep_histograms, memory_budget=memory_budget, tensors=tensors,
+                                  fold_device=worker_fold_device(fold_device))
+
+
+def worker_fold_device(requested: str | None) -> str | None:
+    """Where this worker folds: ``requested`` ("cuda") when its onnxruntime has CUDA and CuPy sees a GPU, the
+    host (None) when CuPy is missing; a worker without onnxruntime-gpu is a one-line error naming it."""
+    if requested is None:
+        return None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise TrtqError(f"the worker on {worker_host()} has no CUDAExecutionProvider: --device cuda with --ray "
+                        "needs onnxruntime-gpu on every GPU node (pip install onnxruntime-gpu)")
+    from trtq.trt.device_fold import cupy_available
+
+    return requested if cupy_available() else None
+
+
+def shards_summary(results: list[StatsCollector], fold_device: str | None) -> dict:
+    """The merged shards' ``capture`` (:func:`trtq.calibrate.capture_summary`'s keys): how many shards and
+    runs, the kernels that binned, and where the statistics were folded (``gpu_shards`` of them on a GPU
+    when ``fold_device`` was asked for)."""
+    captures = [stats.capture or {} for stats in results]
+    kernels = sorted({k for c in captures for k in (c.get("histogram_kernel") or "").split("+") if k}, reverse=True)
+    gpu_shards = sum(1 for c in captures if c.get("fold_device"))
+    runs = sum(int(c.get("runs") or 0) for c in captures)
+    plan = f"{len(results)} Ray shards, {runs} runs"
+    if fold_device is not None and 0 < gpu_shards < len(results):
+        plan += f", {gpu_shards} of them folded on the GPU"
+    return {"plan": plan, "runs": runs, "budget_bytes": None, "histogram_kernel": "+".join(kernels) or None,
+            "fold_device": fold_device if results and gpu_shards == len(results) else None,
+            "gpu_shards": gpu_shards if fold_device is not None else None}
 
 
 def worker_source(source: BatchSource) -> BatchSource:
@@ -89,15 +124,27 @@ def worker_source(source: BatchSource) -> BatchSource:
 def collect_statistics_ray(model: Model, source: BatchSource, address: str = "local", *,
                            shards: int | None = None, providers: list[str] | None = None,
                            progress: Callable[[int], None] | None = None,
-                           keep_histograms: bool = True) -> StatsCollector:
-    """:func:`trtq.calibrate.collect_statistics` with the shards as Ray tasks (same statistics)."""
+                           keep_histograms: bool = True, tensors: list[str] | None = None,
+                           fold_device: str | None = None) -> StatsCollector:
+    """:func:`trtq.calibrate.collect_statistics` with the shards as Ray tasks (same statistics).
+
+    ``fold_device="cuda"``: each shard is a task on one GPU (``num_gpus=1``; a cluster without GPUs is a
+    one-line error rather than tasks that wait forever) and folds there when its worker has CuPy."""
     with ray_session(address) as ray:
-        parts = split_source(source, shards or SHARDS_PER_CPU * cluster_cpus(ray))
+        options: dict = {"num_cpus": 1, "max_retries": 2}
+        workers = cluster_cpus(ray)
+        if fold_device is not None:
+            workers = cluster_gpus(ray)
+            if workers < 1:
+                raise TrtqError(f"--device cuda with --ray: the Ray cluster at '{address}' offers no GPU (start its "
+                                "nodes with GPUs, or calibrate on its CPUs without --device cuda)")
+            options["num_gpus"] = 1
+        parts = split_source(source, shards or SHARDS_PER_CPU * workers)
         payload = ray.put(model_payload(model))
-        task = ray.remote(num_cpus=1, max_retries=2)(collect_shard)
+        task = ray.remote(**options)(collect_shard)
         budget, explicit = resolve_budget(None)
-        refs = [task.remote(payload, part, keep_histograms, providers, budget if explicit else None)
-                for part in parts]
+        refs = [task.remote(payload, part, keep_histograms, providers, budget if explicit else None, tensors,
+                            fold_device) for part in parts]
 
         def done(index: int, _stats) -> None:
             if progress is not None:
@@ -109,7 +156,9 @@ def collect_statistics_ray(model: Model, source: BatchSource, address: str = "lo
         for tensor in stats:  # Ray hands numpy arrays out read-only (zero-copy from the object store)
             tensor.hist = np.array(tensor.hist)
         merged.merge(stats)
-    return finish_statistics(model, merged, source)
+    finished = finish_statistics(model, merged, source)
+    finished.capture = shards_summary(results, fold_device)
+    return finished
 
 
 def ray_collector(address: str) -> Callable[..., StatsCollector]:
@@ -117,9 +166,10 @@ def ray_collector(address: str) -> Callable[..., StatsCollector]:
     (the ``collect`` hook of ``calibrate --calibrator auto`` and ``quantize``)."""
 
     def collect(model: Model, batches: BatchSource, *, providers: list[str] | None = None,
-                progress: Callable[[int], None] | None = None, keep_histograms: bool = True) -> StatsCollector:
+                progress: Callable[[int], None] | None = None, keep_histograms: bool = True,
+                tensors: list[str] | None = None, fold_device: str | None = None) -> StatsCollector:
         return collect_statistics_ray(model, batches, address, providers=providers, progress=progress,
-                                      keep_histograms=keep_histograms)
+                                      keep_histograms=keep_histograms, tensors=tensors, fold_device=fold_device)
 
     return collect
 
@@ -127,7 +177,8 @@ def ray_collector(address: str) -> Callable[..., StatsCollector]:
 def calibrate_ray(model: Model, source: BatchSource, calibrator: str = "entropy2", address: str = "local", *,
                   percentile: float = DEFAULT_PERCENTILE, shards: int | None = None,
                   providers: list[str] | None = None, progress: Callable[[int], None] | None = None,
-                  keep_histograms: bool | None = None) -> CalibrationResult:
+                  keep_histograms: bool | None = None, tensors: list[str] | None = None,
+                  fold_device: str | None = None) -> CalibrationResult:
     """:func:`trtq.calibrate.calibrate` on Ray: the same result, the statistics collected in shards."""
     if calibrator not in METHODS:
         raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(METHODS)})")
@@ -137,6 +188,6 @@ def calibrate_ray(model: Model, source: BatchSource, calibrator: str = "entropy2
     if keep_histograms is None:
         keep_histograms = calibrator != "minmax"
     stats = collect_statistics_ray(model, source, address, shards=shards, providers=providers, progress=progress,
-                                   keep_histograms=keep_histograms)
+                                   keep_histograms=keep_histograms, tensors=tensors, fold_device=fold_device)
     amax = compute_ranges(stats, calibrator, percentile)
     return CalibrationResult(calibrator, amax, stats, percentile, time.perf_counter() - started)
