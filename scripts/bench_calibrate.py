@@ -19,6 +19,8 @@ and peak RSS (``ru_maxrss``). Contenders:
 * ``trtq <method>``       ``trtq.calibrate`` + the cache file, as ``trtq calibrate`` does it (minmax without
                           the histograms), default memory budget, numpy binning (a plain ``pip install trtq``)
 * ``trtq entropy2 numba`` the same with the compiled kernel (``pip install 'trtq[fast]'``)
+* ``trtq ... nchw``       ``TRTQ_LAYOUT=nchw``: the plain-layout capture (optimisations off), not onnxruntime's
+                          blocked one (:mod:`trtq.blocked`)
 * ``trtq entropy2 qdq``   ``--tensors qdq``: only the tensors a Q/DQ export quantizes, graph optimised between
 * ``trtq entropy2 256M``  ``--memory-budget 256M``
 * ``trtq entropy2 whole`` a budget so large that the whole batch runs through the whole graph at once (what
@@ -129,6 +131,9 @@ CONTENDERS = {
     "trtq minmax": ("trtq-minmax", 1, 1, NUMPY),
     "trtq entropy2": ("trtq-entropy2", 1, 1, NUMPY),
     "trtq entropy2 numba": ("trtq-entropy2", 1, 1, {}),
+    # the plain NCHW capture (TRTQ_LAYOUT=nchw): every tensor in onnxruntime with its optimisations off
+    "trtq minmax nchw": ("trtq-minmax", 1, 1, {"TRTQ_LAYOUT": "nchw", **NUMPY}),
+    "trtq entropy2 nchw": ("trtq-entropy2", 1, 1, {"TRTQ_LAYOUT": "nchw", **NUMPY}),
     "trtq entropy2 qdq": ("trtq-entropy2", 1, 1, {"BENCH_TENSORS": "qdq", **NUMPY}),
     "trtq entropy2 256M": ("trtq-entropy2", 1, 1, {"BENCH_BUDGET": str(256 << 20), **NUMPY}),
     "trtq entropy2 whole": ("trtq-entropy2", 1, 1, {"BENCH_BUDGET": WHOLE_GRAPH_BUDGET, **NUMPY}),
@@ -148,6 +153,8 @@ CHECKS = [  # label, numerator, denominator, key, target
     ("trtq minmax / floor, wall", "trtq minmax", "floor", "wall_s", 2.0),
     ("samples x4 / x1, peak RSS", "trtq entropy2 x4", "trtq entropy2", "peak_rss_mb", 1.10),
     ("batch x4 / x1, peak RSS", "trtq entropy2 batch x4", "trtq entropy2", "peak_rss_mb", 1.10),
+    ("trtq minmax nchw / floor, wall", "trtq minmax nchw", "floor", "wall_s", None),
+    ("trtq entropy2 nchw / floor, wall", "trtq entropy2 nchw", "floor", "wall_s", None),
     ("trtq entropy2 numba / floor, wall", "trtq entropy2 numba", "floor", "wall_s", None),
     ("trtq entropy2 numba / floor, RSS", "trtq entropy2 numba", "floor", "peak_rss_mb", None),
     ("trtq entropy2 qdq / floor, wall", "trtq entropy2 qdq", "floor", "wall_s", None),

