@@ -57,9 +57,11 @@ def with_extra_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelPr
 class CapturedRun(NamedTuple):
     """The tensors of one run, and what the run counts for: ``samples`` is the micro-batch's sample count on
     its last segment (0 on the others), ``batches`` 1 on the last run of a batch (else 0); ``run_samples``
-    the samples that went through this run."""
+    the samples that went through this run. A tensor is an array, or an object that folds itself into its
+    statistics (``fold_into``: :class:`trtq.blocked.BlockedTensor` on the CPU,
+    :class:`trtq.trt.device_fold.DeviceTensor` on a GPU); :meth:`ActivationCapture.run` gives arrays."""
 
-    tensors: dict[str, np.ndarray]
+    tensors: dict[str, object]
     samples: int
     batches: int
     run_samples: int
@@ -261,7 +263,8 @@ class ActivationCapture:
                 proto = segment_model(self.model.proto, segment, types)
                 fetch_candidates = list(segment.outputs)
             # tensors a later segment reads, and the uncaptured ones, come back in NCHW
-            plain = {n for n in fetch_candidates if n not in set(self._node_tensors)
+            captured = set(self._node_tensors)
+            plain = {n for n in fetch_candidates if n not in captured
                      or self._segmenter.last_use.get(n, -1) >= segment.stop}
             made = self._create_blocked_session(proto, plain)
             session, blocked = made if made is not None else (self._create_session(proto), {})
