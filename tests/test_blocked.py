@@ -117,6 +117,7 @@ def test_blocked_statistics_match_the_plain_layout(conv_net, digits, monkeypatch
     with ActivationCapture(conv_net, providers=CPU) as capture:
         plain_run = capture.run(feeds[0])
     assert set(blocked_run) == set(plain_run) and set(blocked.stats.tensors) == set(plain.stats.tensors)
+    assert blocked.stats.capture["blocked_tensors"] >= 3 and plain.stats.capture["blocked_tensors"] == 0
     for name, array in plain_run.items():
         assert blocked_run[name].shape == array.shape
         np.testing.assert_allclose(blocked_run[name], array, rtol=1e-5, atol=1e-6 * np.abs(array).max())

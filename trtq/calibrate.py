@@ -119,7 +119,7 @@ def capture_summary(capture: ActivationCapture, histograms: bool = True) -> dict
 
     return {"plan": capture.plan.describe() if capture.plan else None, "runs": capture.runs,
             "budget_bytes": capture.budget, "histogram_kernel": kernel_used() if histograms else None,
-            "fold_device": capture.fold_device}
+            "fold_device": capture.fold_device, "blocked_tensors": len(capture.blocked_tensors)}
 
 
 def finish_statistics(model: Model, collector: StatsCollector, batches: object) -> StatsCollector:

@@ -115,6 +115,7 @@ class ActivationCapture:
         self._float_captured: set[str] = set()
         self._first_samples = 1
         self.runs = 0
+        self.blocked_tensors: set[str] = set()  # captured in onnxruntime's NCHWc layout (trtq.blocked)
 
     @property
     def tensor_names(self) -> list[str]:
@@ -277,6 +278,7 @@ class ActivationCapture:
             keep = [n for n in fetch_candidates if n in wanted and typed.get(n) in _FLOAT_TYPES]
             fetch = [n for n in fetch_candidates if n in typed]
             self._float_captured.update(keep)
+            self.blocked_tensors.update(set(blocked) & set(keep))
             self._sessions[key] = (session, fetch, keep, blocked)
         return self._sessions[key]
 

@@ -265,6 +265,8 @@ def _print_summary(result, written) -> None:
                f"histograms binned by {kernel}" if kernel else "no histograms (min/max only)")
         if capture.get("gpu_shards") == 0:  # --ray --device cuda, and no worker had CuPy
             how += " (on the hosts: no Ray worker has CuPy seeing a GPU; pip install 'trtq[device-stats]' there)"
+        if capture.get("blocked_tensors"):
+            how += f"; {capture['blocked_tensors']} tensors folded in onnxruntime's blocked layout"
         click.echo(f"model runs: {capture['plan']}; {how}")
     for what, path in written:
         click.echo(f"{what} written to {path}")

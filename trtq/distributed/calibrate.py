@@ -106,7 +106,9 @@ def shards_summary(results: list[StatsCollector], fold_device: str | None) -> di
     plan = f"{len(results)} Ray shards, {runs} runs"
     if fold_device is not None and 0 < gpu_shards < len(results):
         plan += f", {gpu_shards} of them folded on the GPU"
+    blocked = max((int(c.get("blocked_tensors") or 0) for c in captures), default=0)
     return {"plan": plan, "runs": runs, "budget_bytes": None, "histogram_kernel": "+".join(kernels) or None,
+            "blocked_tensors": blocked,
             "fold_device": fold_device if results and gpu_shards == len(results) else None,
             "gpu_shards": gpu_shards if fold_device is not None else None}
 
