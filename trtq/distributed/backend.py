@@ -128,14 +128,35 @@ def gather(ray, refs: Sequence[Any], on_done: Callable[[int, Any], None] | None 
                 if on_done is not None:
                     on_done(index[ref], value)
     except BaseException:
+        cancel_all(ray, pending)
+        raise
+    return results
+
+
+CANCEL_ROUNDS = 6
+CANCEL_WAIT_S = 0.5
+
+
+def cancel_all(ray, refs: Sequence[Any]) -> None:
+    """Cancel ``refs``, re-sending the cancel to those still unresolved after a short wait.
+
+    Ray drops a cancel that lands while a task is being handed to a worker but has not started
+    (ray-project/ray#24359): the task then runs to its end and holds its CPU. Cancelled refs resolve at once
+    (to ``TaskCancelledError``), so asking again for those still pending costs nothing when the first cancel
+    took and at most ``CANCEL_ROUNDS * CANCEL_WAIT_S`` seconds when Ray keeps dropping it.
+    """
+    pending = list(refs)
+    for _ in range(CANCEL_ROUNDS):
+        if not pending:
+            return
         for ref in pending:
             try:
                 ray.cancel(ref, force=True)
             except Exception:  # actor tasks cannot be force-cancelled
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)
-        raise
-    return results
+        with contextlib.suppress(Exception):
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_S)
 
 
 def worker_host() -> str:
