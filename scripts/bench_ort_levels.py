@@ -3,7 +3,10 @@
 What calibration cannot go below: the capture runs the graph with every tensor exposed and onnxruntime's
 optimisations off (TensorRT 10 keys its cache by every ONNX tensor name), while the floor of
 ``bench_calibrate.py`` runs it fully optimised. This separates the levels (which optimisation buys the
-floor its speed), the cost of exposing the tensors, and of the memory arena::
+floor its speed), the cost of exposing the tensors, and of the memory arena; and two ways to keep the
+blocked (NCHWc) layout with every tensor captured: the capture's (``trtq.blocked``: the optimised graph's output
+reorders stripped) and one tried and not kept (each tensor reduced to its min, max and sum inside the graph,
+nothing exposed: what a minmax calibration needs, without handing the tensors out)::
 
     python scripts/bench_ort_levels.py --prepare rapid /tmp/bench       # or: yolo (data as bench_calibrate)
     python scripts/bench_ort_levels.py MODEL.onnx DATA.npy --batch-size 4 [--runs 3]
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,15 +48,64 @@ def sessions(model: onnx.ModelProto) -> dict:
         options.log_severity_level = 3
         return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
-    return {
+    def exposed() -> onnx.ModelProto:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        have = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in every if n not in have)
+        return proto
+
+    def options_for(level):  # the capture's options (arena off)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        options.enable_cpu_mem_arena = False
+        options.log_severity_level = 3
+        return options
+
+    def blocked_capture():
+        from trtq.blocked import blocked_session
+
+        with tempfile.TemporaryDirectory() as tmp:
+            made = blocked_session(exposed().SerializeToString(), set(), Path(tmp), options_for,
+                                   ["CPUExecutionProvider"])
+        return None if made is None else made[0]
+
+    def reduced_in_graph():
+        """The blocked capture's graph with each exposed tensor replaced by its ReduceMin, ReduceMax and
+        ReduceSum (the sum because onnxruntime's min and max skip a NaN unless it comes first: a NaN or an Inf
+        must show somewhere). Assumes no padding lanes (no channel count off the block size)."""
+        from trtq.blocked import strip_output_reorders
+
+        with tempfile.TemporaryDirectory() as tmp:
+            options = options_for(levels.ORT_ENABLE_ALL)
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            ort.InferenceSession(exposed().SerializeToString(), options, providers=["CPUExecutionProvider"])
+            optimized = onnx.load(options.optimized_model_filepath)
+        strip_output_reorders(optimized, set())
+        outputs = []
+        for output in optimized.graph.output:
+            for op in ("ReduceMin", "ReduceMax", "ReduceSum"):
+                reduced = f"{output.name}:{op}"
+                optimized.graph.node.append(onnx.helper.make_node(op, [output.name], [reduced], keepdims=0))
+                outputs.append(onnx.ValueInfoProto(name=reduced))
+        del optimized.graph.output[:]
+        optimized.graph.output.extend(outputs)
+        options = options_for(levels.ORT_DISABLE_ALL)
+        options.enable_cpu_mem_arena = True  # nothing is exposed: the arena holds no more than inference's
+        return ort.InferenceSession(optimized.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    made = {
         "all (the floor)": make(levels.ORT_ENABLE_ALL, False, True),
         "extended": make(levels.ORT_ENABLE_EXTENDED, False, True),
         "basic": make(levels.ORT_ENABLE_BASIC, False, True),
         "none": make(levels.ORT_DISABLE_ALL, False, True),
         "none, every tensor exposed": make(levels.ORT_DISABLE_ALL, True, True),
-        "none, every tensor exposed, arena off (the capture)": make(levels.ORT_DISABLE_ALL, True, False),
+        "none, every tensor exposed, arena off (TRTQ_LAYOUT=nchw)": make(levels.ORT_DISABLE_ALL, True, False),
         "all, every tensor exposed": make(levels.ORT_ENABLE_ALL, True, True),
+        "all, reorders stripped, arena off (the capture)": blocked_capture(),
+        "all, min/max/sum reduced in the graph, arena on": reduced_in_graph(),
     }
+    return {label: session for label, session in made.items() if session is not None}
 
 
 def main() -> None:
