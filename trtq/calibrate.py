@@ -31,7 +31,7 @@ from trtq.errors import TrtqError
 from trtq.fileio import read_input_bytes, read_input_text, write_json
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, ENTROPY_ALIAS_NOTE, METHODS, check_percentile, range_function
-from trtq.stats import StatsCollector
+from trtq.stats import StatsCollector, TensorStats
 from trtq.versions import package_version
 
 RANGES_FORMAT = "trtq-ranges-1"
@@ -84,9 +84,11 @@ def collect_raw_statistics(model: Model, batches: Iterable[dict[str, np.ndarray]
         if unknown:
             raise TrtqError(f"not a calibrated tensor of {model.name}: {', '.join(unknown[:5])}")
     tensors = [t for t in everything if tensors is None or t in set(tensors)]
-    aliases = model.value_aliases(tensors)
+    # rearrangements and unions of other tensors (Reshape, Concat, a Split's input) are not captured:
+    # :func:`finish_statistics` gives them their sources' statistics, exactly what capturing them would
+    derived = set(model.value_aliases(tensors)) | set(model.value_unions(tensors))
     independent = data_independent_tensors(model.proto)
-    with ActivationCapture(model, [t for t in tensors if t not in aliases], providers=providers,
+    with ActivationCapture(model, [t for t in tensors if t not in derived], providers=providers,
                            memory_budget=memory_budget, optimize=subset, fold_device=fold_device) as capture, \
             ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="trtq-stats") as pool:
         collector = StatsCollector(meta={"model": model.name, "model_sha256": model.sha256},
@@ -126,19 +128,11 @@ def finish_statistics(model: Model, collector: StatsCollector, batches: object) 
     """Graph order, alias copies, the data's provenance and the weights' ranges: the last step of
     :func:`collect_statistics`, also run on the merged shards of a distributed calibration."""
     tensors = model.calibration_tensors()
-    aliases = model.value_aliases(tensors)
     if collector.batches == 0:
         raise TrtqError("the data source produced no batch: nothing to calibrate")
     collector.meta.update(model=model.name, model_sha256=model.sha256)  # a shard's worker saw only the bytes
-    captured = set(collector.tensors)
-    ordered = {}
-    for name in tensors:  # graph order; an alias gets a copy of its source's statistics
-        source = aliases.get(name, name)
-        if source not in captured:  # a subset (``tensors=``) may capture an alias without its source
-            source = name
-        if source in captured:
-            ordered[name] = collector.tensors[source] if source == name else dataclasses.replace(
-                collector.tensors[source], name=name, hist=collector.tensors[source].hist.copy())
+    derive = derived_statistics(collector, model.value_aliases(tensors), model.value_unions(tensors))
+    ordered = {name: stats for name in tensors if (stats := derive(name)) is not None}  # graph order
     collector.tensors = ordered
     collector.meta["tensors"] = list(ordered)
     collector.meta["data"] = batches.provenance() if hasattr(batches, "provenance") else {}
@@ -146,6 +140,38 @@ def finish_statistics(model: Model, collector: StatsCollector, batches: object) 
 
     collector.meta["weights"] = weight_ranges(model).as_meta()  # max|w| of weight-derived tensors, saved along
     return collector
+
+
+def derived_statistics(collector: StatsCollector, aliases: dict[str, str],
+                       unions: dict[str, list[str]]) -> Callable[[str], TensorStats | None]:
+    """A lookup of any tensor's statistics: captured, an alias's (a copy of its source's) or a union's (the
+    merge of its parts', :meth:`~trtq.model.Model.value_unions`); None when neither it nor its sources were
+    captured. Merged statistics are exactly those of the values together, so a derived tensor gets what
+    capturing it would have given (tested bit for bit)."""
+    known: dict[str, TensorStats] = dict(collector.tensors)
+
+    def lookup(name: str, path: frozenset[str] = frozenset()) -> TensorStats | None:
+        if name in known:
+            return known[name]
+        if name in path:  # not derivable through itself
+            return None
+        path = path | {name}
+        made = None
+        if name in unions:
+            parts = [lookup(part, path) for part in unions[name]]
+            if all(part is not None for part in parts):
+                made = TensorStats(name, keep_histogram=collector.keep_histograms)
+                for part in parts:
+                    made.merge(part)
+        elif name in aliases:
+            source = lookup(aliases[name], path)
+            if source is not None:
+                made = dataclasses.replace(source, name=name, hist=source.hist.copy())
+        if made is not None:
+            known[name] = made
+        return made
+
+    return lookup
 
 
 def compute_ranges(stats: StatsCollector, calibrator: str, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
