@@ -90,3 +90,55 @@ def test_small_tensors_and_float64_use_numpy_and_are_counted():
     extreme.update(np.array([0.0, 1e-38, 3e-37], dtype=np.float32))
     assert extreme.hist.sum() == 3 and extreme.zeros == 1 and extreme.hist[FINE_BINS - 1] + extreme.hist[
         FINE_BINS // 2:].sum() >= 1
+
+
+@needs_numba
+def test_the_one_pass_kernel_folds_in_range_batches_as_the_general_path(monkeypatch):
+    """After a tensor's first batch the range usually covers the next ones: min, max, zeros and bins then come
+    from one compiled pass. Batches in range, beyond it (the range widens), with NaN/Inf, with -0.0 extremes
+    and sub-normal values give the statistics of the numpy path exactly; the one-pass kernel really ran."""
+    import trtq.stats
+
+    rng = np.random.default_rng(11)
+    n = 100_003
+    batches = [rng.standard_normal(n) * 8, np.maximum(rng.standard_normal(n), 0), rng.standard_normal(n) * 2,
+               np.where(rng.random(n) < 0.5, -0.0, rng.standard_normal(n) * 1e-40), rng.standard_normal(n) * 50,
+               np.concatenate([rng.standard_normal(n - 2), [np.nan, np.inf]]), -np.abs(rng.standard_normal(n)),
+               np.full(n, -0.0)]
+    batches = [b.astype(np.float32) for b in batches]
+    one_pass = []
+    real = trtq.stats.add_bins_in_range
+
+    def counting(hist, x, factor):
+        folded = real(hist, x, factor)
+        one_pass.append(folded is not None)
+        return folded
+
+    monkeypatch.setattr(trtq.stats, "add_bins_in_range", counting)
+    compiled = TensorStats("t")
+    for batch in batches:
+        compiled.update(batch)
+    assert one_pass == [True, True, True, False, False, True, True]  # in range, 50x: widened, NaN, in range
+
+    monkeypatch.setattr(histogram, "_compiled", False)  # numba off: the numpy path only
+    reference = TensorStats("t")
+    for batch in batches:
+        reference.update(batch)
+    for field in ("count", "nonfinite", "zeros", "min", "max", "exponent"):
+        assert getattr(compiled, field) == getattr(reference, field), field
+    np.testing.assert_array_equal(compiled.hist, reference.hist)
+
+
+@needs_numba
+@pytest.mark.parametrize("kernel", ["compiled", "numpy"])
+def test_a_negative_zero_extreme_is_kept_as_zero(monkeypatch, kernel):
+    """Which of 0.0 and -0.0 a min or max pass returns is the kernel's choice: both paths keep 0.0, so the
+    saved statistics do not depend on the kernel."""
+    if kernel == "numpy":
+        monkeypatch.setattr(histogram, "_compiled", False)
+    values = -np.abs(np.random.default_rng(2).standard_normal(100_000)).astype(np.float32)
+    values[::7] = -0.0
+    stats = TensorStats("t")
+    stats.update(values)  # the general path (no range yet)
+    stats.update(values[::-1].copy())  # in range: the one-pass kernel where numba runs
+    assert stats.max == 0.0 and math.copysign(1.0, stats.max) == 1.0

@@ -9,7 +9,11 @@ any implementation that does that arithmetic gives the same counts bit for bit. 
   (numpy makes four passes: abs, scale, cast to an index array, bincount). It releases the GIL, so the
   statistics threads still fold several tensors at once. Compiled on first use and cached on disk
   (numba's cache: next to this file, else the user's cache folder).
-* ``numpy``: the fallback, always available, chunked so the temporaries stay a few MB.
+  Once a tensor's range covers a new batch (the usual case after its first run) a second compiled pass
+  (:func:`add_bins_in_range`) also takes its min and max, which otherwise cost two numpy passes.
+* ``numpy``: the fallback, always available, chunked so the temporaries stay a few MB. ``np.bincount``
+  is most of its cost (1.9 of ~2.5 ns a value in cache; splitting the counts over lanes to break the
+  chain of equal bins that ReLU zeros make did not pay).
 
 numba is imported only for a tensor of at least :data:`COMPILED_MIN_VALUES` values: for small models its
 import (~0.25 s) would cost more than it saves. ``TRTQ_HISTOGRAM=numpy`` forces the fallback;
@@ -59,6 +63,27 @@ def add_bins(hist: np.ndarray, x: np.ndarray, factor: float) -> int:
     return _add_bins_numpy(hist, x, factor)
 
 
+def add_bins_in_range(hist: np.ndarray, x: np.ndarray, factor: float) -> tuple[int, float, float] | None:
+    """One compiled pass for a tensor the histogram's range already covers: add each value's bin to ``hist``
+    and return ``(exact zeros, min, max)`` — what :func:`add_bins` after a min and a max pass would give.
+
+    None, with ``hist`` untouched, when it does not apply: no compiled kernel, ``x`` not float32 or small,
+    or a value that is NaN, infinite or not below ``hist.size / factor`` (the caller then takes the general
+    path, which widens the range). Saves the two numpy passes for min and max (0.97 against 1.22 ns a
+    value on 26 M ReLU-like values).
+    """
+    if x.dtype != np.float32 or x.size < COMPILED_MIN_VALUES:
+        return None
+    kernel = _load_compiled()
+    if kernel is None:
+        return None
+    zeros, lo, hi = _fused_kernel()(np.ascontiguousarray(x), np.float32(factor), np.float32(hist.size), hist)
+    if zeros < 0:
+        return None
+    _used.add("numba")
+    return int(zeros), float(lo) + 0.0, float(hi) + 0.0  # + 0.0: -0.0 as 0.0, as the numpy path gives it
+
+
 def _add_bins_numpy(hist: np.ndarray, x: np.ndarray, factor: float) -> int:
     zeros = 0
     for start in range(0, x.size, HIST_CHUNK):
@@ -79,6 +104,67 @@ def _load_compiled():
             if _compiled is None:
                 _compiled = _compile() or False
     return _compiled or None
+
+
+_fused = None
+
+
+def _fused_kernel():
+    """The in-range kernel (compiled, or loaded from numba's cache, on first use; only once
+    :func:`_load_compiled` found numba usable)."""
+    global _fused
+    if _fused is None:
+        with _lock:
+            if _fused is None:
+                _fused = _compile_in_range()
+    return _fused
+
+
+def _compile_in_range():
+    import numba
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def add_bins_in_range_float32(x, factor, limit, hist):  # pragma: no cover - compiled: tested through callers
+        n = x.size
+        bins = hist.size
+        sub = np.zeros((4, bins), np.int64)
+        zeros = 0
+        lo = x[0]
+        hi = x[0]
+        whole = n - n % 4
+        for i in range(0, whole, 4):
+            v0 = x[i]
+            v1 = x[i + 1]
+            v2 = x[i + 2]
+            v3 = x[i + 3]
+            a = abs(v0) * factor
+            b = abs(v1) * factor
+            c = abs(v2) * factor
+            d = abs(v3) * factor
+            if not (a < limit and b < limit and c < limit and d < limit):  # NaN, Inf or out of range
+                return -1, lo, hi
+            lo = min(lo, min(min(v0, v1), min(v2, v3)))
+            hi = max(hi, max(max(v0, v1), max(v2, v3)))
+            zeros += (v0 == 0) + (v1 == 0) + (v2 == 0) + (v3 == 0)
+            sub[0, np.intp(a)] += 1
+            sub[1, np.intp(b)] += 1
+            sub[2, np.intp(c)] += 1
+            sub[3, np.intp(d)] += 1
+        for i in range(whole, n):
+            v = x[i]
+            a = abs(v) * factor
+            if not a < limit:
+                return -1, lo, hi
+            lo = min(lo, v)
+            hi = max(hi, v)
+            zeros += v == 0
+            sub[0, np.intp(a)] += 1
+        for k in range(4):
+            for j in range(bins):
+                hist[j] += sub[k, j]
+        return zeros, lo, hi
+
+    return add_bins_in_range_float32
 
 
 def _compile():

@@ -36,7 +36,7 @@ import numpy as np
 
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_path
-from trtq.histogram import add_bins
+from trtq.histogram import add_bins, add_bins_in_range
 
 HIST_BINS = 2048  # what the range methods see (TensorRT's histogram size)
 FINE_BINS = 8 * HIST_BINS  # what is collected
@@ -48,7 +48,7 @@ def finite_extremes(xp, x):
     """``(finite values, their min, their max, NaN/Inf count)`` of flat float32 ``x`` with array module ``xp``
     (numpy here, CuPy on the GPU: :mod:`trtq.array_stats`); the values None when none is finite. Only one
     min and one max pass when every value is finite, the usual case."""
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.min()) + 0.0, float(x.max()) + 0.0  # + 0.0: a -0.0 extreme as 0.0, whichever kernel
     if math.isfinite(lo) and math.isfinite(hi):
         return x, lo, hi, 0
     finite = xp.isfinite(x)
@@ -56,7 +56,7 @@ def finite_extremes(xp, x):
     if kept == 0:
         return None, math.inf, -math.inf, int(x.size)
     values = x[finite]
-    return values, float(values.min()), float(values.max()), int(x.size) - kept
+    return values, float(values.min()) + 0.0, float(values.max()) + 0.0, int(x.size) - kept
 
 
 @dataclass
@@ -116,6 +116,8 @@ class TensorStats:
         x = x.reshape(-1)
         if x.size == 0:
             return
+        if weight == 1 and self._fold_in_range(x):
+            return
         x, lo, hi, nonfinite = finite_extremes(np, x)
         self.nonfinite += nonfinite * weight
         if x is None:
@@ -142,6 +144,24 @@ class TensorStats:
             counts = np.zeros(FINE_BINS, dtype=np.int64)
             self.zeros += add_bins(counts, x, factor) * weight
             self.hist += counts * weight
+
+    def _fold_in_range(self, x: np.ndarray) -> bool:
+        """Fold ``x`` in one compiled pass (:func:`~trtq.histogram.add_bins_in_range`) when the histogram's
+        range already covers it, the usual case after a tensor's first run; False (nothing folded) when the
+        general path must run: no range yet, no compiled kernel, a NaN/Inf or a value beyond the range."""
+        if not self.keep_histogram or self.exponent is None:
+            return False
+        shift = FINE_LOG2 - self.exponent
+        if not -120 < shift < 120:
+            return False
+        folded = add_bins_in_range(self.hist, x, math.ldexp(1.0, shift))
+        if folded is None:
+            return False
+        zeros, lo, hi = folded
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.count += x.size
+        self.zeros += zeros
+        return True
 
     def merge(self, other: TensorStats) -> None:
         """Fold in the statistics of the same tensor on other data: exactly what updating with that data
