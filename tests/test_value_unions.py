@@ -48,9 +48,36 @@ def data() -> np.ndarray:
 
 def test_concat_outputs_and_split_inputs_are_unions_of_their_parts():
     model = csp_model()
-    assert model.value_unions(model.calibration_tensors()) == {"a": ["a1", "a2"], "c": ["a1", "a2", "g"],
-                                                               "twice": ["g", "g"]}
-    assert model.value_unions(["a1", "a2", "g", "c"]) == {"c": ["a1", "a2", "g"]}  # a subset: only whole unions
+    assert model.value_unions(model.calibration_tensors()) == {"a": [["a1", "a2"]], "c": [["a1", "a2", "g"]],
+                                                               "twice": [["g", "g"]]}
+    assert model.value_unions(["a1", "a2", "g", "c"]) == {"c": [["a1", "a2", "g"]]}  # a subset: whole unions only
+
+
+def split_concat_model() -> Model:
+    """``m`` is both a Concat's output (of ``p`` and ``q``) and a Split's input (into ``m1`` and ``m2``)."""
+    nodes = [helper.make_node("Relu", ["x"], ["p"]), helper.make_node("Neg", ["x"], ["q"]),
+             helper.make_node("Concat", ["p", "q"], ["m"], axis=1),
+             helper.make_node("Split", ["m", "halves"], ["m1", "m2"], axis=1),
+             helper.make_node("Mul", ["m1", "m2"], ["y"])]
+    graph = helper.make_graph(nodes, "both", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array([4, 4], np.int64), "halves")])
+    return Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8))
+
+
+def test_a_tensor_made_two_ways_takes_whichever_parts_were_captured():
+    model = split_concat_model()
+    assert model.value_unions(model.calibration_tensors())["m"] == [["p", "q"], ["m1", "m2"]]
+    data = np.random.default_rng(4).standard_normal((12, 4)).astype(np.float32)
+    every = collect_statistics(model, batches_of("x", data, 4), providers=CPU)
+    # a subset holding the Split's parts but not the Concat's: m comes from m1 and m2
+    subset = collect_statistics(model, batches_of("x", data, 4), providers=CPU, tensors=["m", "m1", "m2"])
+    assert list(subset.tensors) == ["m", "m1", "m2"]
+    for name in subset.tensors:
+        left, right = every[name], subset[name]
+        assert (left.count, left.zeros, left.min, left.max, left.exponent) == \
+            (right.count, right.zeros, right.min, right.max, right.exponent), name
+        np.testing.assert_array_equal(left.hist, right.hist, err_msg=name)
 
 
 def test_unions_are_not_captured_but_get_statistics(data):
@@ -98,7 +125,7 @@ def test_a_union_with_a_shape_derived_part_no_longer_depends_on_the_batch_size()
                        helper.make_node("Concat", ["r", "anchor_row"], ["both"], axis=0)])
     graph.output.append(helper.make_tensor_value_info("both", TensorProto.FLOAT, None))
     model = Model(base.proto)
-    assert model.value_unions(model.calibration_tensors()) == {"both": ["r", "anchor_row"]}
+    assert model.value_unions(model.calibration_tensors()) == {"both": [["r", "anchor_row"]]}
     data = np.random.default_rng(1).standard_normal((24, 4)).astype(np.float32)
     results = [collect_statistics(model, batches_of("x", data, size), providers=CPU) for size in (1, 5, 24)]
     for other in results[1:]:

@@ -143,11 +143,11 @@ def finish_statistics(model: Model, collector: StatsCollector, batches: object) 
 
 
 def derived_statistics(collector: StatsCollector, aliases: dict[str, str],
-                       unions: dict[str, list[str]]) -> Callable[[str], TensorStats | None]:
+                       unions: dict[str, list[list[str]]]) -> Callable[[str], TensorStats | None]:
     """A lookup of any tensor's statistics: captured, an alias's (a copy of its source's) or a union's (the
-    merge of its parts', :meth:`~trtq.model.Model.value_unions`); None when neither it nor its sources were
-    captured. Merged statistics are exactly those of the values together, so a derived tensor gets what
-    capturing it would have given (tested bit for bit)."""
+    merge of its parts', the first way of :meth:`~trtq.model.Model.value_unions` whose parts all have
+    statistics); None when neither it nor its sources were captured. Merged statistics are exactly those of
+    the values together, so a derived tensor gets what capturing it would have given (tested bit for bit)."""
     known: dict[str, TensorStats] = dict(collector.tensors)
 
     def lookup(name: str, path: frozenset[str] = frozenset()) -> TensorStats | None:
@@ -157,13 +157,14 @@ def derived_statistics(collector: StatsCollector, aliases: dict[str, str],
             return None
         path = path | {name}
         made = None
-        if name in unions:
-            parts = [lookup(part, path) for part in unions[name]]
+        for way in unions.get(name, ()):
+            parts = [lookup(part, path) for part in way]
             if all(part is not None for part in parts):
                 made = TensorStats(name, keep_histogram=collector.keep_histograms)
                 for part in parts:
                     made.merge(part)
-        elif name in aliases:
+                break
+        if made is None and name in aliases:
             source = lookup(aliases[name], path)
             if source is not None:
                 made = dataclasses.replace(source, name=name, hist=source.hist.copy())

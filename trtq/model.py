@@ -195,19 +195,19 @@ class Model:
                 aliases[out] = aliases.get(source, source)
         return aliases
 
-    def value_unions(self, tensors: list[str]) -> dict[str, list[str]]:
+    def value_unions(self, tensors: list[str]) -> dict[str, list[list[str]]]:
         """Tensors of ``tensors`` whose values are exactly the union of other ones' (their multiset sum).
 
         A Concat's output holds its inputs' values; a Split's input holds its outputs' values (the parts
         cover the whole axis). Statistics depend only on the multiset of values and merge exactly, so such a
         tensor's statistics are the merge of its parts' and it need not be captured (YOLOv8n: 18 % of the
-        values a calibration would otherwise fold). Maps each to its parts, which are in ``tensors`` with a
-        known float type; a tensor with both kinds (a Concat's output that is split) takes its Concat inputs.
+        values a calibration would otherwise fold). Maps each to the ways of making it (a Concat's output
+        that is also split has two), each a list of parts in ``tensors`` with a known float type.
         """
         wanted = set(tensors)
         types = self.tensor_types
         floats = {name for name in wanted if types.get(name) in FLOAT_TYPES}
-        unions: dict[str, list[str]] = {}
+        unions: dict[str, list[list[str]]] = {}
         for node in self.graph.node:
             if node.op_type == "Concat" and len(node.output) == 1:
                 whole, parts = node.output[0], list(node.input)
@@ -215,9 +215,8 @@ class Model:
                 whole, parts = node.input[0], list(node.output)
             else:
                 continue
-            if whole in floats and parts and all(part in floats and part != whole for part in parts) and \
-                    (whole not in unions or node.op_type == "Concat"):
-                unions[whole] = parts
+            if whole in floats and parts and all(part in floats and part != whole for part in parts):
+                unions.setdefault(whole, []).append(parts)
         return unions
 
     @cached_property
