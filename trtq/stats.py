@@ -148,8 +148,10 @@ class TensorStats:
     def _fold_in_range(self, x: np.ndarray) -> bool:
         """Fold ``x`` in one compiled pass (:func:`~trtq.histogram.add_bins_in_range`) when the histogram's
         range already covers it, the usual case after a tensor's first run; False (nothing folded) when the
-        general path must run: no range yet, no compiled kernel, a NaN/Inf or a value beyond the range."""
-        if not self.keep_histogram or self.exponent is None:
+        general path must run: no range yet, no compiled kernel, a NaN/Inf or a value beyond the range. A
+        tensor that held NaN/Inf before (an attention mask's -inf) goes to the general path at once: the pass
+        would stop at its first NaN/Inf each time."""
+        if not self.keep_histogram or self.exponent is None or self.nonfinite:
             return False
         shift = FINE_LOG2 - self.exponent
         if not -120 < shift < 120:
