@@ -1,12 +1,13 @@
 """onnxruntime alone on one model, by graph optimisation level, with and without every tensor exposed.
 
-What calibration cannot go below: the capture runs the graph with every tensor exposed and onnxruntime's
-optimisations off (TensorRT 10 keys its cache by every ONNX tensor name), while the floor of
-``bench_calibrate.py`` runs it fully optimised. This separates the levels (which optimisation buys the
+What calibration cannot go below: the capture runs the graph with every tensor exposed (TensorRT 10 keys its
+cache by every ONNX tensor name), while the floor of ``bench_calibrate.py`` runs it fully optimised with
+nothing exposed. This separates the levels (which optimisation buys the
 floor its speed), the cost of exposing the tensors, and of the memory arena; and two ways to keep the
 blocked (NCHWc) layout with every tensor captured: the capture's (``trtq.blocked``: the optimised graph's output
-reorders stripped) and one tried and not kept (each tensor reduced to its min, max and sum inside the graph,
-nothing exposed: what a minmax calibration needs, without handing the tensors out)::
+reorders stripped) and one measured but not built (each tensor reduced to its min, max and sum inside the
+graph, nothing exposed: what a minmax calibration needs, without handing the tensors out). Both rows use the
+capture's own session options::
 
     python scripts/bench_ort_levels.py --prepare rapid /tmp/bench       # or: yolo (data as bench_calibrate)
     python scripts/bench_ort_levels.py MODEL.onnx DATA.npy --batch-size 4 [--runs 3]
@@ -55,12 +56,9 @@ def sessions(model: onnx.ModelProto) -> dict:
         proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in every if n not in have)
         return proto
 
-    def options_for(level):  # the capture's options (arena off)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = level
-        options.enable_cpu_mem_arena = False
-        options.log_severity_level = 3
-        return options
+    from trtq.capture import ActivationCapture
+
+    options_for = ActivationCapture._session_options  # the capture's own options (arena off)
 
     def blocked_capture():
         from trtq.blocked import blocked_session
@@ -74,14 +72,11 @@ def sessions(model: onnx.ModelProto) -> dict:
         """The blocked capture's graph with each exposed tensor replaced by its ReduceMin, ReduceMax and
         ReduceSum (the sum because onnxruntime's min and max skip a NaN unless it comes first: a NaN or an Inf
         must show somewhere). Assumes no padding lanes (no channel count off the block size)."""
-        from trtq.blocked import strip_output_reorders
+        from trtq.blocked import blocked_graph
 
         with tempfile.TemporaryDirectory() as tmp:
-            options = options_for(levels.ORT_ENABLE_ALL)
-            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-            ort.InferenceSession(exposed().SerializeToString(), options, providers=["CPUExecutionProvider"])
-            optimized = onnx.load(options.optimized_model_filepath)
-        strip_output_reorders(optimized, set())
+            optimized, _ = blocked_graph(exposed().SerializeToString(), set(), Path(tmp), options_for,
+                                         ["CPUExecutionProvider"])
         outputs = []
         for output in optimized.graph.output:
             for op in ("ReduceMin", "ReduceMax", "ReduceSum"):

@@ -144,22 +144,29 @@ def strip_output_reorders(optimized: onnx.ModelProto, keep_plain: set[str]) -> d
     return blocked
 
 
-def blocked_session(source: str | bytes, keep_plain: set[str], workdir: Path, options_for, providers: list[str]):
-    """``(session, {original name: (blocked name, channels)})``: ``source`` optimised at the top level, its
-    output reorders stripped (:func:`strip_output_reorders`), run with optimisations off. ``options_for(level)``
-    makes the session options. None when onnxruntime made no blocked tensor worth exposing."""
+def blocked_graph(source: str | bytes, keep_plain: set[str], workdir: Path, options_for,
+                  providers: list[str]) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
+    """``source`` as onnxruntime optimises it at the top level (``options_for(level)`` makes the session
+    options), its output reorders stripped (:func:`strip_output_reorders`), and the blocked names."""
     import onnxruntime as ort
 
-    levels = ort.GraphOptimizationLevel
-    options = options_for(levels.ORT_ENABLE_ALL)
+    options = options_for(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     path = workdir / "optimized.onnx"
     options.optimized_model_filepath = str(path)
     ort.InferenceSession(source, options, providers=providers)
     optimized = onnx.load(str(path))
     path.unlink()
-    blocked = strip_output_reorders(optimized, keep_plain)
+    return optimized, strip_output_reorders(optimized, keep_plain)
+
+
+def blocked_session(source: str | bytes, keep_plain: set[str], workdir: Path, options_for, providers: list[str]):
+    """``(session, {original name: (blocked name, channels)})``: :func:`blocked_graph` run with optimisations
+    off. None when onnxruntime made no blocked tensor worth exposing."""
+    import onnxruntime as ort
+
+    optimized, blocked = blocked_graph(source, keep_plain, workdir, options_for, providers)
     if not blocked:
         return None
-    session = ort.InferenceSession(optimized.SerializeToString(), options_for(levels.ORT_DISABLE_ALL),
-                                   providers=providers)
+    options = options_for(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    session = ort.InferenceSession(optimized.SerializeToString(), options, providers=providers)
     return session, blocked

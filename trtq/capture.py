@@ -264,8 +264,8 @@ class ActivationCapture:
                 proto = segment_model(self.model.proto, segment, types)
                 fetch_candidates = list(segment.outputs)
             # tensors a later segment reads, and the uncaptured ones, come back in NCHW
-            captured = set(self._node_tensors)
-            plain = {n for n in fetch_candidates if n not in captured
+            wanted = set(self._node_tensors)
+            plain = {n for n in fetch_candidates if n not in wanted
                      or self._segmenter.last_use.get(n, -1) >= segment.stop}
             made = self._create_blocked_session(proto, plain)
             session, blocked = made if made is not None else (self._create_session(proto), {})
@@ -273,7 +273,6 @@ class ActivationCapture:
             typed = {o.name: o.type for o in session.get_outputs()}
             typed.update({name: typed.get(inner, "tensor(float)") for name, (inner, _c) in blocked.items()})
             self._types.update(typed)
-            wanted = set(self._node_tensors)
             # tensors whose type onnx could not infer show up typed here; capture the float ones
             keep = [n for n in fetch_candidates if n in wanted and typed.get(n) in _FLOAT_TYPES]
             fetch = [n for n in fetch_candidates if n in typed]

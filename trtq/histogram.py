@@ -3,14 +3,14 @@
 A value's fine bin is ``floor(|x| * 2**shift)`` computed in float32 (the power-of-two factor is exact), so
 any implementation that does that arithmetic gives the same counts bit for bit. Two do:
 
-* ``numba`` (``pip install 'trtq[fast]'``): one compiled pass per value, |x|, the bin and the zero count
-  together, four sub-histograms so that neighbouring equal bins do not serialise the increments.
-  Measured on this project's 2-core machine, 26 M ReLU-like float32 values: 1.0 ns a value against numpy's 3.2
-  (numpy makes four passes: abs, scale, cast to an index array, bincount). It releases the GIL, so the
-  statistics threads still fold several tensors at once. Compiled on first use and cached on disk
-  (numba's cache: next to this file, else the user's cache folder).
-  Once a tensor's range covers a new batch (the usual case after its first run) a second compiled pass
-  (:func:`add_bins_in_range`) also takes its min and max, which otherwise cost two numpy passes.
+* ``numba`` (``pip install 'trtq[fast]'``): one compiled pass per value, |x|, the bin, the zero count, the
+  min and the max together, four sub-histograms so that neighbouring equal bins do not serialise the
+  increments. Measured on this project's 2-core machine, 26 M ReLU-like float32 values: 0.97 ns a value
+  (1.22 for the earlier bins-only kernel after numpy's min and max passes) against numpy's 3.2 (numpy makes
+  four passes: abs, scale, cast to an index array, bincount). It releases the GIL, so the statistics threads
+  still fold several tensors at once. Compiled on first use and cached on disk (numba's cache: next to this
+  file, else the user's cache folder). Once a tensor's range covers a new batch (the usual case after its
+  first run), :func:`add_bins_in_range` folds it with no numpy pass at all.
 * ``numpy``: the fallback, always available, chunked so the temporaries stay a few MB. ``np.bincount``
   is most of its cost (1.9 of ~2.5 ns a value in cache; splitting the counts over lanes to break the
   chain of equal bins that ReLU zeros make did not pay).
@@ -54,30 +54,27 @@ def add_bins(hist: np.ndarray, x: np.ndarray, factor: float) -> int:
     ``x`` is 1-D, finite float32 or float64 (float64 only for extreme magnitudes, where the factor is not
     representable in float32), every ``|x| * factor`` below ``hist.size``.
     """
-    if x.dtype == np.float32 and x.size >= COMPILED_MIN_VALUES:
-        kernel = _load_compiled()
-        if kernel is not None:
-            _used.add("numba")
-            return int(kernel(np.ascontiguousarray(x), np.float32(factor), hist))
+    folded = add_bins_in_range(hist, x, factor)
+    if folded is not None:
+        return folded[0]
     _used.add("numpy")
     return _add_bins_numpy(hist, x, factor)
 
 
 def add_bins_in_range(hist: np.ndarray, x: np.ndarray, factor: float) -> tuple[int, float, float] | None:
-    """One compiled pass for a tensor the histogram's range already covers: add each value's bin to ``hist``
-    and return ``(exact zeros, min, max)`` — what :func:`add_bins` after a min and a max pass would give.
+    """The compiled pass: add each value's bin to ``hist`` and return ``(exact zeros, min, max)``, what
+    :func:`add_bins` after a min and a max pass would give, when ``hist``'s range already covers ``x``.
 
     None, with ``hist`` untouched, when it does not apply: no compiled kernel, ``x`` not float32 or small,
     or a value that is NaN, infinite or not below ``hist.size / factor`` (the caller then takes the general
-    path, which widens the range). Saves the two numpy passes for min and max (0.97 against 1.22 ns a
-    value on 26 M ReLU-like values).
+    path, which widens the range).
     """
     if x.dtype != np.float32 or x.size < COMPILED_MIN_VALUES:
         return None
     kernel = _load_compiled()
     if kernel is None:
         return None
-    zeros, lo, hi = _fused_kernel()(np.ascontiguousarray(x), np.float32(factor), np.float32(hist.size), hist)
+    zeros, lo, hi = kernel(np.ascontiguousarray(x), np.float32(factor), np.float32(hist.size), hist)
     if zeros < 0:
         return None
     _used.add("numba")
@@ -106,22 +103,13 @@ def _load_compiled():
     return _compiled or None
 
 
-_fused = None
-
-
-def _fused_kernel():
-    """The in-range kernel (compiled, or loaded from numba's cache, on first use; only once
-    :func:`_load_compiled` found numba usable)."""
-    global _fused
-    if _fused is None:
-        with _lock:
-            if _fused is None:
-                _fused = _compile_in_range()
-    return _fused
-
-
-def _compile_in_range():
-    import numba
+def _compile():
+    if os.environ.get(KERNEL_ENV, "").strip().lower() == "numpy":
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
 
     @numba.njit(nogil=True, cache=True, boundscheck=False)
     def add_bins_in_range_float32(x, factor, limit, hist):  # pragma: no cover - compiled: tested through callers
@@ -164,45 +152,8 @@ def _compile_in_range():
                 hist[j] += sub[k, j]
         return zeros, lo, hi
 
-    return add_bins_in_range_float32
-
-
-def _compile():
-    if os.environ.get(KERNEL_ENV, "").strip().lower() == "numpy":
-        return None
-    try:
-        import numba
-    except ImportError:
-        return None
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def add_bins_float32(x, factor, hist):  # pragma: no cover - compiled: tested through add_bins
-        n = x.size
-        bins = hist.size
-        sub = np.zeros((4, bins), np.int64)
-        zeros = 0
-        whole = n - n % 4
-        for i in range(0, whole, 4):
-            a = abs(x[i])
-            b = abs(x[i + 1])
-            c = abs(x[i + 2])
-            d = abs(x[i + 3])
-            zeros += (a == 0) + (b == 0) + (c == 0) + (d == 0)
-            sub[0, np.intp(a * factor)] += 1
-            sub[1, np.intp(b * factor)] += 1
-            sub[2, np.intp(c * factor)] += 1
-            sub[3, np.intp(d * factor)] += 1
-        for i in range(whole, n):
-            a = abs(x[i])
-            zeros += a == 0
-            sub[0, np.intp(a * factor)] += 1
-        for k in range(4):
-            for j in range(bins):
-                hist[j] += sub[k, j]
-        return zeros
-
-    try:
-        add_bins_float32(np.zeros(4, np.float32), np.float32(1.0), np.zeros(8, np.int64))  # compile (or load)
+    try:  # compile (or load from numba's cache)
+        add_bins_in_range_float32(np.zeros(4, np.float32), np.float32(1.0), np.float32(8.0), np.zeros(8, np.int64))
     except Exception:  # noqa: BLE001 - a broken numba install: the numpy path is always right
         return None
-    return add_bins_float32
+    return add_bins_in_range_float32

@@ -153,10 +153,8 @@ class TensorStats:
         would stop at its first NaN/Inf each time."""
         if not self.keep_histogram or self.exponent is None or self.nonfinite:
             return False
-        shift = FINE_LOG2 - self.exponent
-        if not -120 < shift < 120:
-            return False
-        folded = add_bins_in_range(self.hist, x, math.ldexp(1.0, shift))
+        factor, exact_in_float32 = self._factor()
+        folded = add_bins_in_range(self.hist, x, factor) if exact_in_float32 else None
         if folded is None:
             return False
         zeros, lo, hi = folded
@@ -192,14 +190,17 @@ class TensorStats:
             hist = widened.hist
         self.hist += hist
 
-    def _bin_factor(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """The power-of-two factor that maps |x| to its fine bin, and the values to multiply it by: float32
-        when the factor is exact in float32, else float64 (extreme magnitudes). |x| < 2**exponent and the
-        scaling is exact, so every bin index is below FINE_BINS."""
+    def _factor(self) -> tuple[float, bool]:
+        """The power-of-two factor that maps |x| to its fine bin, and whether it is exact in float32 (else
+        the values are scaled in float64: extreme magnitudes)."""
         shift = FINE_LOG2 - self.exponent
-        if -120 < shift < 120:
-            return math.ldexp(1.0, shift), x
-        return math.ldexp(1.0, shift), x.astype(np.float64)
+        return math.ldexp(1.0, shift), -120 < shift < 120
+
+    def _bin_factor(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """The factor (:meth:`_factor`) and the values to multiply it by. |x| < 2**exponent and the scaling is
+        exact, so every bin index is below FINE_BINS."""
+        factor, exact_in_float32 = self._factor()
+        return factor, x if exact_in_float32 else x.astype(np.float64)
 
     def _grow(self, exponent: int) -> None:
         """Widen the range to [0, 2**exponent): neighbouring bins merge exactly."""
