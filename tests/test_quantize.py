@@ -169,11 +169,16 @@ def test_no_finite_value_in_an_input_is_an_error(mnist):
         quantize(model, bad)
 
 
-def test_default_target_without_labels_or_metric():
-    target = resolve_target(None, None, metric=None, labelled=False, class_scores=False)
-    assert target.min_sqnr == 30.0 and target.max_drop is None
-    with pytest.raises(TrtqError, match="--max-drop needs"):
-        resolve_target(None, 1.0, metric=None, labelled=False, class_scores=False)
+def test_default_target_is_a_one_point_drop_on_the_measure_and_sqnr_only_when_asked():
+    # the change: SQNR of raw outputs predicts neither a CTC string nor a thresholded map, so the default
+    # target is a drop on the task proxies (every model has one), and SQNR a target only when asked
+    target = resolve_target(None, None, "task proxy iou:0.5 of 'map'")
+    assert target.min_sqnr is None and target.max_drop == 1.0 and target.defaulted
+    assert target.drop_measure == "task proxy iou:0.5 of 'map'"
+    asked = resolve_target(30.0, None, "task proxy iou:0.5 of 'map'")
+    assert asked.min_sqnr == 30.0 and asked.max_drop is None and not asked.defaulted
+    with pytest.raises(TrtqError, match="finite"):
+        resolve_target(None, float("nan"), "top-1 accuracy")
 
 
 # -- the command -------------------------------------------------------------------------------------

@@ -8,11 +8,12 @@ entropy2 22.7 dB and 35 %) and no per-tensor criterion sees how an error propaga
 Deriving each candidate's ranges from the one collected state costs milliseconds; the cost is one
 evaluation pass that runs FP32 once per batch and every candidate's Q/DQ model after it.
 
-Choice: with a drop measure (task metric, labels, or class scores), the candidates whose drop is
-within one standard error of the smallest drop tie (sampling noise, not a difference) and the
-highest worst-output SQNR among them wins; without one, the highest SQNR. Equal SQNRs (within
+Choice: every candidate's drop is measured per sample on the target's measure (:mod:`.judge`); the
+candidates that the least-drop candidate does not beat beyond the noise (paired, on the same samples,
+:mod:`.uncertainty`) tie, and the highest worst-output SQNR among them wins. Equal SQNRs (within
 ``SQNR_TIE_DB``) keep the earlier candidate of ``AUTO_CANDIDATES``, ordered from the most to the
-least robust on the models we measured.
+least robust on the models we measured. Each candidate is judged per fold of :mod:`.crossfit` by ranges
+that never saw the fold's samples.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trtq.accuracy.evaluate import Comparison, compare_candidates
+from trtq.accuracy.crossfit import FoldPlan
+from trtq.accuracy.evaluate import Comparison
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, HoldoutSplit, batch_samples
-from trtq.accuracy.labels import Labels
+from trtq.accuracy.judge import Measure, choose_measure
 from trtq.accuracy.methods import candidate_label
-from trtq.accuracy.targets import MetricTracker, Target, TaskMetric, has_class_scores, resolve_target
+from trtq.accuracy.proxies import Proxy, infer_proxies, producers
+from trtq.accuracy.search import Verifier
+from trtq.accuracy.targets import Target, TaskMetric, resolve_target
+from trtq.accuracy.uncertainty import Estimate
 from trtq.autorange import TensorDiagnosis, data_independent_tensors, diagnose_all, guarded_ranges
 from trtq.calibrate import CalibrationResult, collect_statistics
 from trtq.errors import TrtqError
 from trtq.export import export_qdq
-from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.stats import StatsCollector
@@ -58,10 +62,12 @@ class CandidateScore:
     drop_points: float | None
     meets_target: bool
     guarded: int  # tensors whose range the guards changed
+    drop: Estimate | None = None  # the drop with its interval
 
     def document(self) -> dict:
         return {"method": self.label, "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
-                "drop_points": self.drop_points, "meets_target": self.meets_target, "guarded_tensors": self.guarded}
+                "drop_points": self.drop_points, "drop": self.drop.document() if self.drop is not None else None,
+                "meets_target": self.meets_target, "guarded_tensors": self.guarded}
 
 
 @dataclass
@@ -77,6 +83,7 @@ class AutoChoice:
     comparison: Comparison | None
     unmeasured: str | None = None  # why the candidates could not be measured (the guarded fallback was used)
     candidate_ranges: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> the ranges measured
+    fold_ranges: list[dict[str, float]] = field(default_factory=list)  # the chosen method's ranges per fold
 
     @property
     def chosen(self) -> CandidateScore | None:
@@ -90,12 +97,15 @@ class AutoChoice:
             return (f"not measured ({self.unmeasured}): guarded {self.label} ranges, the most robust without "
                     "a measurement")
         width = max(len("method"), *(len(c.label) for c in self.candidates))
-        lines = [f"{'method':<{width}}  {'SQNR dB':>8}  {'drop':>7}  {'guarded':>7}  target"]
+        lines = [f"{'method':<{width}}  {'SQNR dB':>8}  {'drop (95 % interval)':>22}  {'guarded':>7}  target"]
         for c in self.candidates:
             sqnr = f"{c.sqnr_db:8.2f}" if math.isfinite(c.sqnr_db) else f"{'inf':>8}"
-            drop = f"{c.drop_points:+7.2f}" if c.drop_points is not None else f"{'-':>7}"
+            if c.drop is not None:
+                drop = f"{c.drop.points:+6.2f} ({c.drop.low:+.2f}, {c.drop.high:+.2f})"
+            else:
+                drop = f"{c.drop_points:+7.2f}" if c.drop_points is not None else "-"
             mark = "   <- chosen" if c.label == self.label else ""
-            lines.append(f"{c.label:<{width}}  {sqnr}  {drop}  {c.guarded:>7}  "
+            lines.append(f"{c.label:<{width}}  {sqnr}  {drop:>22}  {c.guarded:>7}  "
                          f"{'met' if c.meets_target else 'not met'}{mark}")
         return "\n".join(lines)
 
@@ -109,73 +119,63 @@ class AutoChoice:
 
 
 def drop_of(comparison: Comparison, key: str) -> float | None:
-    """The drop in points of candidate ``key``: task metric, else accuracy, else top-1 agreement.
-
-    Callers ask only when the target has a drop measure: the top-1 agreement of an output that is not
-    a row of class scores (a detection head's argmax over anchors) means nothing."""
+    """The drop in points of candidate ``key`` on the pass's measure (None when it judged nothing)."""
+    if comparison.judgement is not None:
+        return comparison.judgement.drop(key).points
     if comparison.metric_scores:
         return comparison.metric_drop_points(key)
     if comparison.reference_accuracy is not None:
         return comparison.drop_points(key)
-    agreement = comparison.outcomes[key].top1_agreement
-    return None if agreement is None else 100.0 * (1.0 - agreement)
+    return None
 
 
-def _tie_points(comparison: Comparison, best_drop: float) -> float:
-    """One standard error of a proportion near the best candidate's, in points (0 for a task metric,
-    whose noise trtq cannot know)."""
-    if comparison.metric_scores or comparison.samples == 0:
-        return 0.0
-    p = min(max(1.0 - best_drop / 100.0, 0.0), 1.0)
-    if comparison.reference_accuracy is not None:
-        p = min(max(comparison.reference_accuracy["top1"] - best_drop / 100.0, 0.0), 1.0)
-    return 100.0 * math.sqrt(p * (1.0 - p) / comparison.samples)
-
-
-def choose_ranges(model: Model, stats: StatsCollector, batches: Sequence[Mapping[str, np.ndarray]], target: Target,
-                  *, labels: np.ndarray | None = None, metric: TaskMetric | None = None, logits: str | None = None,
-                  exclude: Iterable[str] = (),
-                  candidates: Sequence[tuple[str, float | None]] = AUTO_CANDIDATES,
-                  reference: Run | None = None) -> AutoChoice:
-    """Evaluate every guarded candidate on ``batches`` (one pass) and pick one (module docstring).
-    ``reference``: the FP32 runner when the caller has one already."""
-    if not batches:
+def choose_ranges(verifier: Verifier, stats: StatsCollector, target: Target, *, exclude: Iterable[str] = (),
+                  candidates: Sequence[tuple[str, float | None]] = AUTO_CANDIDATES) -> AutoChoice:
+    """Evaluate every guarded candidate on the verifier's batches (one pass; each feed judged by its fold's
+    ranges) and pick one (module docstring). ``stats``: all the statistics, which the chosen ranges come from."""
+    if not verifier.batches:
         raise TrtqError("auto ranges need evaluation data: the evaluation set is empty")
     exclude = list(exclude)
-    diagnoses = diagnose_all(stats, data_independent_tensors(model.proto))
-    names = list(model.output_names)
-    runners, ranges, guarded = {}, {}, {}
+    model = verifier.model
+    independent = data_independent_tensors(model.proto)
+    diagnoses = diagnose_all(stats, independent)
+    fold_diagnoses = [diagnose_all(s, independent) if verifier.plan.folds > 1 else diagnoses
+                      for s in verifier.plan.training]
+    runners, ranges, guarded, fold_ranges = {}, {}, {}, {}
     for method, percentile in candidates:
         label = candidate_label(method, percentile)
         pct = percentile if percentile is not None else DEFAULT_PERCENTILE
         changed: set[str] = set()
         amax = guarded_ranges(stats, method, pct, diagnoses, changed)
         guarded[label] = len(changed)
-        export = export_qdq(model, amax, exclude=exclude, ranges_source=f"the auto ({label}) ranges")
-        runners[label], ranges[label] = session_runner(fake_quant_session(export.model), names), amax
-    reference = reference or session_runner(fake_quant_session(model.proto), names)
-    labelled = Labels("evaluation labels", by_index=labels) if labels is not None else None
-    tracker = MetricTracker(metric, names, labels) if metric is not None else None
-    comparison = compare_candidates(reference, runners, names, batches, labels=labelled, logits=logits,
-                                    metric=tracker)
+        per_fold = iter([guarded_ranges(s, method, pct, d)
+                         for s, d in zip(verifier.plan.training, fold_diagnoses, strict=True)])
+        per_fold = verifier.plan.ranges(lambda _stats, _it=per_fold: next(_it), complete=amax)
+        source = f"the auto ({label}) ranges"
+        export_qdq(model, amax, exclude=exclude, ranges_source=source)  # the ranges written must export
+        runners[label] = verifier.qdq_runner(per_fold, exclude, ranges_source=source)
+        ranges[label], fold_ranges[label] = amax, per_fold
+    comparison = verifier.compare(runners)
     scores = []
     for method, percentile in candidates:
         label = candidate_label(method, percentile)
         sqnr = comparison.outcomes[label].sqnr_db
-        drop = drop_of(comparison, label) if target.drop_measure else None
-        scores.append(CandidateScore(label, method, percentile, sqnr, drop, target.meets(sqnr, drop), guarded[label]))
+        drop = comparison.judgement.drop(label) if comparison.judgement is not None else None
+        points = drop.points if drop is not None and target.drop_measure else None
+        scores.append(CandidateScore(label, method, percentile, sqnr, points, target.meets(sqnr, points),
+                                     guarded[label], drop))
     best = _pick(scores, comparison)
     return AutoChoice(best.label, best.method, best.percentile, ranges[best.label], scores, diagnoses, comparison,
-                      candidate_ranges=ranges)
+                      candidate_ranges=ranges, fold_ranges=fold_ranges[best.label])
 
 
 def _pick(scores: list[CandidateScore], comparison: Comparison) -> CandidateScore:
+    """The least drop, then among the candidates it does not beat beyond the noise the highest SQNR."""
     contenders = scores
-    drops = [s.drop_points for s in scores if s.drop_points is not None]
-    if drops:
-        least = min(drops)
-        tie = _tie_points(comparison, least)
-        contenders = [s for s in scores if s.drop_points is not None and s.drop_points <= least + tie + 1e-9]
+    judged = [s for s in scores if s.drop is not None]
+    if judged and comparison.judgement is not None:
+        least = min(judged, key=lambda s: s.drop.points)
+        contenders = [s for s in judged if s is least or not comparison.judgement.better(least.label, s.label)]
     best = contenders[0]
     for score in contenders[1:]:
         if score.sqnr_db > best.sqnr_db + SQNR_TIE_DB:
@@ -236,16 +236,28 @@ def choose_default(model: Model, stats: StatsCollector, batches: Sequence[Mappin
     ``FALLBACK`` ranges, with the reason in :attr:`AutoChoice.unmeasured` — calibration must still work."""
     if not batches:
         raise TrtqError("the evaluation data yielded no batch: nothing to choose the auto ranges on")
-    names = list(model.output_names)
-    reference = session_runner(fake_quant_session(model.proto), names)
-    target = resolve_target(None, None, metric=None, labelled=labels is not None,
-                            class_scores=has_class_scores(reference(batches[0]), names))
+    verifier = Verifier(model, batches, None, labels, FoldPlan.single(stats))
     try:
-        return choose_ranges(model, stats, batches, target, labels=labels, reference=reference)
+        verifier.measure = default_measure(verifier, labels=labels)
+        target = resolve_target(None, None, verifier.measure.describe())
+        return choose_ranges(verifier, stats, target)
     except TrtqError as exc:
         diagnoses = diagnose_all(stats, data_independent_tensors(model.proto))
         return AutoChoice(FALLBACK, FALLBACK, None, guarded_ranges(stats, FALLBACK, DEFAULT_PERCENTILE, diagnoses),
                           [], diagnoses, None, unmeasured=str(exc))
+
+
+def default_measure(verifier: Verifier, *, metric: TaskMetric | None = None, labels: np.ndarray | None = None,
+                    named: Mapping[str, Proxy] | None = None, logits: str | None = None) -> Measure:
+    """The measure of :func:`trtq.accuracy.judge.choose_measure`, the proxies inferred from the FP32 outputs of
+    the verifier's first batch (``named``: those of ``--metric NAME=OUTPUT``)."""
+    proxies: dict[str, Proxy] = {}
+    if metric is None and labels is None:
+        first = verifier.batches[0]
+        outputs = dict(zip(verifier.names, verifier.reference(first), strict=True))
+        proxies = infer_proxies(outputs, producers(verifier.model.proto.graph.node, verifier.names),
+                                samples=batch_samples(first), chosen=named)
+    return choose_measure(metric=metric, labelled=labels is not None, proxies=proxies, logits=logits)
 
 
 def auto_from_stats(model: Model, stats: StatsCollector, batches: Sequence[Mapping[str, np.ndarray]],

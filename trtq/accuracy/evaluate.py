@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from trtq.accuracy.judge import Judge, Judgement
 from trtq.accuracy.labels import Labels, check_labels, labels_for_fed
 from trtq.accuracy.targets import MetricTracker, logits_index
 from trtq.capture import with_extra_outputs
@@ -75,6 +76,7 @@ class Comparison:
     reference_accuracy: dict[str, float | None] | None = None
     logits: str | None = None
     metric_scores: dict | None = None  # task metric: candidate key (None: FP32) -> mean score
+    judgement: Judgement | None = None  # per-sample losses on the target's measure (trtq.accuracy.judge)
 
     def drop_points(self, key: str) -> float | None:
         """FP32 top-1 minus the candidate's, in percentage points (None without labels)."""
@@ -239,22 +241,30 @@ def compare_candidates(
     source: BatchSource | None = None,
     logits: str | None = None,
     metric: MetricTracker | None = None,
+    judge: Judge | None = None,
 ) -> Comparison:
     """One pass over ``batches``: FP32 once per batch, every candidate after it, accuracy with labels,
-    and the task metric's score of each candidate with ``metric`` (a fresh tracker per pass)."""
+    the task metric's score of each candidate with ``metric`` (a fresh tracker per pass), and with ``judge``
+    (a fresh one per pass) every candidate's per-sample losses on the target's measure."""
     names = list(names)
     index = logits_index(names, logits)
     if labels is not None:
         check_labels(labels, source)  # before the long part
     predictions = Predictions(index, names[index], candidates) if labels is not None else None
-    observers = [o.observe for o in (predictions, metric) if o is not None]
+    observers = [o.observe for o in (predictions, metric, judge) if o is not None]
 
     def observe(reference_outputs: list[np.ndarray], outputs: dict[str, list[np.ndarray]]) -> None:
         for observer in observers:
             observer(reference_outputs, outputs)
 
     rows = compare_runs(reference, candidates, names, batches, observe=observe if observers else None)
-    return finish_comparison(rows, names, index, predictions, labels, source, metric)
+    comparison = finish_comparison(rows, names, index, predictions, labels, source, metric)
+    if judge is not None:
+        comparison.judgement = judge.result()
+        if comparison.judgement.reference_score is not None and comparison.metric_scores is None:
+            comparison.metric_scores = {None: comparison.judgement.reference_score,
+                                        **comparison.judgement.candidate_scores}
+    return comparison
 
 
 def finish_comparison(rows: Mapping[str, list[OutputAgreement]], names: Sequence[str], index: int,

@@ -1,12 +1,13 @@
 """Small charts drawn once and written as SVG (inline in HTML, or a file) or PNG (Pillow), no matplotlib.
 
 A :class:`Canvas` records rectangles, lines and text in pixel coordinates; ``to_svg`` and ``to_png``
-render the same drawing, so the two formats cannot disagree. Three charts use it:
+render the same drawing, so the two formats cannot disagree. Four charts use it:
 
 * :func:`histogram_chart` -- a tensor's |x| histogram (log counts) with each range method's
   threshold marked: the classic figure of entropy calibration;
 * :func:`bar_chart` -- labelled horizontal bars (the sensitivity ranking);
-* :func:`tradeoff_chart` -- accuracy and INT8 MAC share vs layers kept in float (trtq quantize).
+* :func:`tradeoff_chart` -- accuracy and INT8 MAC share vs layers kept in float (trtq quantize);
+* :func:`frontier_chart` -- the drop with its interval vs the share of the MACs in INT8 (trtq quantize).
 """
 
 from __future__ import annotations
@@ -299,4 +300,60 @@ def tradeoff_chart(points: Sequence[tuple[int, float, bool, float | None]], *, t
         previous = (kept, value)
     canvas.text(left, height - 8, "layers kept in float  (solid: SQNR of the worst output, dB;  dashed, right axis: "
                 "share of the MACs still in INT8)", size=10, color=AXIS_COLOR)
+    return canvas
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One measured configuration on the frontier chart."""
+
+    share: float  # of the MACs in INT8
+    drop: float  # points
+    low: float
+    high: float
+    meets: bool
+    label: str
+
+
+def frontier_chart(points: Sequence[FrontierPoint], *, title: str, target: float | None,
+                   width: int = 760, height: int = 320) -> Canvas:
+    """The task proxy's drop (points, with its 95 % interval as a bar) against the share of the MACs in INT8, for
+    every configuration measured: what each step towards FP32 buys and costs. Green where the target is met, red
+    where not; ``target`` as a dashed line. The best trade-offs are low and to the right."""
+    left, right, top, bottom = 56, 24, 40, 46
+    canvas = Canvas(width, height)
+    canvas.text(12, 18, title, size=13, bold=True)
+    plot_w, plot_h = width - left - right, height - top - bottom
+    high = max([*(p.high for p in points), *(p.drop for p in points), target or 0.0, 0.5]) * 1.1
+    shares = [p.share for p in points]
+    low_share = min([*shares, 1.0])
+    span_low = max(0.0, math.floor(low_share * 10) / 10 - 0.05) if shares else 0.0
+
+    def x(share: float) -> float:
+        return left + plot_w * (share - span_low) / max(1.0 - span_low, 1e-9)
+
+    def y(value: float) -> float:
+        return top + plot_h * (1.0 - max(min(value, high), 0.0) / high)
+
+    for tick in nice_ticks(high):
+        canvas.line(left, y(tick), left + plot_w, y(tick), GRID_COLOR)
+        canvas.text(left - 6, y(tick) + 4, _format_number(tick), size=10, anchor="end", color=AXIS_COLOR)
+    steps = 5
+    for i in range(steps + 1):
+        share = span_low + (1.0 - span_low) * i / steps
+        canvas.text(x(share), top + plot_h + 16, f"{100 * share:.0f} %", size=10, anchor="middle", color=AXIS_COLOR)
+    canvas.line(left, top, left, top + plot_h)
+    canvas.line(left, top + plot_h, left + plot_w, top + plot_h)
+    if target is not None:
+        canvas.line(left, y(target), left + plot_w, y(target), "#2ca02c", 1.0, dash=True)
+        canvas.text(left + plot_w - 4, y(target) - 4, f"target {target:g} points", size=10, color="#2ca02c",
+                    anchor="end")
+    for point in sorted(points, key=lambda p: p.share):
+        color = "#2ca02c" if point.meets else "#d62728"
+        canvas.line(x(point.share), y(point.low), x(point.share), y(point.high), color, 1.0)
+        canvas.rect(x(point.share) - 4, y(point.drop) - 4, 8, 8, color,
+                    f"{point.label}: drop {point.drop:.2f} points ({point.low:+.2f} to {point.high:+.2f}), "
+                    f"{100 * point.share:.1f} % of the MACs in INT8")
+    canvas.text(left, height - 10, "share of the MACs in INT8 (right: more INT8)   vertical: drop in points, bar: "
+                "95 % interval", size=10, color=AXIS_COLOR)
     return canvas

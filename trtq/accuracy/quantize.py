@@ -2,14 +2,18 @@
 
 The loop (each step reuses what the previous one computed):
 
-1. one calibration pass: statistics of every float tensor (histograms kept), with a deterministic
-   evaluation split when no evaluation data is given (:mod:`.holdout`);
-2. the range choice: ``auto`` measures every guarded range method end to end and keeps the closest
-   to FP32 (:mod:`.auto`); a named method is used as is, and measured the same way;
-3. if the all-INT8 model misses the target: the sensitivity ranking of :mod:`.sensitivity` and its
-   verified keep-in-float search (the layers named go to ``--exclude`` / ``--keep-precision``);
-4. the final Q/DQ export with that keep set, evaluated again on its own (the model written is the
-   model measured).
+1. one calibration pass: statistics of every float tensor (histograms kept); without ``--eval-data`` the
+   first calibration batches are cross-fitted (:mod:`.crossfit`): every judged sample is judged by ranges
+   from the other folds, so the decisions rest on up to ``max_eval_samples`` samples, not 1 batch in 5;
+2. the measure (:mod:`.judge`): the task metric, else accuracy with labels, else each output's task proxy
+   (:mod:`.proxies`), every drop with its 95 % interval (:mod:`.uncertainty`);
+3. the range choice: ``auto`` measures every guarded range method end to end and keeps the least drop,
+   ties within the noise going to the highest SQNR (:mod:`.auto`); a named method is measured the same way;
+4. if the all-INT8 model misses the target: the sensitivity ranking of :mod:`.sensitivity`, then the
+   smallest prefix of it to keep in float, found by galloping and bisection (:mod:`.search`), each step
+   accepted only when it beats all-INT8 beyond the noise;
+5. the final Q/DQ export with that keep set, verified once more the same way (per fold: the written model's
+   ranges come from all the statistics, each judged sample's from the folds that never saw it).
 
 A target met only by keeping nearly every layer in float (more than ``MAX_KEPT_SHARE`` of them) is a
 failure: the report is written, no model pretending to be INT8 is.
@@ -24,19 +28,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trtq.accuracy.auto import AutoChoice, choose_ranges, drop_of
-from trtq.accuracy.evaluate import Comparison, compare_candidates
-from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, HoldoutSplit, batch_samples
+from trtq.accuracy.auto import AutoChoice, choose_ranges, default_measure
+from trtq.accuracy.crossfit import DEFAULT_FOLDS, FoldPlan, cross_fit
+from trtq.accuracy.evaluate import Comparison
+from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples
+from trtq.accuracy.judge import Measure
 from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.macs import int8_mac_share, layer_macs
+from trtq.accuracy.proxies import Proxy
+from trtq.accuracy.search import Verifier, search_keep, verified
 from trtq.accuracy.sensitivity import SensitivityAnalysis, SensitivityResult
-from trtq.accuracy.targets import MetricTracker, Target, TaskMetric, has_class_scores, resolve_target
+from trtq.accuracy.targets import Target, TaskMetric, resolve_target
+from trtq.accuracy.uncertainty import Estimate, Resolution, resolve
 from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax
 from trtq.calibrate import collect_statistics, compute_ranges
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import QdqExport, export_qdq
-from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 from trtq.stats import StatsCollector
@@ -55,13 +63,18 @@ class Verification:
     step: str
     kept: list[str]
     sqnr_db: float
-    drop_points: float | None
+    drop: Estimate | None
     meets_target: bool
     seconds: float
 
+    @property
+    def drop_points(self) -> float | None:
+        return None if self.drop is None else self.drop.points
+
     def document(self) -> dict:
         return {"step": self.step, "kept": self.kept, "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
-                "drop_points": self.drop_points, "meets_target": self.meets_target, "seconds": self.seconds}
+                "drop_points": self.drop_points, "drop": self.drop.document() if self.drop is not None else None,
+                "meets_target": self.meets_target, "seconds": self.seconds}
 
 
 @dataclass
@@ -85,6 +98,28 @@ class QuantizeResult:
     seconds: dict[str, float] = field(default_factory=dict)
     quantized_nodes: list[str] = field(default_factory=list)  # of the all-INT8 model
     macs: dict[str, int] = field(default_factory=dict)  # per layer, one evaluation batch
+    measure: Measure | None = None  # what the drop is measured on
+    passes: int = 0  # evaluation passes over the judged data
+
+    @property
+    def best_step(self) -> Verification:
+        """The measured configuration with the least drop (fewest kept on a tie; the highest SQNR without drops)."""
+        if self.target.max_drop is None or all(s.drop is None for s in self.steps):
+            return max(self.steps, key=lambda s: (s.sqnr_db, -len(s.kept)))
+        return min((s for s in self.steps if s.drop is not None), key=lambda s: (s.drop.points, len(s.kept)))
+
+    def resolution(self) -> Resolution | None:
+        """Whether the data decide the target for the last configuration (None without a drop target)."""
+        last = self.steps[-1] if self.steps else None
+        if last is None or last.drop is None or self.target.max_drop is None:
+            return None
+        return resolve(last.drop, self.target.max_drop)
+
+    def frontier(self) -> list[tuple[float, float, Verification]]:
+        """(INT8 MAC share, drop points, configuration) of every measured configuration with a drop, by share."""
+        points = [(share, step.drop.points, step) for step, share in zip(self.steps, self.mac_shares, strict=True)
+                  if step.drop is not None and share is not None]
+        return sorted(points, key=lambda p: -p[0])
 
     @property
     def layers(self) -> int:
@@ -139,7 +174,8 @@ class QuantizeResult:
             "calibrator": self.calibrator,
             "method": self.method,
             "calibration_samples": self.stats.samples,
-            "evaluation": {"data": self.eval_description, "samples": self.eval_samples},
+            "evaluation": {"data": self.eval_description, "samples": self.eval_samples, "passes": self.passes},
+            "measure": self.measure.document() if self.measure is not None else None,
             "layers": self.layers,
             "keep": self.keep,
             "steps": [{**s.document(), "int8_mac_share": share} for s, share in zip(self.steps, self.mac_shares,
@@ -160,6 +196,15 @@ class QuantizeResult:
             document["sensitivity"] = self.sensitivity.document()
         if self.export is not None:
             document["quantized_nodes"] = list(self.export.plan.quantized_nodes)
+        resolution = self.resolution()
+        if resolution is not None:
+            document["resolution"] = {"resolved": resolution.resolved, "meets": resolution.meets,
+                                      "samples_needed": resolution.samples_needed,
+                                      "describe": resolution.describe(self.target.max_drop, self.steps[-1].drop)}
+        if self.steps:
+            best = self.best_step
+            document["best"] = {"step": best.step, "kept": best.kept, "drop_points": best.drop_points,
+                                "int8_mac_share": self.mac_share(best.kept)}
         return document
 
 
@@ -177,147 +222,164 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
              eval_labels: np.ndarray | None = None,
              calibration_labels: Labels | None = None,
              metric: TaskMetric | None = None,
+             proxies: Mapping[str, Proxy] | None = None,
              min_sqnr: float | None = None, max_drop: float | None = None,
              calibrator: str = "auto", percentile: float = DEFAULT_PERCENTILE,
              logits: str | None = None, mode: str = "alone",
              max_eval_samples: int = DEFAULT_EVAL_SAMPLES,
+             folds: int = DEFAULT_FOLDS,
              progress: Callable[[int], None] | None = None,
              note: Callable[[str], None] | None = None,
              collect: Callable[..., StatsCollector] | None = None,
              rank_backend: RankBackend | None = None) -> QuantizeResult:
     """The whole loop of the module docstring. ``eval_batches`` (held in memory) with ``eval_labels``
-    (in their order) is the evaluation set; without it the calibration data is split and
-    ``calibration_labels`` (lined up by the calibration source) give the held-out samples' labels.
+    (in their order) is the evaluation set; without it the first calibration batches (up to
+    ``max_eval_samples``) are cross-fitted in ``folds`` folds (:mod:`.crossfit`) and ``calibration_labels``
+    (lined up by the calibration source) give their labels. ``proxies``: the outputs' proxies named by
+    ``--metric NAME=OUTPUT`` (else inferred).
 
-    ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (the hold-out split
-    streams through this process); ``rank_backend(analysis, ranges_source)`` makes the sensitivity ranking
-    evaluate elsewhere and returns the function that closes it (``--ray``: both give the local results)."""
+    ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (``--ray``: the calibration
+    shards); ``rank_backend(analysis, ranges_source)`` makes the sensitivity ranking evaluate elsewhere and
+    returns the function that closes it (``--ray``: both give the local results)."""
     if calibrator not in CALIBRATORS:
         raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(CALIBRATORS)})")
     say = note or (lambda _message: None)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    split = None
-    if eval_batches is None:
-        split = HoldoutSplit(calibration, max_eval_samples)
-        source = split
-    else:
-        source = calibration
-    gather = collect if collect is not None and split is None else collect_statistics
-    stats = gather(model, source, progress=progress, keep_histograms=True)
+    data = _evaluation_data(model, calibration, eval_batches, eval_labels, calibration_labels, max_eval_samples,
+                            folds, progress, collect)
+    stats, batches, labels, plan, description = data
     check_inputs_finite(model, stats)
     timings["calibration"] = time.perf_counter() - started
-
-    if split is not None:
-        batches = split.held
-        description = split.describe()
-        labels = None
-        if calibration_labels is not None:
-            every = labels_for_fed(calibration_labels, calibration if isinstance(calibration, BatchSource) else None,
-                                   split.fed)
-            labels = split.labels(every)
-    else:
-        batches = list(eval_batches)
-        description = f"{sum(batch_samples(b) for b in batches)} samples of the evaluation data"
-        labels = eval_labels
-    if not batches:
-        raise TrtqError("the evaluation data yielded no batch: nothing to verify the INT8 model on")
     eval_samples = sum(batch_samples(b) for b in batches)
-    if labels is not None and len(labels) != eval_samples:
-        raise TrtqError(f"{len(labels)} labels for {eval_samples} evaluation samples: they must match one to one")
 
-    names = list(model.output_names)
-    reference = session_runner(fake_quant_session(model.proto), names)  # FP32, shared by every measurement
-    target = resolve_target(min_sqnr, max_drop, metric=metric, labelled=labels is not None,
-                            class_scores=has_class_scores(reference(batches[0]), names, logits))
-    say(f"target: {target.describe()}; evaluated on {description}")
+    verifier = Verifier(model, batches, None, labels, plan)
+    verifier.measure = measure = default_measure(verifier, metric=metric, labels=labels, named=proxies,
+                                                 logits=logits)
+    target = resolve_target(min_sqnr, max_drop, measure.describe())
+    say(f"target: {target.describe()}; judged on {description}")
+    if measure.kind == "proxies":
+        for name, proxy in measure.proxies.items():
+            say(f"  output '{name}': {proxy.name}: {proxy.describe()}")
 
     step_started = time.perf_counter()
-    auto = None
     if calibrator == "auto":
-        auto = choose_ranges(model, stats, batches, target, labels=labels, metric=metric, logits=logits,
-                             reference=reference)
-        amax, method = auto.amax, auto.label
-        chosen = auto.chosen
-        first_step = Verification(f"all INT8 ({method})", [], chosen.sqnr_db, chosen.drop_points,
-                                  chosen.meets_target, time.perf_counter() - step_started)
+        auto = choose_ranges(verifier, stats, target)
+        amax, method, fold_ranges, baseline, key = auto.amax, auto.label, auto.fold_ranges, auto.comparison, auto.label
     else:
-        amax, method = compute_ranges(stats, calibrator, percentile), calibrator
-        comparison = _measure(reference, model, amax, [], batches, labels, metric, logits)
-        sqnr, drop = comparison.outcomes["int8"].sqnr_db, _drop(target, comparison)
-        first_step = Verification(f"all INT8 ({method})", [], sqnr, drop, target.meets(sqnr, drop),
-                                  time.perf_counter() - step_started)
+        auto, method, key = None, calibrator, "int8"
+        amax = compute_ranges(stats, calibrator, percentile)
+        fold_ranges = plan.ranges(lambda s: compute_ranges(s, calibrator, percentile), complete=amax)
+        baseline = verifier.compare({key: verifier.qdq_runner(fold_ranges, ranges_source=f"the {method} ranges")})
+    first = verified(baseline, key, [], target.meets, time.perf_counter() - step_started)
+    steps = [Verification(f"all INT8 ({method})", [], first.sqnr_db, first.drop, first.meets_target, first.seconds)]
     timings["range choice"] = time.perf_counter() - step_started
-    steps = [first_step]
     quantized_nodes = list(export_qdq(model, amax, ranges_source=f"the {method} ranges").plan.quantized_nodes)
     layers = len(quantized_nodes)
+    result = QuantizeResult(target, calibrator, method, amax, stats, description, eval_samples, [], steps, None,
+                            auto, seconds=timings, quantized_nodes=quantized_nodes,
+                            macs=layer_macs(model.proto, batches[0]), measure=measure)
 
-    keep: list[str] = []
-    sensitivity = None
-    if not first_step.meets_target:
-        step_started = time.perf_counter()
-        say(f"all INT8 misses the target ({_describe(first_step)}): ranking the {layers} quantized layers")
-        analysis = SensitivityAnalysis(model, amax, batches, logits=logits, metric=metric,
-                                       labels=Labels("evaluation labels", by_index=labels) if labels is not None
-                                       else None, ranges_source=f"the {method} ranges")
-        close = rank_backend(analysis, f"the {method} ranges") if rank_backend is not None else None
-        try:
-            sensitivity = analysis.rank(mode, max_samples=RANK_SAMPLES)
-        finally:
-            if close is not None:  # the keep-set steps run here, one after the other
-                close()
-        analysis.keep_set(sensitivity, target_sqnr=target.min_sqnr, max_drop=target.max_drop)
-        keep = list(sensitivity.keep or [])
-        for step in sensitivity.steps[1:]:
-            if step.accepted:
-                steps.append(Verification(f"keep {len(step.kept)} in float", list(step.kept), step.sqnr_db,
-                                          step.drop_points if target.drop_measure else None, step.meets_target,
-                                          0.0))
-        timings["sensitivity"] = time.perf_counter() - step_started
-
-    result = QuantizeResult(target, calibrator, method, amax, stats, description, eval_samples, keep,
-                            steps, None, auto, sensitivity, seconds=timings, quantized_nodes=quantized_nodes,
-                            macs=layer_macs(model.proto, batches[0]))
-    if layers and len(keep) > MAX_KEPT_SHARE * layers:
-        result.failure = (f"the target ({target.describe()}) is met only with {len(keep)} of {layers} quantized "
-                          "layers kept in float: that is not an INT8 model")
+    keep: list[str] | None = []
+    if not steps[0].meets_target:
+        keep = _keep_search(result, verifier, fold_ranges, baseline, key, mode, rank_backend, say)
+    if keep is None:
+        best = result.best_step
+        result.failure = (f"the target ({target.describe()}) is not met with up to {MAX_KEPT_SHARE:.0%} of the "
+                          f"{layers} quantized layers kept in float, and more is not an INT8 model; the best "
+                          f"measured keeps {len(best.kept)} in float: {_describe(best)}")
         timings["total"] = time.perf_counter() - started
+        result.passes = verifier.passes
         return result
+    result.keep = keep
 
     step_started = time.perf_counter()
     export = export_qdq(model, amax, exclude=keep, ranges_source=f"the {method} ranges")
-    final = _measure(reference, model, amax, keep, batches, labels, metric, logits, exported=export)
-    sqnr, drop = final.outcomes["int8"].sqnr_db, _drop(target, final)
-    steps.append(Verification("final Q/DQ model", keep, sqnr, drop, target.meets(sqnr, drop),
-                              time.perf_counter() - step_started))
+    comparison = verifier.compare({"int8": verifier.qdq_runner(fold_ranges, keep, f"the {method} ranges")})
+    final = verified(comparison, "int8", keep, target.meets, time.perf_counter() - step_started)
+    steps.append(Verification("final Q/DQ model", keep, final.sqnr_db, final.drop, final.meets_target,
+                              final.seconds))
     timings["final check"] = time.perf_counter() - step_started
-    result.export, result.final = export, final
+    result.export, result.final = export, comparison
     if not steps[-1].meets_target:
         result.failure = f"the final INT8 model misses the target ({_describe(steps[-1])}; {target.describe()})"
     timings["total"] = time.perf_counter() - started
+    result.passes = verifier.passes
     return result
 
 
-def _drop(target: Target, comparison: Comparison) -> float | None:
-    """The candidate's drop on the target's measure (None when the target measures no drop)."""
-    return drop_of(comparison, "int8") if target.drop_measure else None
+def _evaluation_data(model: Model, calibration: Iterable[Mapping[str, np.ndarray]],
+                     eval_batches: Sequence[Mapping[str, np.ndarray]] | None, eval_labels: np.ndarray | None,
+                     calibration_labels: Labels | None, max_eval_samples: int, folds: int,
+                     progress: Callable[[int], None] | None, collect: Callable[..., StatsCollector] | None):
+    """(all statistics, judged batches, their labels, the fold plan, a description of the judged data)."""
+    if eval_batches is not None:
+        gather = collect or collect_statistics
+        stats = gather(model, calibration, progress=progress, keep_histograms=True)
+        batches = list(eval_batches)
+        if not batches:
+            raise TrtqError("the evaluation data yielded no batch: nothing to verify the INT8 model on")
+        samples = sum(batch_samples(b) for b in batches)
+        if eval_labels is not None and len(eval_labels) != samples:
+            raise TrtqError(f"{len(eval_labels)} labels for {samples} evaluation samples: they must match one to one")
+        return stats, batches, eval_labels, FoldPlan.single(stats), f"{samples} samples of the evaluation data"
+
+    def gather(source):
+        return collect_statistics(model, source, progress=progress, keep_histograms=True)
+
+    fit = cross_fit(calibration, gather, folds=folds, max_samples=max_eval_samples)
+    if not fit.held:
+        raise TrtqError("the calibration data yielded no batch: nothing to calibrate")
+    stats = fit.total()
+    stats.meta["data"] = calibration.provenance() if hasattr(calibration, "provenance") else {}
+    labels = None
+    if calibration_labels is not None:
+        every = labels_for_fed(calibration_labels, calibration if isinstance(calibration, BatchSource) else None,
+                               fit.fed)
+        labels = every[:fit.samples]
+    return stats, fit.held, labels, FoldPlan.of(fit), fit.describe()
+
+
+def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[dict[str, float]],
+                 baseline: Comparison, key: str, mode: str, rank_backend: RankBackend | None,
+                 say: Callable[[str], None]) -> list[str] | None:
+    """Rank the quantized layers, then search the smallest prefix of the ranking to keep in float
+    (:mod:`.search`); the measured configurations join ``result.steps``. None: no prefix within
+    ``MAX_KEPT_SHARE`` of the layers meets the target."""
+    started = time.perf_counter()
+    layers, method, target = result.layers, result.method, result.target
+    say(f"all INT8 misses the target ({_describe(result.steps[0])}): ranking the {layers} quantized layers")
+    source = f"the {method} ranges"
+    analysis = SensitivityAnalysis(verifier.model, result.amax, verifier.batches, logits=None, ranges_source=source)
+    close = rank_backend(analysis, source) if rank_backend is not None else None
+    try:
+        sensitivity = analysis.rank(mode, max_samples=RANK_SAMPLES)
+    finally:
+        if close is not None:
+            close()
+    result.sensitivity = sensitivity
+    result.seconds["ranking"] = time.perf_counter() - started
+    started = time.perf_counter()
+    nodes = verifier.use_switchable(fold_ranges, source)
+    ranking = [entry.layer.node for entry in sensitivity.ranking if entry.layer.node in set(nodes)]
+    max_keep = max(1, int(math.floor(MAX_KEPT_SHARE * layers)))
+    measured, size = search_keep(verifier, ranking, target.meets, max_keep, baseline.judgement, key, note=say)
+    for step in measured:
+        result.steps.append(Verification(f"keep {len(step.kept)} in float", step.kept, step.sqnr_db, step.drop,
+                                         step.meets_target, step.seconds))
+    result.seconds["keep search"] = time.perf_counter() - started
+    if size is None:
+        return None
+    keep = list(ranking[:size])
+    sensitivity.keep = keep
+    return keep
 
 
 def _describe(step: Verification) -> str:
     sqnr = f"SQNR {step.sqnr_db:.2f} dB" if math.isfinite(step.sqnr_db) else "SQNR inf"
-    return sqnr + (f", drop {step.drop_points:.2f} points" if step.drop_points is not None else "")
-
-
-def _measure(reference: Run, model: Model, amax: Mapping[str, float], keep: list[str],
-             batches: Sequence[Mapping[str, np.ndarray]], labels: np.ndarray | None, metric: TaskMetric | None,
-             logits: str | None, exported: QdqExport | None = None) -> Comparison:
-    """FP32 (``reference``) vs the Q/DQ model (``exported``, else exported here with ``keep`` in float)."""
-    export = exported or export_qdq(model, amax, exclude=keep)
-    names = list(model.output_names)
-    candidate = session_runner(fake_quant_session(export.model), names)
-    tracker = MetricTracker(metric, names, labels) if metric is not None else None
-    return compare_candidates(reference, {"int8": candidate}, names, batches, logits=logits, metric=tracker,
-                              labels=Labels("evaluation labels", by_index=labels) if labels is not None else None)
+    if step.drop is None:
+        return sqnr
+    return f"drop {step.drop.points:.2f} points (95 % interval {step.drop.low:+.2f} to {step.drop.high:+.2f}), {sqnr}"
 
 
 def format_steps(result: QuantizeResult) -> list[str]:

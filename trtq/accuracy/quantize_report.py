@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from trtq.accuracy.figures import tradeoff_chart
+from trtq.accuracy.figures import FrontierPoint, frontier_chart, tradeoff_chart
 from trtq.accuracy.quantize import QuantizeResult
 from trtq.accuracy.report import Figure, _db, _figure_html, _page, _table, histogram_figures, ranking_figure
 from trtq.ranges import range_function
@@ -22,11 +22,28 @@ MAX_HISTOGRAMS = 8
 
 
 def _steps_figure(result: QuantizeResult, mac_shares: Sequence[float | None]) -> Figure:
+    frontier = [FrontierPoint(share, step.drop.points, step.drop.low, step.drop.high, step.meets_target, step.step)
+                for step, share in zip(result.steps, mac_shares, strict=True)
+                if step.drop is not None and share is not None]
+    if frontier and result.target.max_drop is not None:
+        canvas = frontier_chart(frontier, title=f"drop on the {result.target.drop_measure} vs the share of the MACs "
+                                "in INT8 (every configuration measured)", target=result.target.max_drop)
+        return Figure("steps", canvas, "each point is a configuration the loop measured, its bar the 95 % interval "
+                      f"on {result.eval_samples} samples; low and to the right is better")
     points = [(len(step.kept), step.sqnr_db, step.meets_target, share)
               for step, share in zip(result.steps, mac_shares, strict=True)]
     canvas = tradeoff_chart(points, title="accuracy vs layers kept in float (every verified configuration)",
                             target=result.target.min_sqnr)
     return Figure("steps", canvas, "each point is a configuration the loop measured; the last one is the model written")
+
+
+def _measure_lines(result: QuantizeResult) -> list[str]:
+    """What each output was judged by, and why."""
+    if result.measure is None:
+        return []
+    if result.measure.kind != "proxies":
+        return [f"measure: {result.measure.describe()}"]
+    return [f"output '{name}': {proxy.name}, {proxy.describe()}" for name, proxy in result.measure.proxies.items()]
 
 
 def mattering_tensors(result: QuantizeResult, limit: int = MAX_HISTOGRAMS) -> list[str]:
@@ -68,19 +85,23 @@ def quantize_figures(result: QuantizeResult, mac_shares: Sequence[float | None])
 def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: str, data: str,
                   mac_shares: Sequence[float | None]) -> str:
     verdict = ("INT8 model written" if result.ok else f"no INT8 model written: {result.failure}")
-    step_rows = [(s.step, len(s.kept), _db(s.sqnr_db), "-" if s.drop_points is None else f"{s.drop_points:.2f}",
+    step_rows = [(s.step, len(s.kept), _db(s.sqnr_db), "-" if s.drop is None else
+                  f"{s.drop.points:.2f} ({s.drop.low:+.2f} to {s.drop.high:+.2f})",
                   "-" if share is None else f"{100 * share:.1f} %", "yes" if s.meets_target else "no",
                   f"{s.seconds:.2f}") for s, share in zip(result.steps, mac_shares, strict=True)]
     steps = [f for f in figures if f.name == "steps"]
     sections = [("Verified configurations",
                  "".join(_figure_html(f) for f in steps)
-                 + _table(["configuration", "kept", "SQNR dB", "drop (points)", "INT8 MAC share", "meets target",
+                 + _table(["configuration", "kept", "SQNR dB", "drop, points (95 % interval)", "INT8 MAC share",
+                           "meets target",
                            "seconds"], step_rows, numeric=(1, 2, 3, 4, 6)))]
     if result.auto is not None:
-        rows = [(c.label, _db(c.sqnr_db), "-" if c.drop_points is None else f"{c.drop_points:.2f}", c.guarded,
+        rows = [(c.label, _db(c.sqnr_db), "-" if c.drop is None else
+                 f"{c.drop.points:.2f} ({c.drop.low:+.2f} to {c.drop.high:+.2f})", c.guarded,
                  "yes" if c.meets_target else "no", "chosen" if c.label == result.auto.label else "")
                 for c in result.auto.candidates]
-        body = _table(["method (guarded)", "SQNR dB", "drop (points)", "tensors guarded", "meets target", ""],
+        body = _table(["method (guarded)", "SQNR dB", "drop, points (95 % interval)", "tensors guarded",
+                       "meets target", ""],
                       rows, numeric=(1, 2, 3))
         degenerate = result.auto.degenerate()
         if degenerate:
@@ -93,8 +114,20 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
     if histograms:
         sections.append(("Tensors whose range mattered most", "".join(_figure_html(f) for f in histograms)))
     meta = [f"model: {model}", f"calibration: {data} ({result.stats.samples} samples)",
-            f"evaluation: {result.eval_description}", f"target: {result.target.describe()}",
+            f"judged on: {result.eval_description}", f"target: {result.target.describe()}",
+            *_measure_lines(result),
             f"ranges: {result.method}" + (" (chosen by auto)" if result.auto is not None else ""),
             f"kept in float: {', '.join(result.keep) or 'nothing'}", verdict]
+    resolution = result.resolution()
+    if resolution is not None:
+        meta.append(f"uncertainty: {resolution.describe(result.target.max_drop, result.steps[-1].drop)}")
+    if not result.ok and result.steps:
+        best = result.best_step
+        share = result.mac_share(best.kept)
+        meta.append(f"best measured: {best.step}, drop {best.drop_points:.2f} points"
+                    + (f", {100 * share:.1f} % of the MACs in INT8" if share is not None else "")
+                    if best.drop is not None else f"best measured: {best.step}")
+    meta.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+                + f" ({result.passes} evaluation passes)")
     return _page("trtq quantize: a verified INT8 model", meta, sections)
 

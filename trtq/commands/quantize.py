@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from trtq.accuracy.crossfit import DEFAULT_FOLDS
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES
+from trtq.accuracy.proxies import is_builtin_metric, parse_builtin_metrics
 from trtq.accuracy.quantize import CALIBRATORS
 from trtq.accuracy.sensitivity import MODES
 from trtq.commands.options.accuracy import label_options
@@ -38,14 +40,20 @@ def output_paths(output: str) -> dict[str, Path]:
               help="Held-out evaluation data (the other data options apply) [default: 1 batch in 5 of the "
                    "calibration data is held out and not calibrated on].")
 @label_options
-@click.option("--metric", metavar="FILE.py[:FUNC]",
-              help="Task metric FUNC(fp32, int8, labels) -> float per batch, higher is better (default FUNC: "
-                   "metric); the drop is its FP32 score minus its INT8 score, x 100.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME[=OUTPUT]|FILE.py[:FUNC]",
+              help="What the drop is measured on. A built-in task proxy per output: top1, ctc, iou[:T], "
+                   "cosine[:C], equal (NAME=OUTPUT for one output; repeatable) [default: inferred per output "
+                   "from what it holds]. Or a task metric FUNC(fp32, int8, labels) -> a number per batch or per "
+                   "sample, higher is better (default FUNC: metric); the drop is its FP32 score minus its INT8 "
+                   "score, x 100.")
 @click.option("--max-drop", type=float, metavar="PCT",
-              help="Target: at most PCT points lost (the --metric, else accuracy with --labels, else top-1 "
-                   "agreement of a [batch, classes] output) [default: 1 where such a measure exists].")
+              help="Target: at most PCT points lost on the measure (--metric, else accuracy with --labels, else "
+                   "each output's task proxy) [default: 1].")
 @click.option("--min-sqnr", type=float, metavar="DB",
-              help="Target: worst-output SQNR of at least DB [default: 30 without --labels/--metric].")
+              help="Target: worst-output SQNR of at least DB (a diagnostic unless asked) [default: none].")
+@click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True,
+              help="Without --eval-data: the judged calibration samples are cross-fitted in this many folds "
+                   "(each judged by ranges from the others).")
 @click.option("--calibrator", type=click.Choice(CALIBRATORS), default="auto", show_default=True,
               help="auto: every guarded method measured end to end, the closest to FP32 kept; or one method.")
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
@@ -53,7 +61,7 @@ def output_paths(output: str) -> dict[str, Path]:
 @click.option("--mode", type=click.Choice(MODES), default="alone", show_default=True,
               help="Sensitivity ranking used when all-INT8 misses the target.")
 @click.option("--max-eval-samples", type=click.IntRange(min=1), default=DEFAULT_EVAL_SAMPLES, show_default=True,
-              help="Evaluation samples held in memory.")
+              help="Samples judged (held in memory): of --eval-data, else the first calibration samples.")
 @click.option("--trt-version", help="TensorRT version for the cache header [default: installed, else 10.16.1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; errors and warnings only.")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
@@ -61,8 +69,8 @@ def output_paths(output: str) -> dict[str, Path]:
                    "the calibration pass as Ray tasks over shards of the data (as trtq calibrate --ray); same "
                    "results as one machine: local, auto, HOST:PORT or ray://HOST:PORT. Needs "
                    "pip install 'trtq[ray]'.")
-def quantize(model_path, output, eval_data, labels_path, labels_from_folders, logits, metric, max_drop, min_sqnr,
-             calibrator, percentile, mode, max_eval_samples, trt_version, quiet, ray_address, memory_budget,
+def quantize(model_path, output, eval_data, labels_path, labels_from_folders, logits, metrics, max_drop, min_sqnr,
+             folds, calibrator, percentile, mode, max_eval_samples, trt_version, quiet, ray_address, memory_budget,
              **data_kwargs):
     """Quantize MODEL to INT8 and verify it: one command from FP32 ONNX to a Q/DQ model that meets
     an accuracy target.
@@ -97,6 +105,10 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
 
     click.get_current_context().with_resource(memory_budget_scope(memory_budget))
     check_percentile(percentile)
+    scripts = [m for m in metrics if not is_builtin_metric(m)]
+    if len(scripts) > 1 or scripts and len(metrics) > 1:
+        raise click.UsageError("give one --metric FILE.py:FUNC, or built-in proxies (NAME[=OUTPUT]), not both")
+    metric = scripts[0] if scripts else None
     if ray_address is not None and metric:
         raise click.UsageError("--ray does not run a task metric yet; drop --metric or --ray")
     paths = output_paths(output)
@@ -105,6 +117,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     labels = read_labels(labels_path, labels_from_folders)
     task_metric = load_metric(metric) if metric else None
     model = load_model(model_path)
+    named = parse_builtin_metrics([m for m in metrics if is_builtin_metric(m)], list(model.output_names)) or None
     from trtq.qdq_model import refuse_quantized
 
     refuse_quantized(model, "quantizing it again would put a second Q/DQ on its tensors",
@@ -124,8 +137,9 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         click.echo(f"quantizing {model.name} on {calibration.description}", err=True)
     run = functools.partial(
         run_quantize, model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
-        calibration_labels=calibration_labels, metric=task_metric, min_sqnr=min_sqnr, max_drop=max_drop,
-        calibrator=calibrator, percentile=percentile, logits=logits, mode=mode, max_eval_samples=max_eval_samples,
+        calibration_labels=calibration_labels, metric=task_metric, proxies=named, min_sqnr=min_sqnr,
+        max_drop=max_drop, calibrator=calibrator, percentile=percentile, logits=logits, mode=mode,
+        max_eval_samples=max_eval_samples, folds=folds,
         note=None if quiet else (lambda line: click.echo(line, err=True)))
     if ray_address is None:
         result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass")
@@ -162,14 +176,47 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         click.echo("verified configurations:")
         for line in format_steps(result):
             click.echo(line)
-        if shares[-1] is not None:
+        if shares[-1] is not None and result.ok:
             click.echo(f"INT8 layers: {len(quantized) - len(result.keep)} of {len(quantized)} "
                        f"({100 * shares[-1]:.1f} % of the MACs)")
+        resolution = result.resolution()
+        if resolution is not None and result.ok:
+            click.echo(f"judged on {result.eval_samples} samples: "
+                       + resolution.describe(result.target.max_drop, result.steps[-1].drop))
+        click.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+                   + f" ({result.passes} evaluation passes)")
         written = [paths["model"], paths["cache"], paths["keep"]] if result.ok else []
         click.echo("wrote " + ", ".join(str(p) for p in [*written, paths["json"], paths["html"]]))
     if not result.ok:
-        click.echo(f"trtq: error: {result.failure} (report: {paths['html']})", err=True)
+        click.echo(f"trtq: error: {result.failure} (report: {paths['html']}){_take_best(result)}", err=True)
         sys.exit(GATE_FAILED)
+
+
+def _take_best(result) -> str:
+    """The one command that takes the best configuration measured: the same command with the target relaxed to
+    what that configuration reached (its drop rounded up to a tenth of a point)."""
+    import math
+    import shlex
+
+    best = result.best_step
+    if best.drop is None or result.target.max_drop is None:
+        return ""
+    share = result.mac_share(best.kept)
+    relaxed = max(math.ceil(best.drop.points * 10 + 1e-9) / 10, 0.1)
+    argv, skip = ["trtq"], False
+    for word in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if word == "--max-drop":
+            skip = True
+            continue
+        if word.startswith("--max-drop="):
+            continue
+        argv.append(word)
+    mac = f", {100 * share:.1f} % of the MACs in INT8" if share is not None else ""
+    return (f"; best measured: {best.step}{mac}, drop {best.drop.points:.2f} points; to take it: "
+            f"{shlex.join([*argv, '--max-drop', f'{relaxed:g}'])}")
 
 
 

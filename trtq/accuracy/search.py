@@ -1,0 +1,175 @@
+"""The keep-in-float search of ``trtq quantize``: which prefix of the sensitivity ranking to keep in float,
+found in a logarithmic number of verified configurations, each judged per sample with its uncertainty.
+
+Why not one layer at a time: on a ViT with 126 quantized layers the one-at-a-time walk re-verified the model
+58 times on the whole evaluation set and gave up after 30 minutes. Keeping the ``k`` most harmful layers gets
+more accurate as ``k`` grows (not strictly, but the ranking orders by the noise each layer adds), so the search
+gallops (k = 1, 2, 4, ... up to the most a model may keep and still be INT8) until a configuration meets the
+target, then bisects between the last miss and the first hit: about 2 log2(layers) verifications. A gallop
+that reaches the most a model may keep and still misses stops there: no smaller set can meet the target.
+
+A configuration meets the target when its drop is within it *and* it is better than all-INT8 beyond the noise
+(on the drop, or on the output noise that every kept layer lowers): a step inside the noise is no step.
+
+Every configuration is verified by :class:`Verifier`: one pass over the evaluation batches, FP32 once per batch,
+the candidate on the switchable model of each feed's fold (:mod:`.crossfit`), judged by :mod:`.judge`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from trtq.accuracy.crossfit import FoldPlan
+from trtq.accuracy.evaluate import Comparison, compare_candidates
+from trtq.accuracy.judge import Judgement, Measure
+from trtq.accuracy.switch import SwitchableModel, build_switchable
+from trtq.accuracy.uncertainty import Estimate, better_beyond_noise
+from trtq.export import export_qdq
+from trtq.export.compare import Run, fake_quant_session, session_runner
+from trtq.model import Model
+
+MAX_CACHED_OUTPUT_BYTES = 64 << 20  # FP32 outputs of the evaluation set kept between passes up to this much
+Feed = Mapping[str, np.ndarray]
+
+
+class Verifier:
+    """FP32 vs candidate configurations on the evaluation batches, judged per sample.
+
+    The FP32 outputs are computed once and reused by every pass when they fit ``MAX_CACHED_OUTPUT_BYTES``
+    (a recogniser's ``[256, 40, 6625]`` scores do not: they are recomputed per pass)."""
+
+    def __init__(self, model: Model, batches: Sequence[dict[str, np.ndarray]], measure: Measure,
+                 labels: np.ndarray | None, plan: FoldPlan):
+        self.model, self.batches, self.measure, self.labels, self.plan = model, list(batches), measure, labels, plan
+        self.names = list(model.output_names)
+        self._fp32 = session_runner(fake_quant_session(model.proto), self.names)
+        self._cache: dict[int, list[np.ndarray]] | None = {}
+        self._cached_bytes = 0
+        self._switchable: list[tuple[SwitchableModel, object]] | None = None
+        self.passes = 0
+
+    def reference(self, feed: Feed) -> list[np.ndarray]:
+        if self._cache is not None and id(feed) in self._cache:
+            return self._cache[id(feed)]
+        outputs = self._fp32(feed)
+        if self._cache is not None:
+            self._cached_bytes += sum(np.asarray(o).nbytes for o in outputs)
+            if self._cached_bytes > MAX_CACHED_OUTPUT_BYTES:
+                self._cache = None
+            else:
+                self._cache[id(feed)] = outputs
+        return outputs
+
+    def compare(self, candidates: Mapping[str, Run]) -> Comparison:
+        """One pass: every candidate (already dispatching feeds to their fold's model) against FP32."""
+        self.passes += 1
+        return compare_candidates(self.reference, candidates, self.names, self.batches,
+                                  judge=self.measure.judge(self.names, self.labels))
+
+    def qdq_runner(self, fold_ranges: list[dict[str, float]], exclude: Sequence[str] = (),
+                   ranges_source: str = "the ranges") -> Run:
+        """The Q/DQ model of each fold's ranges (``exclude`` in float), one runner dispatching by fold."""
+        runs = [session_runner(fake_quant_session(export_qdq(self.model, amax, exclude=exclude,
+                                                             ranges_source=ranges_source).model), self.names)
+                for amax in fold_ranges]
+        return self.plan.dispatch(runs)
+
+    def use_switchable(self, fold_ranges: list[dict[str, float]], ranges_source: str) -> list[str]:
+        """Build one switchable model per fold (same layers: the folds quantize the same tensors); returns the
+        quantized layers' node names."""
+        built = []
+        for amax in fold_ranges:
+            switchable = build_switchable(self.model.proto,
+                                          export_qdq(self.model, amax, ranges_source=ranges_source))
+            built.append((switchable, fake_quant_session(switchable.proto)))
+        self._switchable = built
+        return built[0][0].nodes
+
+    def keep_runner(self, keep: Sequence[str]) -> Run:
+        """The configuration with ``keep`` in float and every other quantized layer in INT8."""
+        assert self._switchable is not None, "use_switchable first"
+        kept = set(keep)
+        runs = [session_runner(session, self.names, switchable.switches([n for n in switchable.nodes
+                                                                           if n not in kept]))
+                for switchable, session in self._switchable]
+        return self.plan.dispatch(runs)
+
+
+@dataclass
+class Verified:
+    """One configuration the search measured."""
+
+    kept: list[str]
+    drop: Estimate | None
+    sqnr_db: float
+    noise_db: float
+    meets_target: bool
+    seconds: float
+
+    @property
+    def drop_points(self) -> float | None:
+        return None if self.drop is None else self.drop.points
+
+
+def verified(comparison: Comparison, key: str, kept: Sequence[str], meets: Callable[[float, float | None], bool],
+             seconds: float) -> Verified:
+    """The :class:`Verified` record of candidate ``key`` of a pass (``meets(sqnr, drop)``: the target's check)."""
+    judgement = comparison.judgement
+    drop = judgement.drop(key) if judgement is not None else None
+    sqnr = comparison.outcomes[key].sqnr_db
+    return Verified(list(kept), drop, sqnr, judgement.noise_db(key) if judgement is not None else math.nan,
+                    meets(sqnr, None if drop is None else drop.points), seconds)
+
+
+def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[float, float | None], bool],
+                max_keep: int, baseline: Judgement, baseline_key: str,
+                note: Callable[[str], None] = lambda _m: None) -> tuple[list[Verified], int | None]:
+    """Gallop then bisect over prefixes of ``ranking`` (module docstring). Returns every configuration measured,
+    in order, and the size of the smallest prefix found to meet the target (None: none within ``max_keep``).
+
+    ``baseline`` is the judgement of the pass that measured all-INT8 (candidate ``baseline_key``) on the same
+    batches in the same order: a prefix must beat it beyond the noise, compared sample by sample."""
+    steps: list[Verified] = []
+    reference_losses, reference_noise = baseline.losses[baseline_key], baseline.noise[baseline_key]
+    weights = baseline.unit_weights
+
+    def measure(size: int) -> bool:
+        started = time.perf_counter()
+        kept = list(ranking[:size])
+        comparison = verifier.compare({"step": verifier.keep_runner(kept)})
+        step = verified(comparison, "step", kept, meets, time.perf_counter() - started)
+        judgement = comparison.judgement
+        if judgement is not None:
+            losses, noise = judgement.losses["step"], judgement.noise["step"]
+            beyond = better_beyond_noise(losses, reference_losses, weights) or (
+                not better_beyond_noise(reference_losses, losses, weights)
+                and better_beyond_noise(noise, reference_noise, weights))
+            step.meets_target = step.meets_target and beyond
+        steps.append(step)
+        drop = f"drop {step.drop.short()} points" if step.drop is not None else f"SQNR {step.sqnr_db:.2f} dB"
+        note(f"  keep {size:>3} in float: {drop} ({'meets' if step.meets_target else 'misses'} the target)")
+        return step.meets_target
+
+    low, high, size = 0, None, 1
+    while size <= max_keep:
+        if measure(size):
+            high = size
+            break
+        low = size
+        if size == max_keep:
+            break
+        size = min(2 * size, max_keep)
+    if high is None:
+        return steps, None
+    while high - low > 1:
+        middle = (low + high) // 2
+        if measure(middle):
+            high = middle
+        else:
+            low = middle
+    return steps, high

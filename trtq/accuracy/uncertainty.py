@@ -1,0 +1,129 @@
+"""How sure a measured drop is: a 95 % interval on per-sample losses, paired comparisons of two
+candidates on the same samples, and how many samples would resolve a target.
+
+Why per sample: a drop measured on 24 samples moves by 4 points when one sample flips; a search that
+accepts a step because its drop went from 3.1 to 2.8 walks through noise. Every measure of
+:mod:`.judge` yields one loss per sample (the FP32 score minus the INT8 score: 0 where they agree),
+so every drop has a standard error, and two candidates measured on the same samples can be compared
+on their paired differences, where the noise shared by both cancels.
+
+The interval is Agresti and Min's adjusted Wald interval for a paired difference of proportions
+(Agresti & Min 2005: add half a discordant pair each way, i.e. pseudo-losses +1 and -1 of weight 1/2 and
+a 0 of weight 1), applied to any losses in [-1, 1]: with no disagreement on ``n`` samples the interval
+is not [0, 0] but about [-2/n, +2/n] x 100 points — zero failures on 24 samples do not prove a drop under
+1 point, and the interval says so. For 0/1 losses it is close to the Wilson interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95 %
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A drop in points with its 95 % interval and the number of units (samples, or batches for a per-batch
+    metric) it was measured on."""
+
+    points: float
+    low: float
+    high: float
+    samples: int
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2.0
+
+    def describe(self) -> str:
+        return f"{self.points:.2f} points (95 % interval {self.low:+.2f} to {self.high:+.2f}, {self.samples} samples)"
+
+    def short(self) -> str:
+        return f"{self.points:.2f} ± {self.half_width:.2f}"
+
+    def document(self) -> dict:
+        return {"points": self.points, "low": self.low, "high": self.high, "samples": self.samples,
+                "confidence": 0.95}
+
+
+def _adjusted(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, float, float, int]:
+    """(raw mean, adjusted mean, adjusted standard error, units) of losses in [-1, 1]."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    w = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    n = float(w.sum())
+    if values.size == 0 or n <= 0:
+        return 0.0, 0.0, 1.0, 0
+    raw = float(np.dot(w, values) / n)
+    # pseudo-observations: +1 and -1 of weight 1/2 each, 0 of weight 1 (Agresti-Min's four half cells)
+    total = n + 2.0
+    mean = float(np.dot(w, values)) / total
+    second = (float(np.dot(w, values * values)) + 1.0) / total
+    variance = max(second - mean * mean, 0.0)
+    # the effective sample count of unequal weights (per-batch scores of different batch sizes)
+    effective = n * n / float(np.dot(w, w)) if weights is not None else n
+    return raw, mean, math.sqrt(variance / (effective + 2.0)), int(round(effective))
+
+
+def estimate(losses: np.ndarray, weights: np.ndarray | None = None) -> Estimate:
+    """The drop in points (100 x the mean loss) with its 95 % interval."""
+    raw, mean, se, units = _adjusted(losses, weights)
+    values = np.asarray(losses, dtype=np.float64)
+    floor = -1.0 if values.size == 0 or values.min() < 0 else 0.0  # losses that cannot be negative: no negative drop
+    return Estimate(100.0 * raw, 100.0 * max(mean - Z95 * se, floor), 100.0 * (mean + Z95 * se), units)
+
+
+def better_beyond_noise(candidate: np.ndarray, incumbent: np.ndarray, weights: np.ndarray | None = None) -> bool:
+    """Whether ``candidate``'s losses are lower than ``incumbent``'s on the same samples beyond the noise:
+    the 95 % interval of the paired improvement (incumbent - candidate) lies above 0."""
+    difference = np.asarray(incumbent, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)
+    if difference.size == 0:
+        return False
+    scale = float(np.max(np.abs(difference)))
+    if scale == 0:
+        return False
+    # in units of the largest difference, so that the interval's pseudo-losses (+-1) are on the data's own scale:
+    # 0/1 losses are unchanged, a continuous measure (relative error power) is judged by its spread
+    interval = estimate(difference / scale, weights)
+    return interval.low > 0
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Whether the data decide a target: the interval lies wholly on one side of it."""
+
+    resolved: bool
+    meets: bool  # the point estimate is within the target
+    samples_needed: int | None  # about how many samples would resolve it (None: resolved, or never)
+
+    def describe(self, target: float, estimate_: Estimate) -> str:
+        side = "within" if self.meets else "beyond"
+        if self.resolved:
+            return f"{side} the {target:g}-point target beyond the noise"
+        more = f"; about {self.samples_needed} samples would resolve it" if self.samples_needed else ""
+        return (f"{side} the {target:g}-point target at the point estimate, but its 95 % interval "
+                f"({estimate_.low:+.2f} to {estimate_.high:+.2f}) covers the target: {estimate_.samples} samples "
+                f"cannot decide{more}")
+
+
+def resolve(estimate_: Estimate, target: float) -> Resolution:
+    """Whether ``estimate_`` decides ``target`` (points), and about how many samples would: the half-width
+    shrinks as 1/sqrt(n), so n x (half-width / distance to the target)^2, from the distance measured (at
+    least a tenth of the target: a drop on the target itself is never decided)."""
+    meets = estimate_.points <= target
+    resolved = estimate_.high <= target if meets else estimate_.low > target
+    if resolved or estimate_.samples == 0:
+        return Resolution(resolved, meets, None)
+    distance = max(abs(target - estimate_.points), 0.1 * target, 1e-9)
+    needed = estimate_.samples * (estimate_.half_width / distance) ** 2
+    return Resolution(False, meets, int(math.ceil(max(needed, estimate_.samples + 1))))
+
+
+def combine_worst(per_output: Sequence[np.ndarray]) -> np.ndarray:
+    """One loss per sample from several outputs' losses: the worst output of each sample (a sample is fine
+    only when every output judged is)."""
+    stacked = np.stack([np.asarray(p, dtype=np.float64) for p in per_output])
+    return stacked.max(axis=0)
