@@ -54,7 +54,7 @@ def test_cli_quantize_ray_keeps_and_writes_as_locally(tmp_path, digits, eval_dat
     result = run(*args, "--ray", "local", "-o", str(tmp_path / "ray" / "m.onnx"))
     assert result.exit_code == 0, result.output
     assert "ranking on Ray: " in result.output and " tasks" in result.output
-    assert ("the calibration pass (with its hold-out split) runs on this machine" in result.output) != eval_data
+    assert ("the calibration pass (with its cross-fitting folds) runs on this machine" in result.output) != eval_data
     report = json.loads((tmp_path / "ray" / "m.report.json").read_text())
     assert report["keep"] and report["sensitivity"]["ranking"]  # the ranking ran and kept layers in float
     assert without_timings(report) == without_timings(json.loads((tmp_path / "local" / "m.report.json").read_text()))

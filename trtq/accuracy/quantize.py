@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trtq.accuracy.auto import AutoChoice, choose_ranges, default_measure
+from trtq.accuracy.auto import AUTO_CANDIDATES, AutoChoice, choose_ranges, default_measure
 from trtq.accuracy.crossfit import DEFAULT_FOLDS, FoldPlan, cross_fit
 from trtq.accuracy.evaluate import Comparison
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples
@@ -49,7 +49,9 @@ from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 from trtq.stats import StatsCollector
 
-RANK_SAMPLES = 64  # the sensitivity ranking's samples: it orders layers; every keep step is verified on all
+RANK_SAMPLES = 64  # the sensitivity ranking's samples at most: it orders layers; every keep step is verified on all
+MIN_RANK_SAMPLES = 8
+RANK_SECONDS = 60.0  # the ranking's time budget: its samples are cut to fit it (it costs layers + 1 runs a sample)
 # (analysis, ranges source) -> close: runs the ranking's evaluations elsewhere (trtq.distributed.sensitivity.use_ray)
 RankBackend = Callable[[SensitivityAnalysis, str], Callable[[], None]]
 MAX_KEPT_SHARE = 0.9  # keeping more than this share of the quantized layers in float is not INT8
@@ -264,6 +266,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
 
     step_started = time.perf_counter()
     if calibrator == "auto":
+        say(f"measuring {len(AUTO_CANDIDATES)} range methods against FP32 on {eval_samples} samples (one pass)")
         auto = choose_ranges(verifier, stats, target)
         amax, method, fold_ranges, baseline, key = auto.amax, auto.label, auto.fold_ranges, auto.comparison, auto.label
     else:
@@ -340,6 +343,17 @@ def _evaluation_data(model: Model, calibration: Iterable[Mapping[str, np.ndarray
     return stats, fit.held, labels, FoldPlan.of(fit), fit.describe()
 
 
+def rank_sample_count(layers: int, seconds_per_sample: float | None, available: int) -> int:
+    """Samples for the ranking: as many as fit ``RANK_SECONDS`` at ``layers + 1`` runs a sample (a run from the
+    layer under test on costs about half a full one), within ``MIN_RANK_SAMPLES`` and ``RANK_SAMPLES``. The
+    ranking only orders the layers by a continuous measure (output noise), which few samples already order;
+    every configuration taken is verified on all the samples."""
+    if not seconds_per_sample or seconds_per_sample <= 0:
+        return min(RANK_SAMPLES, available)
+    fitting = int(RANK_SECONDS / ((layers + 1) * 0.6 * seconds_per_sample))
+    return max(1, min(available, RANK_SAMPLES, max(MIN_RANK_SAMPLES, fitting)))
+
+
 def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[dict[str, float]],
                  baseline: Comparison, key: str, mode: str, rank_backend: RankBackend | None,
                  say: Callable[[str], None]) -> list[str] | None:
@@ -348,12 +362,14 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     ``MAX_KEPT_SHARE`` of the layers meets the target."""
     started = time.perf_counter()
     layers, method, target = result.layers, result.method, result.target
-    say(f"all INT8 misses the target ({_describe(result.steps[0])}): ranking the {layers} quantized layers")
+    rank_samples = rank_sample_count(layers, verifier.seconds_per_sample, result.eval_samples)
+    say(f"all INT8 misses the target ({_describe(result.steps[0])}): ranking the {layers} quantized layers on "
+        f"{rank_samples} samples")
     source = f"the {method} ranges"
     analysis = SensitivityAnalysis(verifier.model, result.amax, verifier.batches, logits=None, ranges_source=source)
     close = rank_backend(analysis, source) if rank_backend is not None else None
     try:
-        sensitivity = analysis.rank(mode, max_samples=RANK_SAMPLES)
+        sensitivity = analysis.rank(mode, max_samples=rank_samples)
     finally:
         if close is not None:
             close()
@@ -363,7 +379,10 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     nodes = verifier.use_switchable(fold_ranges, source)
     ranking = [entry.layer.node for entry in sensitivity.ranking if entry.layer.node in set(nodes)]
     max_keep = max(1, int(math.floor(MAX_KEPT_SHARE * layers)))
-    measured, size = search_keep(verifier, ranking, target.meets, max_keep, baseline.judgement, key, note=say)
+    say(f"searching the fewest layers to keep in float (at most {max_keep}), each step on {result.eval_samples} "
+        "samples:")
+    measured, size = search_keep(verifier, ranking, target.meets, max_keep, baseline.judgement, key, note=say,
+                                 max_drop=target.max_drop)
     for step in measured:
         result.steps.append(Verification(f"keep {len(step.kept)} in float", step.kept, step.sqnr_db, step.drop,
                                          step.meets_target, step.seconds))

@@ -26,12 +26,13 @@ import numpy as np
 
 from trtq.accuracy.crossfit import FoldPlan
 from trtq.accuracy.evaluate import Comparison, compare_candidates
-from trtq.accuracy.judge import Judgement, Measure
+from trtq.accuracy.judge import Judge, Judgement, Measure
 from trtq.accuracy.switch import SwitchableModel, build_switchable
-from trtq.accuracy.uncertainty import Estimate, better_beyond_noise
+from trtq.accuracy.uncertainty import Estimate, better_beyond_noise, estimate
 from trtq.export import export_qdq
 from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
+from trtq.segments import batch_samples
 
 MAX_CACHED_OUTPUT_BYTES = 64 << 20  # FP32 outputs of the evaluation set kept between passes up to this much
 Feed = Mapping[str, np.ndarray]
@@ -52,11 +53,21 @@ class Verifier:
         self._cached_bytes = 0
         self._switchable: list[tuple[SwitchableModel, object]] | None = None
         self.passes = 0
+        self._fp32_seconds = 0.0
+        self._fp32_samples = 0
+
+    @property
+    def seconds_per_sample(self) -> float | None:
+        """What one FP32 run costs a sample, as measured so far (None before any)."""
+        return self._fp32_seconds / self._fp32_samples if self._fp32_samples else None
 
     def reference(self, feed: Feed) -> list[np.ndarray]:
         if self._cache is not None and id(feed) in self._cache:
             return self._cache[id(feed)]
+        started = time.perf_counter()
         outputs = self._fp32(feed)
+        self._fp32_seconds += time.perf_counter() - started
+        self._fp32_samples += batch_samples(feed)
         if self._cache is not None:
             self._cached_bytes += sum(np.asarray(o).nbytes for o in outputs)
             if self._cached_bytes > MAX_CACHED_OUTPUT_BYTES:
@@ -65,11 +76,20 @@ class Verifier:
                 self._cache[id(feed)] = outputs
         return outputs
 
-    def compare(self, candidates: Mapping[str, Run]) -> Comparison:
-        """One pass: every candidate (already dispatching feeds to their fold's model) against FP32."""
+    def compare(self, candidates: Mapping[str, Run], stop: Callable[[Judge], bool] | None = None) -> Comparison:
+        """One pass: every candidate (already dispatching feeds to their fold's model) against FP32. ``stop(judge)``
+        is asked before each batch after the first: True ends the pass there (a sequential test that has seen
+        enough), and the comparison holds the batches judged so far, in order."""
         self.passes += 1
-        return compare_candidates(self.reference, candidates, self.names, self.batches,
-                                  judge=self.measure.judge(self.names, self.labels))
+        judge = self.measure.judge(self.names, self.labels)
+
+        def batches():
+            for index, feed in enumerate(self.batches):
+                if index and stop is not None and stop(judge):
+                    return
+                yield feed
+
+        return compare_candidates(self.reference, candidates, self.names, batches(), judge=judge)
 
     def qdq_runner(self, fold_ranges: list[dict[str, float]], exclude: Sequence[str] = (),
                    ranges_source: str = "the ranges") -> Run:
@@ -128,31 +148,47 @@ def verified(comparison: Comparison, key: str, kept: Sequence[str], meets: Calla
 
 def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[float, float | None], bool],
                 max_keep: int, baseline: Judgement, baseline_key: str,
-                note: Callable[[str], None] = lambda _m: None) -> tuple[list[Verified], int | None]:
+                note: Callable[[str], None] = lambda _m: None,
+                max_drop: float | None = None) -> tuple[list[Verified], int | None]:
     """Gallop then bisect over prefixes of ``ranking`` (module docstring). Returns every configuration measured,
     in order, and the size of the smallest prefix found to meet the target (None: none within ``max_keep``).
 
     ``baseline`` is the judgement of the pass that measured all-INT8 (candidate ``baseline_key``) on the same
-    batches in the same order: a prefix must beat it beyond the noise, compared sample by sample."""
+    batches in the same order: a prefix must beat it beyond the noise, compared sample by sample. With a drop target
+    ``max_drop``, a configuration's pass stops early once a quarter of the samples or more shows its drop beyond the
+    target beyond the noise (the low end of its interval above it): it cannot meet the target."""
     steps: list[Verified] = []
     reference_losses, reference_noise = baseline.losses[baseline_key], baseline.noise[baseline_key]
     weights = baseline.unit_weights
 
+    total = len(reference_losses)
+
+    def hopeless(judge: Judge) -> bool:
+        parts = judge.losses.get("step", [])
+        seen = sum(len(p) for p in parts)
+        if max_drop is None or seen * 4 < total:
+            return False
+        return estimate(np.concatenate(parts)).low > max_drop
+
     def measure(size: int) -> bool:
         started = time.perf_counter()
         kept = list(ranking[:size])
-        comparison = verifier.compare({"step": verifier.keep_runner(kept)})
+        comparison = verifier.compare({"step": verifier.keep_runner(kept)}, stop=hopeless)
         step = verified(comparison, "step", kept, meets, time.perf_counter() - started)
         judgement = comparison.judgement
+        partial = False
         if judgement is not None:
             losses, noise = judgement.losses["step"], judgement.noise["step"]
-            beyond = better_beyond_noise(losses, reference_losses, weights) or (
-                not better_beyond_noise(reference_losses, losses, weights)
-                and better_beyond_noise(noise, reference_noise, weights))
-            step.meets_target = step.meets_target and beyond
+            seen = len(losses)
+            partial = seen < total
+            beyond = better_beyond_noise(losses, reference_losses[:seen], _head(weights, seen)) or (
+                not better_beyond_noise(reference_losses[:seen], losses, _head(weights, seen))
+                and better_beyond_noise(noise, reference_noise[:seen], _head(weights, seen)))
+            step.meets_target = step.meets_target and beyond and not partial
         steps.append(step)
         drop = f"drop {step.drop.short()} points" if step.drop is not None else f"SQNR {step.sqnr_db:.2f} dB"
-        note(f"  keep {size:>3} in float: {drop} ({'meets' if step.meets_target else 'misses'} the target)")
+        stopped = f", stopped after {len(judgement.losses['step'])} of {total} samples" if partial else ""
+        note(f"  keep {size:>3} in float: {drop} ({'meets' if step.meets_target else 'misses'} the target{stopped})")
         return step.meets_target
 
     low, high, size = 0, None, 1
@@ -173,3 +209,7 @@ def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[flo
         else:
             low = middle
     return steps, high
+
+
+def _head(weights: np.ndarray | None, count: int) -> np.ndarray | None:
+    return None if weights is None else weights[:count]

@@ -233,8 +233,8 @@ def _run_on_ray(run, model, address: str, total: int | None, *, sharded: bool, q
                        progress=task_progress("ranking on Ray", quiet))
 
     if not sharded and not quiet:
-        click.echo("--ray without --eval-data: the calibration pass (with its hold-out split) runs on this machine, "
-                   "the sensitivity ranking on Ray (give --eval-data to shard the calibration)", err=True)
+        click.echo("--ray without --eval-data: the calibration pass (with its cross-fitting folds) runs on this "
+                   "machine, the sensitivity ranking on Ray (give --eval-data to shard the calibration)", err=True)
     with ray_session(address):
         run = functools.partial(run, collect=ray_collector(address) if sharded else None, rank_backend=rank_backend)
         return run_with_progress(run, total, quiet, label="calibration pass")
