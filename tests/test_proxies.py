@@ -209,3 +209,11 @@ def test_a_continuous_measure_is_compared_on_its_own_scale():
     base = RNG.uniform(1e-3, 2e-3, size=64)
     assert better_beyond_noise(base * 0.5, base)  # every sample's noise halved: a real gain, however small
     assert not better_beyond_noise(base + RNG.normal(0, 1e-4, size=64), base + RNG.normal(0, 1e-4, size=64))
+
+
+def test_continuous_losses_get_an_interval_on_their_own_scale():
+    losses = RNG.uniform(0.0, 0.04, size=200)  # IoU losses of a few hundredths
+    interval = estimate(losses)
+    t_half = 100 * 1.96 * losses.std(ddof=1) / np.sqrt(len(losses))
+    assert interval.points == pytest.approx(100 * losses.mean())
+    assert t_half <= interval.half_width <= 1.2 * t_half  # not swamped by pseudo-losses of 1

@@ -26,10 +26,11 @@ def _steps_figure(result: QuantizeResult, mac_shares: Sequence[float | None]) ->
                 for step, share in zip(result.steps, mac_shares, strict=True)
                 if step.drop is not None and share is not None]
     if frontier and result.target.max_drop is not None:
-        canvas = frontier_chart(frontier, title=f"drop on the {result.target.drop_measure} vs the share of the MACs "
-                                "in INT8 (every configuration measured)", target=result.target.max_drop)
-        return Figure("steps", canvas, "each point is a configuration the loop measured, its bar the 95 % interval "
-                      f"on {result.eval_samples} samples; low and to the right is better")
+        canvas = frontier_chart(frontier, title="drop (points) vs share of the MACs in INT8, every configuration "
+                                "measured", target=result.target.max_drop)
+        return Figure("steps", canvas, f"drop on the {result.target.drop_measure}; each point is a configuration the "
+                      f"loop measured, its bar the 95 % interval on {result.eval_samples} samples; low and to the "
+                      "right is better, green meets the target")
     points = [(len(step.kept), step.sqnr_db, step.meets_target, share)
               for step, share in zip(result.steps, mac_shares, strict=True)]
     canvas = tradeoff_chart(points, title="accuracy vs layers kept in float (every verified configuration)",

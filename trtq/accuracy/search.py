@@ -55,10 +55,14 @@ class Verifier:
         self.passes = 0
         self._fp32_seconds = 0.0
         self._fp32_samples = 0
+        self._run_seconds = 0.0
+        self._runs = 0
 
     @property
     def seconds_per_sample(self) -> float | None:
-        """What one FP32 run costs a sample, as measured so far (None before any)."""
+        """What one run of a sample costs, FP32 or Q/DQ, as measured by the passes so far (None before any)."""
+        if self._runs:
+            return self._run_seconds / self._runs
         return self._fp32_seconds / self._fp32_samples if self._fp32_samples else None
 
     def reference(self, feed: Feed) -> list[np.ndarray]:
@@ -82,6 +86,7 @@ class Verifier:
         enough), and the comparison holds the batches judged so far, in order."""
         self.passes += 1
         judge = self.measure.judge(self.names, self.labels)
+        started, runs = time.perf_counter(), len(candidates) + 1
 
         def batches():
             for index, feed in enumerate(self.batches):
@@ -89,7 +94,10 @@ class Verifier:
                     return
                 yield feed
 
-        return compare_candidates(self.reference, candidates, self.names, batches(), judge=judge)
+        comparison = compare_candidates(self.reference, candidates, self.names, batches(), judge=judge)
+        self._run_seconds += time.perf_counter() - started
+        self._runs += runs * comparison.samples
+        return comparison
 
     def qdq_runner(self, fold_ranges: list[dict[str, float]], exclude: Sequence[str] = (),
                    ranges_source: str = "the ranges") -> Run:

@@ -10,8 +10,10 @@ on their paired differences, where the noise shared by both cancels.
 The interval is Agresti and Min's adjusted Wald interval for a paired difference of proportions
 (Agresti & Min 2005: add half a discordant pair each way, i.e. pseudo-losses +1 and -1 of weight 1/2 and
 a 0 of weight 1), applied to any losses in [-1, 1]: with no disagreement on ``n`` samples the interval
-is not [0, 0] but about [-2/n, +2/n] x 100 points — zero failures on 24 samples do not prove a drop under
-1 point, and the interval says so. For 0/1 losses it is close to the Wilson interval.
+is not [0, 0] but about [0, 2/n] x 100 points — zero failures on 24 samples do not prove a drop under
+1 point, and the interval says so. For 0/1 losses it is close to the Wilson interval. For continuous losses
+(IoU of a map) the pseudo-losses are as large as the largest loss seen, so the interval is about the usual
+t-interval there (pseudo-losses of 1 would swamp losses of a few hundredths).
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ def _adjusted(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, fl
     if values.size == 0 or n <= 0:
         return 0.0, 0.0, 1.0, 0
     raw = float(np.dot(w, values) / n)
-    # pseudo-observations: +1 and -1 of weight 1/2 each, 0 of weight 1 (Agresti-Min's four half cells)
+    # pseudo-observations: +m and -m of weight 1/2 each, 0 of weight 1 (Agresti-Min's four half cells), m the
+    # largest loss seen (1 for 0/1 losses, and when nothing was lost: no scale is known then)
+    largest = float(np.max(np.abs(values)))
+    m = largest if largest > 0 else 1.0
     total = n + 2.0
     mean = float(np.dot(w, values)) / total
-    second = (float(np.dot(w, values * values)) + 1.0) / total
+    second = (float(np.dot(w, values * values)) + m * m) / total
     variance = max(second - mean * mean, 0.0)
     # the effective sample count of unequal weights (per-batch scores of different batch sizes)
     effective = n * n / float(np.dot(w, w)) if weights is not None else n
@@ -103,7 +108,12 @@ class Resolution:
         side = "within" if self.meets else "beyond"
         if self.resolved:
             return f"{side} the {target:g}-point target beyond the noise"
-        more = f"; about {self.samples_needed} samples would resolve it" if self.samples_needed else ""
+        if self.samples_needed and self.samples_needed <= 20 * estimate_.samples:
+            more = f"; about {self.samples_needed} samples would resolve it"
+        elif self.samples_needed:
+            more = "; the drop sits so close to the target that no practical sample count would"
+        else:
+            more = ""
         return (f"{side} the {target:g}-point target at the point estimate, but its 95 % interval "
                 f"({estimate_.low:+.2f} to {estimate_.high:+.2f}) covers the target: {estimate_.samples} samples "
                 f"cannot decide{more}")
