@@ -217,3 +217,33 @@ def test_continuous_losses_get_an_interval_on_their_own_scale():
     t_half = 100 * 1.96 * losses.std(ddof=1) / np.sqrt(len(losses))
     assert interval.points == pytest.approx(100 * losses.mean())
     assert t_half <= interval.half_width <= 1.2 * t_half  # not swamped by pseudo-losses of 1
+
+
+def test_a_pooled_or_normalised_vector_is_an_embedding_not_class_scores():
+    pooled = RNG.normal(size=(4, 384)).astype(np.float32)
+    assert infer_proxy(pooled, producer="Div", samples=4).kind == "cosine"  # mean pooling: ReduceSum / count
+    unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    assert infer_proxy(unit, producer="Gemm", samples=4).kind == "cosine"
+    assert infer_proxy(pooled, producer="MatMul", samples=4).kind == "top1"
+
+
+def test_producers_look_through_ops_that_only_move_values():
+    from onnx import helper
+
+    from trtq.accuracy.proxies import producers
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "bias"], ["logits"]),  # a bias: the classifier head is the MatMul
+        helper.make_node("Flatten", ["logits"], ["flat"]),
+        helper.make_node("Identity", ["flat"], ["scores"]),
+        helper.make_node("Softmax", ["mm"], ["p"], axis=1),
+        helper.make_node("Transpose", ["p"], ["pt"], perm=[1, 0]),
+        helper.make_node("ReduceSum", ["x"], ["s"]),
+        helper.make_node("Add", ["s", "mm"], ["residual"]),
+    ]
+    found = producers(nodes, ["scores", "p", "pt", "residual"])
+    assert found["scores"] == ("MatMul", None)
+    assert found["p"] == ("Softmax", 1)
+    assert found["pt"] == ("Softmax", None)  # moved after the Softmax: its axis is no longer the output's
+    assert found["residual"] == ("Add", None)

@@ -41,6 +41,11 @@ DEFAULT_COSINE = 0.99
 BLANK_SHARE = 0.3  # a class that is the argmax of at least this share of the positions, at index 0 or C-1: a blank
 SUM_TOLERANCE = 1e-3  # rows of a softmax sum to 1 within this
 PROXY_NAMES = ("top1", "ctc", "iou", "cosine", "equal")
+# ops that make class scores: a classifier's last layer (a bias Add after them is looked through)
+CLASSIFIER_OPS = frozenset({"Gemm", "MatMul", "Conv", "Softmax", "LogSoftmax", "Sigmoid"})
+# ops that only move or copy values: looked through to find the op that computes an output
+PASS_THROUGH_OPS = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast",
+                              "Concat", "Expand", "Slice"})
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,14 @@ def infer_proxy(values: np.ndarray, producer: str | None = None, producer_axis: 
                      reason=f"values of {shape} within [0, 1]" + (f" after {producer}" if producer else "")
                      + ": a probability map")
     if values.ndim == 2 and shape[1] > 1:
-        return Proxy("top1", axis=1, reason=f"a [batch, classes] output {shape}: class scores (logits)")
+        norms = np.linalg.norm(values.astype(np.float64), axis=1)
+        if norms.size and np.allclose(norms, 1.0, atol=1e-3):
+            return Proxy("cosine", threshold=DEFAULT_COSINE, reason=f"rows of {shape} of unit length: an embedding")
+        if producer is None or producer in CLASSIFIER_OPS:
+            return Proxy("top1", axis=1, reason=f"a [batch, classes] output {shape}"
+                         + (f" made by {producer}" if producer else "") + ": class scores (logits)")
+        return Proxy("cosine", threshold=DEFAULT_COSINE,
+                     reason=f"a [batch, C] output {shape} made by {producer}, not a classifier's layer: an embedding")
     if values.ndim == 3 and shape[2] > 2:
         blank = _blank(values, 2)
         if blank is not None:
@@ -291,17 +303,32 @@ def parse_builtin_metrics(specs: Sequence[str], outputs: Sequence[str]) -> dict[
 
 
 def producers(graph_nodes: Sequence, outputs: Sequence[str]) -> dict[str, tuple[str, int | None]]:
-    """Output name -> (the op producing it, its ``axis`` attribute or None), looking through Identity/Reshape-free
-    chains only at the producer itself."""
+    """Output name -> (the op that computes it, its ``axis`` attribute or None), looking back through ops that only
+    move or copy values (Identity, Reshape, Flatten, Squeeze, Cast, a one-input Concat, ...); a bias ``Add`` whose
+    other input is a constant counts as the op before it (a MatMul + Add classifier head is a classifier head).
+    A Softmax's axis is its own only when nothing moved the values after it."""
+    made_by = {name: node for node in graph_nodes for name in node.output}
     found: dict[str, tuple[str, int | None]] = {}
-    wanted = set(outputs)
-    for node in graph_nodes:
-        for name in node.output:
-            if name in wanted:
-                axis = next((int(a.i) for a in node.attribute if a.name == "axis"), None)
-                if node.op_type in ("Softmax", "LogSoftmax") and axis is None:
-                    axis = -1  # opset >= 13 default
-                found[name] = (node.op_type, axis)
+    for output in outputs:
+        name, moved = output, False
+        node = made_by.get(name)
+        for _ in range(16):
+            if node is None:
+                break
+            data_inputs = [i for i in node.input if i in made_by]
+            if node.op_type in PASS_THROUGH_OPS and len(data_inputs) == 1 or (
+                    node.op_type == "Add" and len(data_inputs) == 1 and made_by[data_inputs[0]].op_type in
+                    ("MatMul", "Gemm", "Conv")):
+                moved |= node.op_type not in ("Identity", "Cast", "Add")
+                node = made_by[data_inputs[0]]
+                continue
+            break
+        if node is None:
+            continue
+        axis = next((int(a.i) for a in node.attribute if a.name == "axis"), None)
+        if node.op_type in ("Softmax", "LogSoftmax"):
+            axis = None if moved else (-1 if axis is None else axis)  # opset >= 13 default: the last axis
+        found[output] = (node.op_type, axis)
     return found
 
 
