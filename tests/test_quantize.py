@@ -304,3 +304,38 @@ def test_calibrate_auto_falls_back_when_nothing_can_be_measured(tmp_path):
     document = json.loads((tmp_path / "r.json").read_text())
     assert document["provenance"]["options"]["auto"]["chosen"] == "mse"
     assert set(document["tensors"]) >= {"x", "r", "y"}
+
+
+def test_cli_a_missed_drop_target_names_the_best_configuration_and_the_command_that_takes_it(tmp_path,
+                                                                                              mnist_model_path,
+                                                                                              digits_npz,
+                                                                                              monkeypatch):
+    """A per-sample metric no INT8 layer can satisfy (outputs within 0.1 % of FP32's largest): exit 3, the report
+    written, and the last line's command — the same one with --max-drop relaxed to the best measured drop —
+    writes that model when run."""
+    script = tmp_path / "strict.py"
+    script.write_text("import numpy as np\n\ndef metric(fp32, int8, labels):\n"
+                      "    a, b = fp32['Plus214_Output_0'], int8['Plus214_Output_0']\n"
+                      "    return (np.abs(a - b).max(axis=1) <= 0.001 * np.abs(a).max(axis=1)).astype(float)\n")
+    out = tmp_path / "m.onnx"
+    argv = ["quantize", str(mnist_model_path), "--data", str(digits_npz / "cal.npy"), "--metric", str(script),
+            "--calibrator", "entropy2", "-q", "-o", str(out)]
+    monkeypatch.setattr("sys.argv", ["trtq", *argv])
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 3, result.output
+    assert not out.exists() and (tmp_path / "m.report.html").is_file()
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    best = report["best"]
+    whole = max(s["drop"]["samples"] for s in report["steps"])
+    assert best["drop_points"] == min(s["drop_points"] for s in report["steps"] if s["drop"]["samples"] == whole)
+    assert best["kept"]  # the most promising configuration, measured on every sample, beats all-INT8
+    line = result.output.strip().splitlines()[-1]
+    assert "to take the best measured" in line and "--max-drop" in line
+    command = line.split(": trtq ", 1)[1].split()
+    relaxed = float(command[command.index("--max-drop") + 1])
+    assert best["drop_points"] <= relaxed <= best["drop_points"] + 0.1 + 1e-9
+    taken = CliRunner().invoke(cli, command)
+    assert taken.exit_code == 0, taken.output
+    assert out.is_file()
+    steps = json.loads((tmp_path / "m.report.json").read_text())["steps"]
+    assert steps[-1]["meets_target"] and steps[-1]["drop_points"] <= relaxed

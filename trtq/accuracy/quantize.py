@@ -108,7 +108,10 @@ class QuantizeResult:
         """The measured configuration with the least drop (fewest kept on a tie; the highest SQNR without drops)."""
         if self.target.max_drop is None or all(s.drop is None for s in self.steps):
             return max(self.steps, key=lambda s: (s.sqnr_db, -len(s.kept)))
-        return min((s for s in self.steps if s.drop is not None), key=lambda s: (s.drop.points, len(s.kept)))
+        measured = [s for s in self.steps if s.drop is not None]
+        whole = max(s.drop.samples for s in measured)
+        # a pass stopped early measured fewer samples: its point estimate is no basis for a recommendation
+        return min((s for s in measured if s.drop.samples == whole), key=lambda s: (s.drop.points, len(s.kept)))
 
     def resolution(self) -> Resolution | None:
         """Whether the data decide the target for the last configuration (None without a drop target)."""
@@ -354,6 +357,28 @@ def rank_sample_count(layers: int, seconds_per_sample: float | None, available: 
     return max(1, min(available, RANK_SAMPLES, max(MIN_RANK_SAMPLES, fitting)))
 
 
+def _complete_the_most_promising(result: QuantizeResult, verifier: Verifier, target: Target,
+                                 say: Callable[[str], None]) -> None:
+    """After a failed search: a configuration whose pass stopped early but whose partial drop is below every complete
+    one's is measured on all the samples, so that the best configuration named is a measured one."""
+    measured = [s for s in result.steps if s.drop is not None]
+    if not measured:
+        return
+    whole = max(s.drop.samples for s in measured)
+    complete = min((s.drop.points for s in measured if s.drop.samples == whole), default=math.inf)
+    partial = [s for s in measured if s.drop.samples < whole and s.drop.points < complete]
+    if not partial:
+        return
+    promising = min(partial, key=lambda s: s.drop.points)
+    started = time.perf_counter()
+    comparison = verifier.compare({"step": verifier.keep_runner(promising.kept)})
+    step = verified(comparison, "step", promising.kept, target.meets, time.perf_counter() - started)
+    step.meets_target = False  # not better than all-INT8 beyond the noise was never asked: it is only a recommendation
+    say(f"  keep {len(step.kept):>3} in float, on all {whole} samples: drop {step.drop.short()} points")
+    result.steps.append(Verification(f"keep {len(step.kept)} in float (all samples)", step.kept, step.sqnr_db,
+                                     step.drop, False, step.seconds))
+
+
 def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[dict[str, float]],
                  baseline: Comparison, key: str, mode: str, rank_backend: RankBackend | None,
                  say: Callable[[str], None]) -> list[str] | None:
@@ -386,9 +411,11 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     for step in measured:
         result.steps.append(Verification(f"keep {len(step.kept)} in float", step.kept, step.sqnr_db, step.drop,
                                          step.meets_target, step.seconds))
-    result.seconds["keep search"] = time.perf_counter() - started
     if size is None:
+        _complete_the_most_promising(result, verifier, target, say)
+        result.seconds["keep search"] = time.perf_counter() - started
         return None
+    result.seconds["keep search"] = time.perf_counter() - started
     keep = list(ranking[:size])
     sensitivity.keep = keep
     return keep

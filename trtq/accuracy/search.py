@@ -34,6 +34,7 @@ from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
 from trtq.segments import batch_samples
 
+EARLY_STOP_Z = 3.0  # standard errors beyond the target before a keep step's pass stops early
 MAX_CACHED_OUTPUT_BYTES = 64 << 20  # FP32 outputs of the evaluation set kept between passes up to this much
 Feed = Mapping[str, np.ndarray]
 
@@ -163,22 +164,29 @@ def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[flo
 
     ``baseline`` is the judgement of the pass that measured all-INT8 (candidate ``baseline_key``) on the same
     batches in the same order: a prefix must beat it beyond the noise, compared sample by sample. With a drop target
-    ``max_drop``, a configuration's pass stops early once a quarter of the samples or more shows its drop beyond the
-    target beyond the noise (the low end of its interval above it): it cannot meet the target."""
+    ``max_drop``, a configuration's pass stops early when, at a quarter, half or three quarters of the samples, its
+    drop is ``EARLY_STOP_Z`` standard errors beyond the target: it cannot meet it."""
     steps: list[Verified] = []
     reference_losses, reference_noise = baseline.losses[baseline_key], baseline.noise[baseline_key]
     weights = baseline.unit_weights
 
     total = len(reference_losses)
+    looked: set[int] = set()
 
     def hopeless(judge: Judge) -> bool:
+        """At the first batch past each quarter of the samples, whether the drop is beyond the target by more than
+        ``EARLY_STOP_Z`` standard errors (wider than the 95 % interval: three looks must not stop a configuration
+        whose full pass would meet the target, Pocock's rule of thumb)."""
         parts = judge.losses.get("step", [])
         seen = sum(len(p) for p in parts)
-        if max_drop is None or seen * 4 < total:
+        quarter = 4 * seen // total
+        if max_drop is None or quarter < 1 or quarter >= 4 or quarter in looked:
             return False
-        return estimate(np.concatenate(parts)).low > max_drop
+        looked.add(quarter)
+        return estimate(np.concatenate(parts), z=EARLY_STOP_Z).low > max_drop
 
     def measure(size: int) -> bool:
+        looked.clear()
         started = time.perf_counter()
         kept = list(ranking[:size])
         comparison = verifier.compare({"step": verifier.keep_runner(kept)}, stop=hopeless)

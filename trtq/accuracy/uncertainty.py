@@ -73,12 +73,13 @@ def _adjusted(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, fl
     return raw, mean, math.sqrt(variance / (effective + 2.0)), int(round(effective))
 
 
-def estimate(losses: np.ndarray, weights: np.ndarray | None = None) -> Estimate:
-    """The drop in points (100 x the mean loss) with its 95 % interval."""
+def estimate(losses: np.ndarray, weights: np.ndarray | None = None, z: float = Z95) -> Estimate:
+    """The drop in points (100 x the mean loss) with its 95 % interval (``z``: another width, in standard errors)."""
     raw, mean, se, units = _adjusted(losses, weights)
     values = np.asarray(losses, dtype=np.float64)
     floor = -1.0 if values.size == 0 or values.min() < 0 else 0.0  # losses that cannot be negative: no negative drop
-    return Estimate(100.0 * raw, 100.0 * max(mean - Z95 * se, floor), 100.0 * (mean + Z95 * se), units)
+    ceiling = 1.0 if values.size == 0 or values.max() <= 1.0 else math.inf  # fractions: at most 100 points
+    return Estimate(100.0 * raw, 100.0 * max(mean - z * se, floor), 100.0 * min(mean + z * se, ceiling), units)
 
 
 def better_beyond_noise(candidate: np.ndarray, incumbent: np.ndarray, weights: np.ndarray | None = None) -> bool:

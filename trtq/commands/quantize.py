@@ -214,9 +214,8 @@ def _take_best(result) -> str:
         if word.startswith("--max-drop="):
             continue
         argv.append(word)
-    mac = f", {100 * share:.1f} % of the MACs in INT8" if share is not None else ""
-    return (f"; best measured: {best.step}{mac}, drop {best.drop.points:.2f} points; to take it: "
-            f"{shlex.join([*argv, '--max-drop', f'{relaxed:g}'])}")
+    mac = f" ({100 * share:.1f} % of the MACs in INT8)" if share is not None else ""
+    return f"; to take the best measured{mac}: {shlex.join([*argv, '--max-drop', f'{relaxed:g}'])}"
 
 
 
