@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from trtq.accuracy.auto import tied_within_noise
 from trtq.accuracy.figures import FrontierPoint, frontier_chart, tradeoff_chart
 from trtq.accuracy.quantize import QuantizeResult
 from trtq.accuracy.report import Figure, _db, _figure_html, _page, _table, histogram_figures, ranking_figure
@@ -97,9 +98,11 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
                            "meets target",
                            "seconds"], step_rows, numeric=(1, 2, 3, 4, 6)))]
     if result.auto is not None:
+        tied = set(tied_within_noise(result.auto))
         rows = [(c.label, _db(c.sqnr_db), "-" if c.drop is None else
                  f"{c.drop.points:.2f} ({c.drop.low:+.2f} to {c.drop.high:+.2f})", c.guarded,
-                 "yes" if c.meets_target else "no", "chosen" if c.label == result.auto.label else "")
+                 "yes" if c.meets_target else "no", "chosen" if c.label == result.auto.label else
+                 "tied within the noise" if c.label in tied else "")
                 for c in result.auto.candidates]
         body = _table(["method (guarded)", "SQNR dB", "drop, points (95 % interval)", "tensors guarded",
                        "meets target", ""],
