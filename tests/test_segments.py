@@ -38,8 +38,14 @@ def mnist(mnist_model_path):
 
 
 @pytest.mark.parametrize("budget_kib", [150, 200, 400])
-def test_graph_segments_give_the_statistics_of_one_whole_run(mnist, mnist_digits, budget_kib):
-    """MNIST (fixed batch of 1): small budgets cut the graph into segments; every statistic is the same."""
+def test_graph_segments_give_the_statistics_of_one_whole_run(mnist, mnist_digits, budget_kib, monkeypatch):
+    """MNIST (fixed batch of 1): small budgets cut the graph into segments; every statistic is the same.
+
+    In the plain layout: onnxruntime's NCHWc layout (the CPU capture's default) runs a convolution blocked only
+    where its transformer sees fit, which is not always the same in a segment as in the whole graph (on an AVX2
+    CPU, blocks of 8, MNIST's second convolution: 5e-7 relative apart); the blocked capture's own budget
+    invariance is tested in test_blocked.py, on a model whose convolutions block the same way in both."""
+    monkeypatch.setenv("TRTQ_LAYOUT", "nchw")
     images = mnist_digits[0][:40]
     whole = collect_statistics(mnist, batches_of("Input3", images, 1), providers=CPU, memory_budget=1 << 30)
     cut = collect_statistics(mnist, batches_of("Input3", images, 1), providers=CPU, memory_budget=budget_kib * KiB)

@@ -261,7 +261,8 @@ class ActivationCapture:
                 fetch_candidates = list(self._node_tensors)
             else:
                 types = {n: onnx.helper.np_dtype_to_tensor_dtype(np.asarray(live[n]).dtype) for n in segment.inputs}
-                proto = segment_model(self.model.proto, segment, types)
+                shapes = {n: np.shape(live[n]) for n in segment.inputs}
+                proto = segment_model(self.model.proto, segment, types, shapes)
                 fetch_candidates = list(segment.outputs)
             # tensors a later segment reads, and the uncaptured ones, come back in NCHW
             wanted = set(self._node_tensors)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -291,8 +291,15 @@ def _without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def segment_model(proto: onnx.ModelProto, segment: Segment, input_types: Mapping[str, int]) -> onnx.ModelProto:
-    """The sub-model of ``segment``: its nodes, the initializers they read, typed inputs, untyped outputs."""
+def segment_model(proto: onnx.ModelProto, segment: Segment, input_types: Mapping[str, int],
+                  input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
+    """The sub-model of ``segment``: its nodes, the initializers they read, typed inputs, untyped outputs.
+
+    ``input_shapes`` (the shapes of one run's inputs) declare each input's rank and its axis 1 (the channels of
+    an image tensor), every other axis symbolic: onnxruntime's NCHWc layout transformer converts a convolution
+    only when it knows its input channels, and a segment must run the same kernels as the whole graph would (on
+    an AVX2 CPU, blocks of 8 channels, MNIST's second convolution ran blocked in the whole graph and plain in a
+    segment: its outputs differed in the 7th digit, and the cache with the memory budget)."""
     graph = proto.graph
     nodes = graph.node[segment.start:segment.stop]
     read = {n for node in nodes for n in node.input if n}
@@ -303,13 +310,22 @@ def segment_model(proto: onnx.ModelProto, segment: Segment, input_types: Mapping
     read |= outer_scope_names(holder)
     initializers = [t for t in graph.initializer if t.name in read]
     sparse = [t for t in graph.sparse_initializer if t.values.name in read]
-    inputs = [helper.make_tensor_value_info(name, input_types[name], None) for name in segment.inputs]
+    inputs = [helper.make_tensor_value_info(name, input_types[name], _channels_shape(name, (input_shapes or {})
+                                                                                      .get(name)))
+              for name in segment.inputs]
     sub = helper.make_graph(list(nodes), f"{graph.name or 'model'}_nodes_{segment.start}_{segment.stop}", inputs,
                             [onnx.ValueInfoProto(name=name) for name in segment.outputs], initializers,
                             sparse_initializer=sparse)
     model = helper.make_model(sub, opset_imports=proto.opset_import, ir_version=proto.ir_version)
     model.functions.extend(proto.functions)
     return model
+
+
+def _channels_shape(name: str, shape: Sequence[int] | None) -> list | None:
+    """A declared shape with only axis 1 fixed (see :func:`segment_model`), or None (rank unknown, or below 2)."""
+    if shape is None or len(shape) < 2:
+        return None
+    return [f"{name}_d{axis}" if axis != 1 else int(extent) for axis, extent in enumerate(shape)]
 
 
 def batch_samples(feed: Mapping[str, np.ndarray]) -> int:

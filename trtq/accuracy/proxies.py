@@ -228,7 +228,8 @@ def infer_proxy(values: np.ndarray, producer: str | None = None, producer_axis: 
             blank = _blank(values, axis)
             if blank is not None:
                 return Proxy("ctc", axis=axis, blank=blank,
-                             reason=f"a sequence {shape} whose {how}, class {blank} dominant: a CTC blank")
+                             reason=f"a sequence {shape} of class scores ({how}), class {blank} dominant: "
+                                    "a CTC blank")
         return Proxy("top1", axis=axis, reason=f"class scores along axis {axis} of {shape}: {how}")
     finite = values[np.isfinite(values)]
     if values.ndim >= 2 and finite.size and finite.min() >= 0 and finite.max() <= 1:
