@@ -186,7 +186,9 @@ def test_no_disagreement_on_few_samples_does_not_prove_a_small_drop():
     assert few.points == 0.0 and few.high > 5.0  # 24 samples cannot show a drop under 1 point
     assert many.high < 0.25
     verdict = resolve(few, 1.0)
-    assert verdict.meets and not verdict.resolved and verdict.samples_needed > 24
+    # no disagreement on n samples bounds the drop at about 2/n: about 200 samples show a 1-point target met
+    assert verdict.meets and not verdict.resolved and 150 <= verdict.samples_needed <= 260
+    assert resolve(estimate(np.zeros(verdict.samples_needed)), 1.0).resolved
     assert resolve(many, 1.0).resolved
     assert "cannot decide" in verdict.describe(1.0, few)
 

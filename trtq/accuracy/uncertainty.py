@@ -36,6 +36,16 @@ class Estimate:
     low: float
     high: float
     samples: int
+    second: float = math.nan  # the losses' mean square (per unit), to project the interval to more samples
+    scale: float = 1.0  # the pseudo-losses' magnitude
+    floor: float = 0.0
+    ceiling: float = 1.0
+
+    def at(self, samples: int) -> Estimate:
+        """The interval the same losses would give on ``samples`` units (same mean and spread)."""
+        if math.isnan(self.second):
+            return self
+        return _interval(self.points / 100.0, self.second, samples, self.scale, self.floor, self.ceiling, Z95)
 
     @property
     def half_width(self) -> float:
@@ -52,34 +62,43 @@ class Estimate:
                 "confidence": 0.95}
 
 
-def _adjusted(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, float, float, int]:
-    """(raw mean, adjusted mean, adjusted standard error, units) of losses in [-1, 1]."""
+def _moments(values: np.ndarray, weights: np.ndarray | None) -> tuple[float, float, float, int]:
+    """(mean, mean square, pseudo-loss scale, effective units) of losses in [-1, 1]."""
     values = np.asarray(values, dtype=np.float64).ravel()
     w = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     n = float(w.sum())
     if values.size == 0 or n <= 0:
         return 0.0, 0.0, 1.0, 0
-    raw = float(np.dot(w, values) / n)
-    # pseudo-observations: +m and -m of weight 1/2 each, 0 of weight 1 (Agresti-Min's four half cells), m the
-    # largest loss seen (1 for 0/1 losses, and when nothing was lost: no scale is known then)
+    # pseudo-observations (see _interval): as large as the largest loss seen (1 for 0/1 losses, and when nothing
+    # was lost: no scale is known then)
     largest = float(np.max(np.abs(values)))
-    m = largest if largest > 0 else 1.0
-    total = n + 2.0
-    mean = float(np.dot(w, values)) / total
-    second = (float(np.dot(w, values * values)) + m * m) / total
-    variance = max(second - mean * mean, 0.0)
     # the effective sample count of unequal weights (per-batch scores of different batch sizes)
     effective = n * n / float(np.dot(w, w)) if weights is not None else n
-    return raw, mean, math.sqrt(variance / (effective + 2.0)), int(round(effective))
+    return (float(np.dot(w, values) / n), float(np.dot(w, values * values) / n), largest if largest > 0 else 1.0,
+            int(round(effective)))
+
+
+def _interval(mean: float, second: float, units: int, scale: float, floor: float, ceiling: float,
+              z: float) -> Estimate:
+    """Agresti-Min's adjusted interval: pseudo-losses +scale and -scale of weight 1/2 each and 0 of weight 1 added
+    to ``units`` losses of this mean and mean square."""
+    if units <= 0:
+        return Estimate(0.0, 100.0 * floor, 100.0 * ceiling, 0, second, scale, floor, ceiling)
+    total = units + 2.0
+    adjusted = mean * units / total
+    variance = max((second * units + scale * scale) / total - adjusted * adjusted, 0.0)
+    se = math.sqrt(variance / total)
+    return Estimate(100.0 * mean, 100.0 * max(adjusted - z * se, floor), 100.0 * min(adjusted + z * se, ceiling),
+                    units, second, scale, floor, ceiling)
 
 
 def estimate(losses: np.ndarray, weights: np.ndarray | None = None, z: float = Z95) -> Estimate:
     """The drop in points (100 x the mean loss) with its 95 % interval (``z``: another width, in standard errors)."""
-    raw, mean, se, units = _adjusted(losses, weights)
     values = np.asarray(losses, dtype=np.float64)
+    mean, second, scale, units = _moments(values, weights)
     floor = -1.0 if values.size == 0 or values.min() < 0 else 0.0  # losses that cannot be negative: no negative drop
     ceiling = 1.0 if values.size == 0 or values.max() <= 1.0 else math.inf  # fractions: at most 100 points
-    return Estimate(100.0 * raw, 100.0 * max(mean - z * se, floor), 100.0 * min(mean + z * se, ceiling), units)
+    return _interval(mean, second, units, scale, floor, ceiling, z)
 
 
 def better_beyond_noise(candidate: np.ndarray, incumbent: np.ndarray, weights: np.ndarray | None = None) -> bool:
@@ -109,28 +128,38 @@ class Resolution:
         side = "within" if self.meets else "beyond"
         if self.resolved:
             return f"{side} the {target:g}-point target beyond the noise"
-        if self.samples_needed and self.samples_needed <= 20 * estimate_.samples:
+        if self.samples_needed:
             more = f"; about {self.samples_needed} samples would resolve it"
-        elif self.samples_needed:
-            more = "; the drop sits so close to the target that no practical sample count would"
         else:
-            more = ""
+            more = "; the drop sits so close to the target that no practical sample count would"
         return (f"{side} the {target:g}-point target at the point estimate, but its 95 % interval "
                 f"({estimate_.low:+.2f} to {estimate_.high:+.2f}) covers the target: {estimate_.samples} samples "
                 f"cannot decide{more}")
 
 
 def resolve(estimate_: Estimate, target: float) -> Resolution:
-    """Whether ``estimate_`` decides ``target`` (points), and about how many samples would: the half-width
-    shrinks as 1/sqrt(n), so n x (half-width / distance to the target)^2, from the distance measured (at
-    least a tenth of the target: a drop on the target itself is never decided)."""
+    """Whether ``estimate_`` decides ``target`` (points), and about how many samples would: the interval the same
+    losses' mean and spread give on more samples (:meth:`Estimate.at`), searched up to 1000 times as many
+    (None beyond: a drop on the target itself is never decided)."""
     meets = estimate_.points <= target
     resolved = estimate_.high <= target if meets else estimate_.low > target
     if resolved or estimate_.samples == 0:
         return Resolution(resolved, meets, None)
-    distance = max(abs(target - estimate_.points), 0.1 * target, 1e-9)
-    needed = estimate_.samples * (estimate_.half_width / distance) ** 2
-    return Resolution(False, meets, int(math.ceil(max(needed, estimate_.samples + 1))))
+    # the smallest sample count whose interval, with the same losses' mean and spread, would decide it
+    low, high = estimate_.samples, estimate_.samples * 1000
+    if not _decides(estimate_.at(high), target, meets):
+        return Resolution(False, meets, None)
+    while high - low > max(1, low // 100):
+        middle = (low + high) // 2
+        if _decides(estimate_.at(middle), target, meets):
+            high = middle
+        else:
+            low = middle
+    return Resolution(False, meets, high)
+
+
+def _decides(estimate_: Estimate, target: float, meets: bool) -> bool:
+    return estimate_.high <= target if meets else estimate_.low > target
 
 
 def combine_worst(per_output: Sequence[np.ndarray]) -> np.ndarray:
