@@ -346,14 +346,17 @@ def _evaluation_data(model: Model, calibration: Iterable[Mapping[str, np.ndarray
     return stats, fit.held, labels, FoldPlan.of(fit), fit.describe()
 
 
-def rank_sample_count(layers: int, seconds_per_sample: float | None, available: int) -> int:
+def rank_sample_count(layers: int, seconds_per_sample: float | None, available: int,
+                      seconds_per_layer: float = 0.0) -> int:
     """Samples for the ranking: as many as fit ``RANK_SECONDS`` at ``layers + 1`` runs a sample (a run from the
-    layer under test on costs about half a full one), within ``MIN_RANK_SAMPLES`` and ``RANK_SAMPLES``. The
-    ranking only orders the layers by a continuous measure (output noise), which few samples already order;
-    every configuration taken is verified on all the samples."""
+    layer under test on costs about half a full one) after each layer's fixed cost (its sub-model's session:
+    ``seconds_per_layer``), within ``MIN_RANK_SAMPLES`` and ``RANK_SAMPLES``. The ranking only orders the layers
+    by a continuous measure (output noise), which few samples already order; every configuration taken is
+    verified on all the samples."""
     if not seconds_per_sample or seconds_per_sample <= 0:
         return min(RANK_SAMPLES, available)
-    fitting = int(RANK_SECONDS / ((layers + 1) * 0.6 * seconds_per_sample))
+    left = RANK_SECONDS - layers * seconds_per_layer
+    fitting = int(left / ((layers + 1) * 0.6 * seconds_per_sample)) if left > 0 else 0
     return max(1, min(available, RANK_SAMPLES, max(MIN_RANK_SAMPLES, fitting)))
 
 
@@ -387,11 +390,15 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     ``MAX_KEPT_SHARE`` of the layers meets the target."""
     started = time.perf_counter()
     layers, method, target = result.layers, result.method, result.target
-    rank_samples = rank_sample_count(layers, verifier.seconds_per_sample, result.eval_samples)
+    source = f"the {method} ranges"
+    built = time.perf_counter()
+    analysis = SensitivityAnalysis(verifier.model, result.amax, verifier.batches, logits=None, ranges_source=source)
+    # each layer's run from its own Q/DQ on needs a session of its part of the switchable model: about half the
+    # cost of the whole one's, which building the analysis just measured
+    per_layer = 0.5 * (time.perf_counter() - built)
+    rank_samples = rank_sample_count(layers, verifier.seconds_per_sample, result.eval_samples, per_layer)
     say(f"all INT8 misses the target ({_describe(result.steps[0])}): ranking the {layers} quantized layers on "
         f"{rank_samples} samples")
-    source = f"the {method} ranges"
-    analysis = SensitivityAnalysis(verifier.model, result.amax, verifier.batches, logits=None, ranges_source=source)
     close = rank_backend(analysis, source) if rank_backend is not None else None
     try:
         sensitivity = analysis.rank(mode, max_samples=rank_samples)
