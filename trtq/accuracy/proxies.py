@@ -29,6 +29,7 @@ produces the output, and says why it chose what it chose; ``--metric NAME[=OUTPU
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -58,9 +59,12 @@ class Proxy:
     blank: int | None = None  # ctc: the blank class
     reason: str = ""
     batch_axis: int = 0  # where the output holds the samples ([T, B, C] sequences of a PyTorch CRNN: 1)
+    channels: tuple[int, ...] = ()  # iou of a concatenated head: the probability channels (axis 1); the rest cosine
 
     @property
     def name(self) -> str:
+        if self.kind == "iou" and self.channels:
+            return f"iou:{self.threshold:g} of channels {_span(self.channels)} + cosine:{DEFAULT_COSINE:g} of the rest"
         if self.kind in ("iou", "cosine"):
             return f"{self.kind}:{self.threshold:g}"
         return self.kind
@@ -70,7 +74,9 @@ class Proxy:
         meaning = {
             "top1": f"top-1 agreement per position (classes on axis {self.axis})",
             "ctc": "agreement of the greedy-decoded sequences",
-            "iou": f"IoU of the thresholded map (> {threshold})",
+            "iou": f"IoU of the thresholded map (> {threshold})" + (
+                f" of channels {_span(self.channels)}, the other channels within cosine {DEFAULT_COSINE:g}"
+                if self.channels else ""),
             "cosine": f"share of samples with cosine >= {threshold}",
             "equal": "share of samples whose output is equal",
         }[self.kind]
@@ -118,7 +124,18 @@ def _ctc(proxy: Proxy, ref: np.ndarray, out: np.ndarray) -> np.ndarray:
                                                                                          strict=True)])
 
 
+def _span(channels: Sequence[int]) -> str:
+    return f"{channels[0]}-{channels[-1]}" if list(channels) == list(range(channels[0], channels[-1] + 1)) \
+        else ",".join(map(str, channels))
+
+
 def _iou(proxy: Proxy, ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    if proxy.channels:  # a concatenated head: its probabilities thresholded, the rest (box pixels) by cosine
+        chosen = np.zeros(ref.shape[1], dtype=bool)
+        chosen[list(proxy.channels)] = True
+        maps = _iou(Proxy("iou", proxy.threshold), ref[:, chosen], out[:, chosen])
+        rest = _cosine(Proxy("cosine", DEFAULT_COSINE), ref[:, ~chosen], out[:, ~chosen])
+        return np.minimum(maps, rest)
     threshold = proxy.threshold if proxy.threshold is not None else DEFAULT_IOU_THRESHOLD
     positive_ref = (ref > threshold).reshape(ref.shape[0], -1)
     positive_out = (out > threshold).reshape(ref.shape[0], -1)
@@ -217,8 +234,7 @@ def infer_proxy(values: np.ndarray, producer: str | None = None, producer_axis: 
             producer_axis = None if normal == batch else normal + 1 if normal < batch else normal
         values = np.moveaxis(values, batch, 0)
         inferred = infer_proxy(values, producer, producer_axis)
-        return Proxy(inferred.kind, inferred.threshold, inferred.axis, inferred.blank,
-                     inferred.reason + f"; samples on axis {batch}", batch_axis=batch)
+        return dataclasses.replace(inferred, reason=inferred.reason + f"; samples on axis {batch}", batch_axis=batch)
     if not np.issubdtype(values.dtype, np.floating):
         return Proxy("equal", reason=f"{values.dtype} output")
     shape = list(values.shape)
@@ -245,6 +261,11 @@ def infer_proxy(values: np.ndarray, producer: str | None = None, producer_axis: 
                          + (f" made by {producer}" if producer else "") + ": class scores (logits)")
         return Proxy("cosine", threshold=DEFAULT_COSINE,
                      reason=f"a [batch, C] output {shape} made by {producer}, not a classifier's layer: an embedding")
+    head = _probability_channels(values) if producer == "Concat" else ()
+    if head:
+        return Proxy("iou", threshold=DEFAULT_IOU_THRESHOLD, channels=head,
+                     reason=f"a Concat of {shape} whose channels {_span(head)} lie within [0, 1] and the others not: "
+                            "a detection head (probabilities thresholded, boxes by cosine)")
     if values.ndim == 3 and shape[2] > 2:
         blank = _blank(values, 2)
         if blank is not None:
@@ -252,6 +273,18 @@ def infer_proxy(values: np.ndarray, producer: str | None = None, producer_axis: 
                          reason=f"a sequence {shape} whose argmax is class {blank} at most positions: CTC logits")
     return Proxy("cosine", threshold=DEFAULT_COSINE,
                  reason=f"{shape}: not class scores nor a probability map (boxes, embeddings, regression)")
+
+
+def _probability_channels(values: np.ndarray) -> tuple[int, ...]:
+    """The channels (axis 1) of an output whose values all lie within [0, 1] when others do not (a concatenated
+    detection head: box pixels then class probabilities); () when not so split."""
+    if values.ndim < 3 or values.shape[1] < 2 or not np.isfinite(values).all():
+        return ()
+    moved = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)
+    within = (moved.min(axis=1) >= 0) & (moved.max(axis=1) <= 1)
+    if within.all() or not within.any():
+        return ()
+    return tuple(int(c) for c in np.flatnonzero(within))
 
 
 def parse_proxy(text: str) -> Proxy:
