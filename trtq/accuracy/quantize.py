@@ -102,6 +102,7 @@ class QuantizeResult:
     macs: dict[str, int] = field(default_factory=dict)  # per layer, one evaluation batch
     measure: Measure | None = None  # what the drop is measured on
     passes: int = 0  # evaluation passes over the judged data
+    undecided: bool = False  # taken though beyond the target at the point estimate: only inside the noise
 
     @property
     def best_step(self) -> Verification:
@@ -180,6 +181,7 @@ class QuantizeResult:
             "method": self.method,
             "calibration_samples": self.stats.samples,
             "evaluation": {"data": self.eval_description, "samples": self.eval_samples, "passes": self.passes},
+            "undecided": self.undecided,
             "measure": self.measure.document() if self.measure is not None else None,
             "layers": self.layers,
             "keep": self.keep,
@@ -289,6 +291,14 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     keep: list[str] | None = []
     if not steps[0].meets_target:
         keep = _keep_search(result, verifier, fold_ranges, baseline, key, mode, rank_backend, say)
+    undecided = False
+    if keep is None and _within_the_noise(result):
+        # the best configuration misses the target only inside the noise (its interval covers the target): the
+        # data cannot decide, which is said, not a reason to write nothing
+        best = result.best_step
+        keep, undecided = list(best.kept), True
+        say(f"no configuration met the target at its point estimate; the best ({best.step}: {_describe(best)}) "
+            "is within the noise of it: taken, undecided")
     if keep is None:
         best = result.best_step
         result.failure = (f"the target ({target.describe()}) is not met with up to {MAX_KEPT_SHARE:.0%} of the "
@@ -303,6 +313,9 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     export = export_qdq(model, amax, exclude=keep, ranges_source=f"the {method} ranges")
     comparison = verifier.compare({"int8": verifier.qdq_runner(fold_ranges, keep, f"the {method} ranges")})
     final = verified(comparison, "int8", keep, target.meets, time.perf_counter() - step_started)
+    if undecided and final.drop is not None and target.max_drop is not None and target.min_sqnr is None:
+        final.meets_target = final.drop.low <= target.max_drop  # not beyond the target beyond the noise
+    result.undecided = undecided
     steps.append(Verification("final Q/DQ model", keep, final.sqnr_db, final.drop, final.meets_target,
                               final.seconds))
     timings["final check"] = time.perf_counter() - step_started
@@ -358,6 +371,17 @@ def rank_sample_count(layers: int, seconds_per_sample: float | None, available: 
     left = RANK_SECONDS - layers * seconds_per_layer
     fitting = int(left / ((layers + 1) * 0.6 * seconds_per_sample)) if left > 0 else 0
     return max(1, min(available, RANK_SAMPLES, max(MIN_RANK_SAMPLES, fitting)))
+
+
+def _within_the_noise(result: QuantizeResult) -> bool:
+    """Whether the best configuration measured on every sample misses a drop target only inside the noise: its
+    95 % interval reaches down to the target, and it keeps at most ``MAX_KEPT_SHARE`` of the layers in float."""
+    target = result.target
+    if target.max_drop is None or target.min_sqnr is not None or not result.steps:
+        return False
+    best = result.best_step
+    return (best.drop is not None and best.drop.low <= target.max_drop
+            and len(best.kept) <= MAX_KEPT_SHARE * max(result.layers, 1))
 
 
 def _complete_the_most_promising(result: QuantizeResult, verifier: Verifier, target: Target,
