@@ -259,3 +259,10 @@ def test_producers_look_through_ops_that_only_move_values():
     assert found["p"] == ("Softmax", 1)
     assert found["pt"] == ("Softmax", None)  # moved after the Softmax: its axis is no longer the output's
     assert found["residual"] == ("Add", None)
+
+
+def test_cosine_also_sees_a_change_of_length_a_regression_output_has_nothing_else():
+    proxy = Proxy("cosine", threshold=0.99)
+    ages = np.array([[30.0], [42.0], [7.0]])
+    assert proxy.agreement(ages, ages * [[1.05], [1.3], [1.0]]).tolist() == [1.0, 0.0, 1.0]  # 5 % ok, 30 % not
+    assert proxy.agreement(np.zeros((1, 3)), np.zeros((1, 3))).tolist() == [1.0]

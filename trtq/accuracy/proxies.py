@@ -18,8 +18,9 @@ name           output                                               agreement of
 ``iou:T``      a probability map (values within [0, 1], e.g.        IoU of the positives (> T; default 0.5);
                after a Sigmoid)                                     two empty maps agree
 ``cosine:C``   anything else (boxes, embeddings, regression)        1 when the sample's cosine similarity
-                                                                    to FP32 is at least C (default 0.99,
-                                                                    a relative error of about 14 %)
+                                                                    to FP32 is at least C (default 0.99)
+                                                                    and its relative error at most what
+                                                                    that cosine allows (about 14 %)
 ``equal``      integer or boolean outputs (indices, counts)         1 when equal
 =============  ===================================================  ======================================
 
@@ -153,7 +154,11 @@ def _cosine(proxy: Proxy, ref: np.ndarray, out: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         cosine = np.where(norm > 0, dot / np.where(norm > 0, norm, 1.0), 0.0)
     cosine = np.where((aa == 0) & (bb == 0), 1.0, cosine)
-    return (cosine >= threshold).astype(np.float64)
+    # the relative error a cosine of ``threshold`` allows between vectors of equal length: it also catches a change
+    # of length, which a cosine cannot see (a regression's one value per sample has a cosine of 1 whatever it is)
+    error = np.sqrt(np.sum((a - b) ** 2, axis=1))
+    allowed = np.sqrt(max(2.0 * (1.0 - threshold), 0.0)) * np.sqrt(aa)
+    return ((cosine >= threshold) & (error <= allowed + 1e-12 * (aa == 0))).astype(np.float64)
 
 
 def _equal(proxy: Proxy, ref: np.ndarray, out: np.ndarray) -> np.ndarray:
