@@ -362,3 +362,8 @@ def test_a_best_configuration_missing_the_target_only_inside_the_noise_is_writte
     final = result.steps[-1]
     assert final.drop.points == pytest.approx(100 / 150) and final.drop.low <= 0.5 < final.drop.points
     assert not result.resolution().resolved and result.document()["undecided"]
+    from trtq.accuracy.quantize_report import quantize_figures, quantize_html
+
+    shares = result.mac_shares
+    page = quantize_html(result, quantize_figures(result, shares), model="m", data="d", mac_shares=shares)
+    assert "undecided: it misses the target at the point estimate, only inside the noise" in page

@@ -87,6 +87,9 @@ def quantize_figures(result: QuantizeResult, mac_shares: Sequence[float | None])
 def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: str, data: str,
                   mac_shares: Sequence[float | None]) -> str:
     verdict = ("INT8 model written" if result.ok else f"no INT8 model written: {result.failure}")
+    if result.ok and result.undecided:
+        verdict += (" — undecided: it misses the target at the point estimate, only inside the noise (no "
+                    "configuration measured met it)")
     step_rows = [(s.step, len(s.kept), _db(s.sqnr_db), "-" if s.drop is None else
                   f"{s.drop.points:.2f} ({s.drop.low:+.2f} to {s.drop.high:+.2f})",
                   "-" if share is None else f"{100 * share:.1f} %", "yes" if s.meets_target else "no",

@@ -179,6 +179,9 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         if shares[-1] is not None and result.ok:
             click.echo(f"INT8 layers: {len(quantized) - len(result.keep)} of {len(quantized)} "
                        f"({100 * shares[-1]:.1f} % of the MACs)")
+        if result.ok and result.undecided:
+            click.echo("undecided: no configuration measured met the target at its point estimate; the one written "
+                       "misses it only inside the noise")
         resolution = result.resolution()
         if resolution is not None and result.ok:
             click.echo(f"judged on {result.eval_samples} samples: "
