@@ -143,8 +143,9 @@ def choose_ranges(verifier: Verifier, stats: StatsCollector, target: Target, *, 
     model = verifier.model
     independent = data_independent_tensors(model.proto)
     diagnoses = diagnose_all(stats, independent)
-    fold_diagnoses = [diagnose_all(s, independent) if verifier.plan.folds > 1 else diagnoses
-                      for s in verifier.plan.training]
+    # each fold's statistics diagnosed once, for every candidate method (one fold: all the statistics)
+    fold_diagnoses = {id(s): diagnose_all(s, independent) if verifier.plan.folds > 1 else diagnoses
+                      for s in verifier.plan.training}
     runners, ranges, guarded, fold_ranges = {}, {}, {}, {}
     for method, percentile in candidates:
         label = candidate_label(method, percentile)
@@ -152,9 +153,8 @@ def choose_ranges(verifier: Verifier, stats: StatsCollector, target: Target, *, 
         changed: set[str] = set()
         amax = guarded_ranges(stats, method, pct, diagnoses, changed)
         guarded[label] = len(changed)
-        per_fold = iter([guarded_ranges(s, method, pct, d)
-                         for s, d in zip(verifier.plan.training, fold_diagnoses, strict=True)])
-        per_fold = verifier.plan.ranges(lambda _stats, _it=per_fold: next(_it), complete=amax)
+        per_fold = verifier.plan.ranges(
+            lambda fold, _m=method, _p=pct: guarded_ranges(fold, _m, _p, fold_diagnoses[id(fold)]), complete=amax)
         source = f"the auto ({label}) ranges"
         export_qdq(model, amax, exclude=exclude, ranges_source=source)  # the ranges written must export
         runners[label] = verifier.qdq_runner(per_fold, exclude, ranges_source=source)

@@ -88,10 +88,11 @@ class Judge:
         self._index = logits_index(names, measure.logits) if measure.labelled else 0
 
     def observe(self, reference: list[np.ndarray], outputs: dict[str, list[np.ndarray]]) -> None:
-        samples = int(np.shape(reference[0])[0]) if np.ndim(reference[0]) else 1
-        if self.measure.proxies and self.measure.metric is None and not self.measure.labelled:
-            first = self.names.index(next(iter(self.measure.proxies)))
-            samples = _samples_of(reference[first], self.measure.proxies[self.names[first]])
+        if self.measure.kind == "proxies":  # the samples axis of a judged output (a [T, B, C] sequence: 1)
+            name, proxy = next(iter(self.measure.proxies.items()))
+            samples = _samples_of(reference[self.names.index(name)], proxy)
+        else:
+            samples = int(np.shape(reference[0])[0]) if np.ndim(reference[0]) else 1
         truth = None
         if self.labels is not None:
             truth = self.labels[self.offset:self.offset + samples]

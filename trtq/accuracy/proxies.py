@@ -117,7 +117,7 @@ def greedy_decode(classes: np.ndarray, blank: int) -> list[np.ndarray]:
 
 def _ctc(proxy: Proxy, ref: np.ndarray, out: np.ndarray) -> np.ndarray:
     axis = proxy.axis % ref.ndim
-    ref_classes = np.moveaxis(np.argmax(ref, axis=axis), 0, 0).reshape(ref.shape[0], -1)
+    ref_classes = np.argmax(ref, axis=axis).reshape(ref.shape[0], -1)
     out_classes = np.argmax(out, axis=axis).reshape(ref.shape[0], -1)
     blank = proxy.blank if proxy.blank is not None else 0
     decoded_ref, decoded_out = greedy_decode(ref_classes, blank), greedy_decode(out_classes, blank)
