@@ -108,12 +108,13 @@ def int8_share(path: Path) -> dict:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def run_trtq(task, out: Path, source: Path, timeout: float) -> dict:
-    """``python -m trtq quantize MODEL --data CAL.npz -o OUT`` with defaults only; the report JSON read defensively."""
+def run_trtq(task, out: Path, source: Path, timeout: float, extra: list[str] | None = None) -> dict:
+    """``python -m trtq quantize MODEL --data CAL.npz -o OUT`` with defaults only (plus ``extra``, e.g. a step's
+    switch); the report JSON read defensively."""
     for stale in out.parent.glob(out.stem + ".*"):
         stale.unlink()
     command = [sys.executable, "-m", "trtq", "quantize", str(task.model), "--data", str(task.calibration), "-o",
-               str(out)]
+               str(out), *(extra or [])]
     path = [str(source), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     started = time.perf_counter()
@@ -137,6 +138,10 @@ def run_trtq(task, out: Path, source: Path, timeout: float) -> dict:
         messages = [line for line in lines if any(w in line.lower() for w in ("error", "miss", "target", "exit"))]
         result["message"] = (errors[-1] if errors else " | ".join((messages or lines)[-4:]))[:600]
     return result
+
+
+def get_points(drop) -> float | None:
+    return drop.get("points") if isinstance(drop, dict) else None
 
 
 def summarise_report(report: dict) -> dict:
@@ -163,6 +168,11 @@ def summarise_report(report: dict) -> dict:
         "layers": report.get("layers"), "kept_in_float": keep if isinstance(keep, list) else None,
         "int8_mac_share": report.get("int8_mac_share"), "seconds_total": get("seconds", "total"),
         "final_step": {k: final.get(k) for k in ("step", "sqnr_db", "drop_points", "meets_target") if k in final},
+        "corrections": [{k: c.get(k) for k in ("step", "adopted", "reason", "sqnr_db_before", "sqnr_db_after",
+                                                "seconds")}
+                        | {"drop_before": get_points(c.get("drop_before")),
+                           "drop_after": get_points(c.get("drop_after"))}
+                        for c in (report.get("corrections") or []) if isinstance(c, dict)],
         "auto_candidates": [{k: c.get(k) for k in ("method", "sqnr_db", "drop_points", "meets_target")}
                             for c in (get("auto", "candidates") or []) if isinstance(c, dict)],
         "keys": sorted(report),
@@ -223,7 +233,7 @@ def run_model(name: str, args, source: Path) -> dict:
     print(f"   FP32 {task.metric} {fp32['score']:.4f} ({fp32['eval_seconds']:.1f} s)", flush=True)
 
     out = folder / f"{name}.trtq.onnx"
-    trtq = run_trtq(task, out, source, args.trtq_timeout)
+    trtq = run_trtq(task, out, source, args.trtq_timeout, args.trtq_arg)
     document["trtq_quantize"] = trtq
     report = trtq.get("report", {})
     print(f"   trtq quantize: exit {trtq['exit_code']} in {trtq['seconds']:.1f} s; method {report.get('method')}, "
@@ -316,6 +326,8 @@ def main() -> None:
     parser.add_argument("--trtq-timeout", type=float, default=1800.0, help="seconds for one trtq quantize")
     parser.add_argument("--peers", default=",".join(PEER_METHODS), help="quantize_static calibrators")
     parser.add_argument("--no-peer", action="store_true", help="skip onnxruntime quantize_static")
+    parser.add_argument("--trtq-arg", action="append", default=[], metavar="ARG",
+                        help="an extra argument of trtq quantize (repeatable), e.g. --trtq-arg=--no-bias-correction")
     args = parser.parse_args()
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.work = args.work.resolve()

@@ -96,6 +96,28 @@ class _Stream:
         return self.source.provenance() if hasattr(self.source, "provenance") else {}
 
 
+class HeldHead:
+    """A data source passed through unchanged while its first batches (up to ``max_samples`` samples and
+    ``max_bytes`` of input) are kept in :attr:`held`: with ``--eval-data``, the calibration samples the
+    error-reducing steps are fitted on (the evaluation data judges, it never fits)."""
+
+    def __init__(self, source: Iterable[Feed], max_samples: int, max_bytes: int = MAX_EVAL_BYTES):
+        self.source, self.max_samples, self.max_bytes = source, max_samples, max_bytes
+        self.held: list[dict[str, np.ndarray]] = []
+
+    def __iter__(self) -> Iterator[Feed]:
+        samples = size = 0
+        for feed in self.source:
+            if samples < self.max_samples and size < self.max_bytes:
+                self.held.append(dict(feed))
+                samples += batch_samples(feed)
+                size += feed_bytes(feed)
+            yield feed
+
+    def __getattr__(self, name: str):  # provenance(), total_samples, ... of the source
+        return getattr(self.source, name)
+
+
 def cross_fit(source: Iterable[Feed], gather: Callable[[Iterable[Feed]], StatsCollector], *,
               folds: int = DEFAULT_FOLDS, max_samples: int = 256, max_bytes: int = MAX_EVAL_BYTES) -> CrossFit:
     """Read ``source`` once: hold its first batches for judging, deal them to folds, and collect the statistics

@@ -27,9 +27,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 
 from trtq.accuracy.auto import AUTO_CANDIDATES, AutoChoice, choose_ranges, default_measure
-from trtq.accuracy.crossfit import DEFAULT_FOLDS, FoldPlan, cross_fit
+from trtq.accuracy.corrections import STEPS, StepOutcome, fit_sets_of, try_bias_correction
+from trtq.accuracy.crossfit import DEFAULT_FOLDS, FoldPlan, HeldHead, cross_fit
 from trtq.accuracy.evaluate import Comparison
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples
 from trtq.accuracy.judge import Measure
@@ -103,6 +105,8 @@ class QuantizeResult:
     measure: Measure | None = None  # what the drop is measured on
     passes: int = 0  # evaluation passes over the judged data
     undecided: bool = False  # taken though beyond the target at the point estimate: only inside the noise
+    corrections: list[StepOutcome] = field(default_factory=list)  # the error-reducing steps tried, in order
+    float_model: onnx.ModelProto | None = None  # the corrected FP32 model (TensorRT 10 builds it with the cache)
 
     @property
     def best_step(self) -> Verification:
@@ -183,6 +187,7 @@ class QuantizeResult:
             "evaluation": {"data": self.eval_description, "samples": self.eval_samples, "passes": self.passes},
             "undecided": self.undecided,
             "measure": self.measure.document() if self.measure is not None else None,
+            "corrections": [c.document() for c in self.corrections],
             "layers": self.layers,
             "keep": self.keep,
             "steps": [{**s.document(), "int8_mac_share": share} for s, share in zip(self.steps, self.mac_shares,
@@ -235,6 +240,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
              logits: str | None = None, mode: str = "alone",
              max_eval_samples: int = DEFAULT_EVAL_SAMPLES,
              folds: int = DEFAULT_FOLDS,
+             steps: Sequence[str] = STEPS,
              progress: Callable[[int], None] | None = None,
              note: Callable[[str], None] | None = None,
              collect: Callable[..., StatsCollector] | None = None,
@@ -243,7 +249,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     (in their order) is the evaluation set; without it the first calibration batches (up to
     ``max_eval_samples``) are cross-fitted in ``folds`` folds (:mod:`.crossfit`) and ``calibration_labels``
     (lined up by the calibration source) give their labels. ``proxies``: the outputs' proxies named by
-    ``--metric NAME=OUTPUT`` (else inferred).
+    ``--metric NAME=OUTPUT`` (else inferred). ``steps``: the error-reducing steps to try (:mod:`.corrections`).
 
     ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (``--ray``: the calibration
     shards); ``rank_backend(analysis, ranges_source)`` makes the sensitivity ranking evaluate elsewhere and
@@ -255,7 +261,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     started = time.perf_counter()
     data = _evaluation_data(model, calibration, eval_batches, eval_labels, calibration_labels, max_eval_samples,
                             folds, progress, collect)
-    stats, batches, labels, plan, description = data
+    stats, batches, labels, plan, description, fit_held = data
     check_inputs_finite(model, stats)
     timings["calibration"] = time.perf_counter() - started
     eval_samples = sum(batch_samples(b) for b in batches)
@@ -280,16 +286,32 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         fold_ranges = plan.ranges(lambda s: compute_ranges(s, calibrator, percentile), complete=amax)
         baseline = verifier.compare({key: verifier.qdq_runner(fold_ranges, ranges_source=f"the {method} ranges")})
     first = verified(baseline, key, [], target.meets, time.perf_counter() - step_started)
-    steps = [Verification(f"all INT8 ({method})", [], first.sqnr_db, first.drop, first.meets_target, first.seconds)]
+    configurations = [Verification(f"all INT8 ({method})", [], first.sqnr_db, first.drop, first.meets_target,
+                                   first.seconds)]
     timings["range choice"] = time.perf_counter() - step_started
-    quantized_nodes = list(export_qdq(model, amax, ranges_source=f"the {method} ranges").plan.quantized_nodes)
+    source = f"the {method} ranges"
+    corrections: list[StepOutcome] = []
+    if "bias" in steps:
+        say("bias correction: measuring each INT8 layer's mean output shift per channel, then the corrected model")
+        outcome, measured = try_bias_correction(verifier, fold_ranges, fit_sets_of(verifier, fit_held), baseline,
+                                                key, source, target.meets)
+        corrections.append(outcome)
+        timings["bias correction"] = outcome.seconds
+        say(f"  {outcome.describe()}")
+        if measured is not None:
+            baseline, key = measured, "bias"
+            step = verified(measured, key, [], target.meets, outcome.seconds)
+            configurations.append(Verification("all INT8 + bias correction", [], step.sqnr_db, step.drop,
+                                               step.meets_target, step.seconds))
+    steps = configurations
+    quantized_nodes = list(export_qdq(model, amax, ranges_source=source).plan.quantized_nodes)
     layers = len(quantized_nodes)
     result = QuantizeResult(target, calibrator, method, amax, stats, description, eval_samples, [], steps, None,
                             auto, seconds=timings, quantized_nodes=quantized_nodes,
-                            macs=layer_macs(model.proto, batches[0]), measure=measure)
+                            macs=layer_macs(model.proto, batches[0]), measure=measure, corrections=corrections)
 
     keep: list[str] | None = []
-    if not steps[0].meets_target:
+    if not steps[-1].meets_target:
         keep = _keep_search(result, verifier, fold_ranges, baseline, key, mode, rank_backend, say)
     undecided = False
     if keep is None and _within_the_noise(result):
@@ -310,8 +332,11 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     result.keep = keep
 
     step_started = time.perf_counter()
-    export = export_qdq(model, amax, exclude=keep, ranges_source=f"the {method} ranges")
-    comparison = verifier.compare({"int8": verifier.qdq_runner(fold_ranges, keep, f"the {method} ranges")})
+    written = verifier.float_model(None, keep)
+    export = export_qdq(written, amax, exclude=keep, ranges_source=source)
+    if verifier.correction is not None:
+        result.float_model = written.proto
+    comparison = verifier.compare({"int8": verifier.qdq_runner(fold_ranges, keep, source)})
     final = verified(comparison, "int8", keep, target.meets, time.perf_counter() - step_started)
     if undecided and final.drop is not None and target.max_drop is not None and target.min_sqnr is None:
         final.meets_target = final.drop.low <= target.max_drop  # not beyond the target beyond the noise
@@ -331,17 +356,20 @@ def _evaluation_data(model: Model, calibration: Iterable[Mapping[str, np.ndarray
                      eval_batches: Sequence[Mapping[str, np.ndarray]] | None, eval_labels: np.ndarray | None,
                      calibration_labels: Labels | None, max_eval_samples: int, folds: int,
                      progress: Callable[[int], None] | None, collect: Callable[..., StatsCollector] | None):
-    """(all statistics, judged batches, their labels, the fold plan, a description of the judged data)."""
+    """(all statistics, judged batches, their labels, the fold plan, a description of the judged data, the
+    calibration batches held to fit corrections on with ``--eval-data``: None without, the judged ones serve)."""
     if eval_batches is not None:
         gather = collect or collect_statistics
-        stats = gather(model, calibration, progress=progress, keep_histograms=True)
+        head = HeldHead(calibration, max_eval_samples) if collect is None else None
+        stats = gather(model, head if head is not None else calibration, progress=progress, keep_histograms=True)
         batches = list(eval_batches)
         if not batches:
             raise TrtqError("the evaluation data yielded no batch: nothing to verify the INT8 model on")
         samples = sum(batch_samples(b) for b in batches)
         if eval_labels is not None and len(eval_labels) != samples:
             raise TrtqError(f"{len(eval_labels)} labels for {samples} evaluation samples: they must match one to one")
-        return stats, batches, eval_labels, FoldPlan.single(stats), f"{samples} samples of the evaluation data"
+        held = head.held if head is not None else None
+        return stats, batches, eval_labels, FoldPlan.single(stats), f"{samples} samples of the evaluation data", held
 
     def gather(source):
         return collect_statistics(model, source, progress=progress, keep_histograms=True)
@@ -356,7 +384,7 @@ def _evaluation_data(model: Model, calibration: Iterable[Mapping[str, np.ndarray
         every = labels_for_fed(calibration_labels, calibration if isinstance(calibration, BatchSource) else None,
                                fit.fed)
         labels = every[:fit.samples]
-    return stats, fit.held, labels, FoldPlan.of(fit), fit.describe()
+    return stats, fit.held, labels, FoldPlan.of(fit), fit.describe(), None
 
 
 def rank_sample_count(layers: int, seconds_per_sample: float | None, available: int,
@@ -416,12 +444,15 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     layers, method, target = result.layers, result.method, result.target
     source = f"the {method} ranges"
     built = time.perf_counter()
-    analysis = SensitivityAnalysis(verifier.model, result.amax, verifier.batches, logits=None, ranges_source=source)
+    written = verifier.float_model(None)  # with the adopted correction; a layer switched to float reads its own bias
+    values = verifier.correction.float_values(verifier.model, written) if verifier.correction is not None else None
+    analysis = SensitivityAnalysis(written, result.amax, verifier.batches, logits=None, ranges_source=source,
+                                   float_values=values)
     # each layer's run from its own Q/DQ on needs a session of its part of the switchable model: about half the
     # cost of the whole one's, which building the analysis just measured
     per_layer = 0.5 * (time.perf_counter() - built)
     rank_samples = rank_sample_count(layers, verifier.seconds_per_sample, result.eval_samples, per_layer)
-    say(f"all INT8 misses the target ({_describe(result.steps[0])}): ranking the {layers} quantized layers on "
+    say(f"all INT8 misses the target ({_describe(result.steps[-1])}): ranking the {layers} quantized layers on "
         f"{rank_samples} samples")
     close = rank_backend(analysis, source) if rank_backend is not None else None
     try:

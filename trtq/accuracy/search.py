@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trtq.accuracy.bias import BiasCorrection
 from trtq.accuracy.crossfit import FoldPlan
 from trtq.accuracy.evaluate import Comparison, compare_candidates
 from trtq.accuracy.judge import Judge, Judgement, Measure
 from trtq.accuracy.switch import SwitchableModel, build_switchable
-from trtq.accuracy.uncertainty import Estimate, better_beyond_noise, estimate
+from trtq.accuracy.uncertainty import Estimate, estimate, improves
 from trtq.export import export_qdq
 from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
@@ -37,6 +38,7 @@ from trtq.segments import batch_samples
 EARLY_STOP_Z = 3.0  # standard errors beyond the target before a keep step's pass stops early
 MAX_CACHED_OUTPUT_BYTES = 64 << 20  # FP32 outputs of the evaluation set kept between passes up to this much
 Feed = Mapping[str, np.ndarray]
+_CURRENT = object()  # "the verifier's adopted correction"
 
 
 class Verifier:
@@ -53,6 +55,7 @@ class Verifier:
         self._cache: dict[int, list[np.ndarray]] | None = {}
         self._cached_bytes = 0
         self._switchable: list[tuple[SwitchableModel, object]] | None = None
+        self.correction: BiasCorrection | None = None  # adopted by the loop: every later export starts from it
         self.passes = 0
         self._fp32_seconds = 0.0
         self._fp32_samples = 0
@@ -100,21 +103,33 @@ class Verifier:
         self._runs += runs * comparison.samples
         return comparison
 
+    def float_model(self, fold: int | None = None, keep: Sequence[str] = (),
+                    correction: BiasCorrection | None | object = _CURRENT) -> Model:
+        """The float model the Q/DQ export of fold ``fold`` (None: the written model) starts from: the FP32 model,
+        with the adopted bias correction (or ``correction``) folded into the layers not kept in float."""
+        correction = self.correction if correction is _CURRENT else correction
+        if correction is None:
+            return self.model
+        return correction.corrected(self.model, fold, keep)
+
     def qdq_runner(self, fold_ranges: list[dict[str, float]], exclude: Sequence[str] = (),
-                   ranges_source: str = "the ranges") -> Run:
+                   ranges_source: str = "the ranges", correction: BiasCorrection | None | object = _CURRENT) -> Run:
         """The Q/DQ model of each fold's ranges (``exclude`` in float), one runner dispatching by fold."""
-        runs = [session_runner(fake_quant_session(export_qdq(self.model, amax, exclude=exclude,
-                                                             ranges_source=ranges_source).model), self.names)
-                for amax in fold_ranges]
+        runs = [session_runner(fake_quant_session(export_qdq(self.float_model(fold, exclude, correction), amax,
+                                                             exclude=exclude, ranges_source=ranges_source).model),
+                               self.names)
+                for fold, amax in enumerate(fold_ranges)]
         return self.plan.dispatch(runs)
 
     def use_switchable(self, fold_ranges: list[dict[str, float]], ranges_source: str) -> list[str]:
         """Build one switchable model per fold (same layers: the folds quantize the same tensors); returns the
-        quantized layers' node names."""
+        quantized layers' node names. A layer switched to float reads its original bias."""
         built = []
-        for amax in fold_ranges:
+        for fold, amax in enumerate(fold_ranges):
+            corrected = self.float_model(fold)
+            values = self.correction.float_values(self.model, corrected) if self.correction is not None else None
             switchable = build_switchable(self.model.proto,
-                                          export_qdq(self.model, amax, ranges_source=ranges_source))
+                                          export_qdq(corrected, amax, ranges_source=ranges_source), values)
             built.append((switchable, fake_quant_session(switchable.proto)))
         self._switchable = built
         return built[0][0].nodes
@@ -195,11 +210,8 @@ def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[flo
         partial = False
         if judgement is not None:
             losses, noise = judgement.losses["step"], judgement.noise["step"]
-            seen = len(losses)
-            partial = seen < total
-            beyond = better_beyond_noise(losses, reference_losses[:seen], _head(weights, seen)) or (
-                not better_beyond_noise(reference_losses[:seen], losses, _head(weights, seen))
-                and better_beyond_noise(noise, reference_noise[:seen], _head(weights, seen)))
+            partial = len(losses) < total
+            beyond = improves(losses, noise, reference_losses, reference_noise, weights)
             step.meets_target = step.meets_target and beyond and not partial
         steps.append(step)
         drop = f"drop {step.drop.short()} points" if step.drop is not None else f"SQNR {step.sqnr_db:.2f} dB"
@@ -225,7 +237,3 @@ def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[flo
         else:
             low = middle
     return steps, high
-
-
-def _head(weights: np.ndarray | None, count: int) -> np.ndarray | None:
-    return None if weights is None else weights[:count]

@@ -31,7 +31,7 @@ holds. The set goes to ``trtq export --qdq --exclude @FILE`` (one node name per 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,11 +175,14 @@ class SensitivityAnalysis:
 
     def __init__(self, model: Model, amax: Mapping[str, float], batches: Iterable[Mapping[str, np.ndarray]], *,
                  exclude: Iterable[str] = (), labels: Labels | None = None, logits: str | None = None,
-                 ranges_source: str = "the ranges", metric: TaskMetric | None = None):
+                 ranges_source: str = "the ranges", metric: TaskMetric | None = None,
+                 float_values: Mapping[str, Sequence[tuple[str, np.ndarray]]] | None = None):
+        """``float_values``: per layer, what it reads instead when in float (a bias corrected for INT8,
+        :func:`trtq.accuracy.switch.build_switchable`)."""
         self.model = model
         self.amax = dict(amax)
         self.export: QdqExport = export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source)
-        self.switchable: SwitchableModel = build_switchable(model.proto, self.export)
+        self.switchable: SwitchableModel = build_switchable(model.proto, self.export, float_values)
         self.names = list(model.output_names)
         self.logits = logits
         tensors = [t for layer in self.switchable.layers for t in layer.tensors]

@@ -14,12 +14,12 @@ exported Q/DQ model and "all off" the float model (after the export's opset upgr
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from trtq.export import QdqExport
 from trtq.export.graph import NameAllocator
@@ -56,8 +56,11 @@ class SwitchableModel:
         return [layer.node for layer in self.layers]
 
 
-def build_switchable(original: onnx.ModelProto, export: QdqExport) -> SwitchableModel:
-    """Make the switchable model from ``export`` (a Q/DQ export of ``original``)."""
+def build_switchable(original: onnx.ModelProto, export: QdqExport,
+                     float_values: Mapping[str, Sequence[tuple[str, np.ndarray]]] | None = None) -> SwitchableModel:
+    """Make the switchable model from ``export`` (a Q/DQ export of ``original``). ``float_values``: per layer,
+    tensors it reads whose value differs in float (a bias corrected for the INT8 error, :mod:`.bias`) with
+    that value; the layer's switch selects between the two as it does for its quantized inputs."""
     proto = onnx.ModelProto()
     proto.CopyFrom(export.model)
     graph = proto.graph
@@ -92,6 +95,7 @@ def build_switchable(original: onnx.ModelProto, export: QdqExport) -> Switchable
         layers.append(Layer(node_id, node.op_type, tuple(dict.fromkeys(tensors)), tuple(dict.fromkeys(weights)),
                             switch))
 
+    _switch_values(graph, layers, float_values or {}, wheres, fresh)
     nodes = []
     for index, node in enumerate(graph.node):
         nodes.extend(wheres.get(index, []))
@@ -100,3 +104,28 @@ def build_switchable(original: onnx.ModelProto, export: QdqExport) -> Switchable
     graph.node.extend(nodes)
     onnx.checker.check_model(proto)
     return SwitchableModel(proto, layers)
+
+
+def _switch_values(graph: onnx.GraphProto, layers: list[Layer],
+                   float_values: Mapping[str, Sequence[tuple[str, np.ndarray]]],
+                   wheres: dict[int, list[onnx.NodeProto]], fresh: NameAllocator) -> None:
+    """Each listed tensor read as ``Where(switch, tensor, float value)`` by its readers."""
+    switches = {layer.node: layer.switch for layer in layers}
+    for layer_id, values in float_values.items():
+        switch = switches.get(layer_id)
+        if switch is None:
+            continue
+        for tensor, value in values:
+            readers = [i for i, node in enumerate(graph.node) if tensor in node.input]
+            if not readers:
+                continue
+            float_name = fresh(f"{tensor}_float")
+            graph.initializer.append(numpy_helper.from_array(np.asarray(value), float_name))
+            selected = fresh(f"{tensor}_switched")
+            wheres[readers[0]].append(helper.make_node("Where", [switch, tensor, float_name], [selected],
+                                                       name=fresh(f"{tensor}_Where")))
+            for index in readers:
+                node = graph.node[index]
+                for slot, name in enumerate(node.input):
+                    if name == tensor:
+                        node.input[slot] = selected

@@ -116,6 +116,19 @@ def better_beyond_noise(candidate: np.ndarray, incumbent: np.ndarray, weights: n
     return interval.low > 0
 
 
+def improves(losses: np.ndarray, noise: np.ndarray, reference_losses: np.ndarray, reference_noise: np.ndarray,
+             weights: np.ndarray | None = None) -> bool:
+    """Whether a configuration beats a reference measured on the same samples beyond the noise: a lower drop, or
+    (no higher drop beyond the noise) lower per-sample output noise. Both are paired over the samples both saw
+    (the first ``len(losses)``)."""
+    seen = len(losses)
+    reference_losses, reference_noise = reference_losses[:seen], reference_noise[:seen]
+    head = None if weights is None else weights[:seen]
+    return better_beyond_noise(losses, reference_losses, head) or (
+        not better_beyond_noise(reference_losses, losses, head)
+        and better_beyond_noise(noise, reference_noise, head))
+
+
 @dataclass(frozen=True)
 class Resolution:
     """Whether the data decide a target: the interval lies wholly on one side of it."""

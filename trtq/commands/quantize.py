@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from trtq.accuracy.corrections import STEPS
 from trtq.accuracy.crossfit import DEFAULT_FOLDS
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES
 from trtq.accuracy.proxies import is_builtin_metric, parse_builtin_metrics
@@ -26,7 +27,8 @@ def output_paths(output: str) -> dict[str, Path]:
     """The files written next to ``-o OUT.onnx``."""
     out = Path(output)
     stem = out.with_suffix("") if out.suffix.lower() == ".onnx" else out
-    return {"model": out, "cache": Path(f"{stem}.cache"), "keep": Path(f"{stem}.keep.txt"),
+    return {"model": out, "float": Path(f"{stem}.float.onnx"), "cache": Path(f"{stem}.cache"),
+            "keep": Path(f"{stem}.keep.txt"),
             "json": Path(f"{stem}.report.json"), "html": Path(f"{stem}.report.html")}
 
 
@@ -62,6 +64,9 @@ def output_paths(output: str) -> dict[str, Path]:
               help="Sensitivity ranking used when all-INT8 misses the target.")
 @click.option("--max-eval-samples", type=click.IntRange(min=1), default=DEFAULT_EVAL_SAMPLES, show_default=True,
               help="Samples judged (held in memory): of --eval-data, else the first calibration samples.")
+@click.option("--no-bias-correction", "no_bias_correction", is_flag=True,
+              help="Do not try bias correction (each INT8 layer's mean output shift folded into its bias; adopted "
+                   "only when it beats the uncorrected model beyond the noise).")
 @click.option("--trt-version", help="TensorRT version for the cache header [default: installed, else 10.16.1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; errors and warnings only.")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
@@ -70,8 +75,8 @@ def output_paths(output: str) -> dict[str, Path]:
                    "results as one machine: local, auto, HOST:PORT or ray://HOST:PORT. Needs "
                    "pip install 'trtq[ray]'.")
 def quantize(model_path, output, eval_data, labels_path, labels_from_folders, logits, metrics, max_drop, min_sqnr,
-             folds, calibrator, percentile, mode, max_eval_samples, trt_version, quiet, ray_address, memory_budget,
-             **data_kwargs):
+             folds, calibrator, percentile, mode, max_eval_samples, no_bias_correction, trt_version, quiet, ray_address,
+             memory_budget, **data_kwargs):
     """Quantize MODEL to INT8 and verify it: one command from FP32 ONNX to a Q/DQ model that meets
     an accuracy target.
 
@@ -140,6 +145,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         calibration_labels=calibration_labels, metric=task_metric, proxies=named, min_sqnr=min_sqnr,
         max_drop=max_drop, calibrator=calibrator, percentile=percentile, logits=logits, mode=mode,
         max_eval_samples=max_eval_samples, folds=folds,
+        steps=tuple(step for step in STEPS if not (step == "bias" and no_bias_correction)),
         note=None if quiet else (lambda line: click.echo(line, err=True)))
     if ray_address is None:
         result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass")
@@ -164,6 +170,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
             note(f"{len(missing)} tensors without a usable range (all zero or no finite value) are left out of the "
                  f"cache, TensorRT keeps them in higher precision: {', '.join(missing[:8])}"
                  + (" ..." if len(missing) > 8 else ""))
+        if result.float_model is not None:  # the cache's ranges are for the corrected float model
+            save_model(result.float_model, paths["float"])
         write_cache(paths["cache"], result.cache(version))
         atomic_write(paths["keep"], result.keep_text(model.name))
     write_json(paths["json"], document)
@@ -189,10 +197,25 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         click.echo("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
                    + f" ({result.passes} evaluation passes)")
         written = [paths["model"], paths["cache"], paths["keep"]] if result.ok else []
+        if result.ok and result.float_model is not None:
+            written.insert(1, paths["float"])
         click.echo("wrote " + ", ".join(str(p) for p in [*written, paths["json"], paths["html"]]))
+        if result.ok:
+            click.echo(_hand_off(result, paths, model_path))
     if not result.ok:
         click.echo(f"trtq: error: {result.failure} (report: {paths['html']}){_take_best(result)}", err=True)
         sys.exit(GATE_FAILED)
+
+
+def _hand_off(result, paths: dict[str, Path], model_path: str) -> str:
+    """Which file each TensorRT generation builds: 11.x the Q/DQ model; 10.x the float model the cache's ranges are
+    for (the corrected one when a correction was adopted) with the keep list."""
+    import shlex
+
+    float_model = paths["float"] if result.float_model is not None else Path(model_path)
+    keep = f" --keep-precision @{shlex.quote(str(paths['keep']))}" if result.keep else ""
+    return (f"build: TensorRT 11: trtq build {shlex.quote(str(paths['model']))} --int8; TensorRT 10: trtq build "
+            f"{shlex.quote(str(float_model))} --int8 --cache {shlex.quote(str(paths['cache']))}{keep}")
 
 
 def _take_best(result) -> str:
