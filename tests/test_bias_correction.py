@@ -9,6 +9,7 @@ the FP32 model bit for bit); each cross-fitted fold's correction comes from the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from onnx import numpy_helper
 
 from trtq.accuracy.bias import find_sites, fit_bias_correction, measure_shifts, measurement_model
+from trtq.accuracy.output_ranges import fit_output_ranges, fit_sets_within
 from trtq.accuracy.switch import build_switchable
 from trtq.calibrate import collect_statistics, compute_ranges
 from trtq.capture import with_extra_outputs
@@ -162,3 +164,141 @@ def test_a_conv_without_a_bias_input_gets_one_on_mnist(dynamic_mnist, mnist_digi
     for site in convs:
         after = held[site.node] - correction.total_shift[site.node]
         assert np.sum(after ** 2) < np.sum(held[site.node] ** 2)
+
+
+# layer-output ranges (trtq.accuracy.output_ranges), on the same digits
+
+
+def test_a_probe_scores_a_candidate_by_its_consumers_output_error_as_numpy_does(digits):
+    model, calibration, _, amax = digits
+    maxima = amax
+    chosen = fit_output_ranges(model, export_qdq(model, amax), amax, maxima, [calibration])
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w1 = weights["W1"].astype(np.float64)
+    quantized_w1 = _quantize(w1, weight_scales(weights["W1"], 0).reshape((-1, 1)).astype(np.float64))
+    fitted = fit_sets_within([calibration])[0]
+    for position, candidate in enumerate(chosen.candidates["scaled"]):
+        scale = np.float32(candidate) / np.float32(127)
+        expected = 0.0
+        for feed in fitted:
+            x = (feed["pixels"] * np.float32(1 / 16)).astype(np.float64)
+            expected += np.sum((_quantize(x, np.float64(scale)) @ quantized_w1.T - x @ w1.T) ** 2)
+        assert chosen.errors["scaled"][0, position] == pytest.approx(expected, rel=1e-4)
+
+
+def test_layer_output_ranges_are_cross_fitted_and_honest_about_held_out_digits(digits):
+    """Each fold's choice minimises the other folds' summed errors; and on held-out digits the choice made on the
+    training digits is *not* always better than the percentile ranges it started from ('res': the training digits'
+    tail is shorter), which is why the step is measured end to end and off by default."""
+    model, calibration, held_out, amax = digits
+    percentile = compute_ranges(collect_statistics(model, calibration, keep_histograms=True), "percentile")
+    fitted = fit_output_ranges(model, export_qdq(model, percentile), percentile, amax, [calibration[:2],
+                                                                                         calibration[2:]])
+    for tensor, table in fitted.errors.items():
+        candidates = fitted.candidates[tensor]
+        assert fitted.fold_choices[0][tensor] == candidates[int(np.argmin(table[1]))]
+        assert fitted.fold_choices[1][tensor] == candidates[int(np.argmin(table[0]))]
+        assert fitted.total_choice[tensor] == candidates[int(np.argmin(table.sum(axis=0)))]
+    fitted = fit_output_ranges(model, export_qdq(model, percentile), percentile, amax, [calibration])
+    judged = fit_output_ranges(model, export_qdq(model, percentile), percentile, amax, [held_out])
+    error = judged.errors["res"].sum(axis=0)
+    candidates = judged.candidates["res"]
+    assert fitted.total_choice["res"] < percentile["res"]  # the training digits ask for a tighter range
+    at_choice = error[int(np.argmin(np.abs(candidates - fitted.total_choice["res"])))]
+    at_current = error[int(np.argmin(np.abs(candidates - percentile["res"])))]
+    assert at_choice > at_current  # which the held-out digits do not confirm
+
+
+# the steps in trtq quantize's loop
+
+
+@pytest.fixture(scope="module")
+def digits_calibration():
+    train = np.load(DATA / "digits_split.npz")["x_train"].astype(np.float32)
+    return [{"pixels": train[i:i + 64]} for i in range(0, 1280, 64)]
+
+
+def test_the_loop_adopts_bias_correction_and_writes_it_only_for_int8_layers(digits_calibration):
+    from trtq.accuracy.quantize import quantize
+
+    model = load_model(DATA / "digits_mlp.onnx")
+    result = quantize(model, digits_calibration, min_sqnr=40.0, steps=("ranges", "bias"))
+    ranges, bias = result.corrections
+    assert (ranges.name, bias.name) == ("ranges", "bias")
+    assert bias.adopted and bias.sqnr_after > bias.sqnr_before
+    assert result.steps[0].step.startswith("all INT8 (") and result.steps[1].step == "all INT8, bias-corrected"
+    assert result.ok and result.keep == ["fc3"]
+    document = result.document()
+    assert [c["step"] for c in document["corrections"]] == ["ranges", "bias"]
+    assert document["corrections"][1]["adopted"] and document["corrections"][1]["layers"] == 3
+
+    # written: fc1 and fc2 (INT8) read corrected biases, fc3 (kept in float) its own; the Q/DQ model and the float
+    # model for TensorRT 10 hold the same biases
+    shift = fit_bias_correction(model, [result.amax], [digits_calibration[:4]])  # only to name the sites
+    assert {s.node for s in shift.sites} == {"fc1", "fc2_matmul", "fc3"}
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for proto in (result.float_model, result.export.model):
+        values = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        nodes = {n.name: n for n in proto.graph.node}
+        assert nodes["fc3"].input[2] == "b3"
+        assert not np.array_equal(values[nodes["fc1"].input[2]], original["b1"])
+        assert not np.array_equal(values[nodes["fc2_bias"].input[1]], original["b2"])
+    untouched = quantize(model, digits_calibration, min_sqnr=40.0, steps=())
+    assert untouched.corrections == [] and untouched.float_model is None
+
+
+def test_cli_switches_the_steps_and_names_the_float_model_for_tensorrt_10(tmp_path):
+    from click.testing import CliRunner
+
+    from trtq.cli import cli
+
+    train = np.load(DATA / "digits_split.npz")["x_train"].astype(np.float32)
+    np.save(tmp_path / "cal.npy", train[:512])
+    base = ["quantize", str(DATA / "digits_mlp.onnx"), "--data", str(tmp_path / "cal.npy"), "--batch-size", "64",
+            "--min-sqnr", "38"]
+    done = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "a.onnx"), "--output-ranges"])
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "a.report.json").read_text())
+    assert [c["step"] for c in report["corrections"]] == ["smooth", "ranges", "bias"]
+    adopted = any(c["adopted"] for c in report["corrections"] if c["step"] in ("smooth", "bias"))
+    assert (tmp_path / "a.float.onnx").is_file() == adopted
+    float_model = "a.float.onnx" if adopted else "digits_mlp.onnx"
+    assert f"TensorRT 10: trtq build {tmp_path / float_model if adopted else DATA / float_model} --int8" in done.output
+    done = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "b.onnx"), "--no-bias-correction", "--no-smoothing"])
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "b.report.json").read_text())["corrections"] == []
+    assert not (tmp_path / "b.float.onnx").exists()
+
+
+# SmoothQuant (trtq.accuracy.smooth)
+
+
+def test_smoothing_keeps_the_float_model_and_balances_the_channels(digits):
+    from trtq.accuracy.smooth import channel_maxima, find_groups, outlier_ratio, smooth
+
+    model, calibration, held_out, amax = digits
+    groups = find_groups(model, export_qdq(model, amax).plan.quantized_nodes)
+    assert {g.tensor for g in groups} == {"scaled", "h1", "res"}
+    maxima = channel_maxima(model, groups, calibration)
+    smoothing = smooth(model, groups, maxima, min_ratio=0.0)
+    assert len(smoothing.groups) == 3
+    original, smoothed = fake_quant_session(model.proto), fake_quant_session(smoothing.model.proto)
+    for feed in held_out:
+        expected, got = original.run(None, feed)[0], smoothed.run(None, feed)[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    after = channel_maxima(smoothing.model, [g.__class__(smoothing.renamed[g.tensor], g.layers, g.weights, g.channels)
+                                             for g in groups], calibration)
+    for group in groups:  # the layers read X / s, s = sqrt(max|X_j| / max|W_j|): channel maxima sqrt(x_max * w_max)
+        weights = [numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
+                   for name, _axis in group.weights]
+        w_max = np.max([np.abs(np.moveaxis(w, axis, 0)).max(axis=1) for w, (_n, axis) in
+                        zip(weights, group.weights, strict=True)], axis=0)
+        x_max = maxima[group.tensor]
+        lively = (x_max > 0) & (w_max > 0)
+        np.testing.assert_allclose(smoothing.scales[group.tensor][lively], np.sqrt(x_max / w_max)[lively], rtol=1e-6)
+        np.testing.assert_allclose(after[smoothing.renamed[group.tensor]][lively],
+                                   np.sqrt(x_max * w_max)[lively], rtol=1e-5)
+    assert outlier_ratio(np.array([1.0, 1.0, 9.0])) == 9.0
+    # only the groups with outliers are smoothed by default
+    default = smooth(model, groups, maxima)
+    assert {g.tensor for g in default.groups} == {t for t, r in default.outlier_ratios.items() if r >= 8.0}

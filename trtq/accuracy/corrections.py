@@ -7,7 +7,10 @@ measured, bias correction added 4 dB of output SQNR to YOLOv8n and cost 1 dB on 
 all-INT8 error is already chaotic, so "helps" is a measurement, not an assumption. What each step bought (drop
 and SQNR before and after, seconds) goes to the console, the JSON and the report, adopted or not.
 
-Steps, cheapest first: ``bias`` (:mod:`.bias`). Each has a switch (``trtq quantize --no-bias-correction``).
+Steps, in order: ``ranges`` (:mod:`.output_ranges`: each activation's amax chosen by its consumers' output error;
+off unless asked, ``--output-ranges``: on the text recogniser and YOLOv8n we measured it lowered or kept the output
+SQNR) and ``bias`` (:mod:`.bias`, on by default, ``--no-bias-correction``). The ranges come first because the
+bias shifts are measured at the ranges the model will have.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ import numpy as np
 from trtq.accuracy.bias import fit_bias_correction
 from trtq.accuracy.evaluate import Comparison
 from trtq.accuracy.judge import Judgement
+from trtq.accuracy.output_ranges import fit_output_ranges
 from trtq.accuracy.search import Verifier
+from trtq.accuracy.smooth import OUTLIER_RATIO, channel_maxima, find_groups, smooth
 from trtq.accuracy.uncertainty import Estimate, improves
+from trtq.stats import StatsCollector
 
-STEPS = ("bias",)  # in the order they run
-STEP_TITLES = {"bias": "bias correction"}
+STEPS = ("smooth", "ranges", "bias")  # every step, in the order they run (each measured where the one before left)
+DEFAULT_STEPS = ("smooth", "bias")  # layer-output ranges only when asked: on the real models measured it rarely helped
+STEP_TITLES = {"smooth": "SmoothQuant", "ranges": "layer-output ranges", "bias": "bias correction"}
 Feed = Mapping[str, np.ndarray]
 
 
@@ -100,6 +107,97 @@ def fit_sets_of(verifier: Verifier, held: Sequence[Feed] | None) -> list[list[Fe
     return sets
 
 
+def try_smoothing(verifier: Verifier, amax: dict[str, float], fold_ranges: list[dict[str, float]],
+                  fit_sets: list[list[Feed]], reference: Comparison, reference_key: str, ranges_source: str,
+                  meets: Callable[[float, float | None], bool],
+                  derive: Callable[[StatsCollector, Sequence[str]], dict[str, float]]
+                  ) -> tuple[StepOutcome, Comparison | None, tuple[list[dict[str, float]], dict[str, float]]]:
+    """SmoothQuant (:mod:`.smooth`) where an activation read by quantized MatMul / Gemm layers has outlier channels:
+    the smoothed tensors' ranges from a statistics pass of the smoothed model on the held calibration samples
+    (``derive(stats, tensors)``: the chosen method, per fold from the other folds), measured and adopted
+    (``verifier.base``) when better beyond the noise. Returns the outcome, the comparison when adopted, and the
+    ranges to go on with."""
+    from trtq.accuracy.crossfit import merge_all
+    from trtq.calibrate import collect_statistics
+    from trtq.export import export_qdq
+
+    started = time.perf_counter()
+    unchanged = (fold_ranges, amax)
+    base = verifier.base
+
+    def skipped(reason: str, detail: dict | None = None) -> StepOutcome:
+        before = reference.judgement.drop(reference_key) if reference.judgement is not None else None
+        return StepOutcome("smooth", False, reason, before, None, reference.outcomes[reference_key].sqnr_db, math.nan,
+                           time.perf_counter() - started, detail or {})
+
+    groups = find_groups(base, export_qdq(base, amax, ranges_source=ranges_source).plan.quantized_nodes)
+    held = [feed for batches in fit_sets for feed in batches]
+    if not groups or not held:
+        return skipped("no quantized MatMul / Gemm with a constant weight reads an activation"), None, unchanged
+    smoothing = smooth(base, groups, channel_maxima(base, groups, held))
+    if not smoothing.groups:
+        largest = max(smoothing.outlier_ratios.values(), default=0.0)
+        return skipped(f"no activation with outlier channels (largest channel max / median {largest:.1f} < "
+                       f"{OUTLIER_RATIO:g})", smoothing.document()), None, unchanged
+    new = list(smoothing.renamed.values())
+    fold_stats = [collect_statistics(smoothing.model, batches) for batches in fit_sets if batches]
+    total = merge_all(fold_stats)
+    training = [merge_all([s for j, s in enumerate(fold_stats) if j != k]) if len(fold_stats) > 1 else total
+                for k in range(len(fold_stats))]
+    total_new = derive(total, new)
+    fold_new = [derive(stats, new) for stats in training] if len(fold_stats) == len(fold_ranges) \
+        else [total_new] * len(fold_ranges)
+    new_folds = [{**ranges, **extra} for ranges, extra in zip(fold_ranges, fold_new, strict=True)]
+    comparison = verifier.compare({"smooth": verifier.qdq_runner(new_folds, (), ranges_source, None,
+                                                                 smoothing.model)})
+    outcome = _outcome("smooth", comparison, reference, reference_key, meets, started, smoothing.document())
+    if not outcome.adopted:
+        return outcome, None, unchanged
+    verifier.base = smoothing.model
+    return outcome, comparison, (new_folds, {**amax, **total_new})
+
+
+def try_output_ranges(verifier: Verifier, stats: StatsCollector, amax: dict[str, float],
+                      fold_ranges: list[dict[str, float]], fit_sets: list[list[Feed]], reference: Comparison,
+                      reference_key: str, ranges_source: str, meets: Callable[[float, float | None], bool]
+                      ) -> tuple[StepOutcome, Comparison | None, tuple[list[dict[str, float]], dict[str, float]]]:
+    """Choose layer-output-aware ranges, measure the all-INT8 model with them, adopt them when better beyond the noise.
+    Returns the outcome, the comparison when adopted, and the (fold ranges, ranges) to go on with."""
+    from trtq.calibrate import compute_ranges
+    from trtq.export import export_qdq
+
+    started = time.perf_counter()
+    before = reference.judgement.drop(reference_key) if reference.judgement is not None else None
+    sqnr_before = reference.outcomes[reference_key].sqnr_db
+    unchanged = (fold_ranges, amax)
+    chosen = fit_output_ranges(verifier.base, export_qdq(verifier.base, amax, ranges_source=ranges_source), amax,
+                               compute_ranges(stats, "minmax"), fit_sets) if any(fit_sets) else None
+    if chosen is None:
+        return StepOutcome("ranges", False, "no activation read by a quantized layer with a weight", before, None,
+                           sqnr_before, math.nan, time.perf_counter() - started, {}), None, unchanged
+    new_folds, new_amax = chosen.apply(fold_ranges, amax)
+    comparison = verifier.compare({"ranges": verifier.qdq_runner(new_folds, (), ranges_source)})
+    outcome = _outcome("ranges", comparison, reference, reference_key, meets, started, chosen.document())
+    return outcome, (comparison if outcome.adopted else None), ((new_folds, new_amax) if outcome.adopted
+                                                              else unchanged)
+
+
+def _outcome(name: str, comparison: Comparison, reference: Comparison, reference_key: str,
+             meets: Callable[[float, float | None], bool], started: float, detail: dict) -> StepOutcome:
+    """The outcome of step ``name`` measured as candidate ``name`` of ``comparison`` against ``reference``."""
+    judgement, base = comparison.judgement, reference.judgement
+    before = base.drop(reference_key) if base is not None else None
+    after = judgement.drop(name) if judgement is not None else None
+    sqnr_before, sqnr_after = reference.outcomes[reference_key].sqnr_db, comparison.outcomes[name].sqnr_db
+    if judgement is not None and base is not None:
+        adopted, reason = _adopt(judgement, name, base, reference_key, meets, (sqnr_before, sqnr_after))
+    else:  # an SQNR target only: higher is better
+        adopted = sqnr_after > sqnr_before
+        reason = "higher SQNR" if adopted else "no higher SQNR"
+    return StepOutcome(name, adopted, reason, before, after, sqnr_before, sqnr_after, time.perf_counter() - started,
+                       detail)
+
+
 def try_bias_correction(verifier: Verifier, fold_ranges: list[dict[str, float]], fit_sets: list[list[Feed]],
                         reference: Comparison, reference_key: str, ranges_source: str,
                         meets: Callable[[float, float | None], bool]) -> tuple[StepOutcome, Comparison | None]:
@@ -112,22 +210,12 @@ def try_bias_correction(verifier: Verifier, fold_ranges: list[dict[str, float]],
     if not any(fit_sets):
         return StepOutcome("bias", False, "no calibration batch held to fit it on", before, None, sqnr_before,
                            math.nan, 0.0, {}), None
-    correction = fit_bias_correction(verifier.model, fold_ranges, fit_sets, ranges_source)
+    correction = fit_bias_correction(verifier.base, fold_ranges, fit_sets, ranges_source)
     if correction is None:
         return StepOutcome("bias", False, "no quantized layer with a bias to correct", before, None, sqnr_before,
                            math.nan, time.perf_counter() - started, {}), None
     comparison = verifier.compare({"bias": verifier.qdq_runner(fold_ranges, (), ranges_source, correction)})
-    judgement = comparison.judgement
-    after = judgement.drop("bias") if judgement is not None else None
-    sqnr_after = comparison.outcomes["bias"].sqnr_db
-    if judgement is not None and reference.judgement is not None:
-        base = reference.judgement
-        adopted, reason = _adopt(judgement, "bias", base, reference_key, meets, (sqnr_before, sqnr_after))
-    else:  # an SQNR target only: higher is better
-        adopted = sqnr_after > sqnr_before
-        reason = "higher SQNR" if adopted else "no higher SQNR"
-    if adopted:
+    outcome = _outcome("bias", comparison, reference, reference_key, meets, started, correction.document())
+    if outcome.adopted:
         verifier.correction = correction
-    outcome = StepOutcome("bias", adopted, reason, before, after, sqnr_before, sqnr_after,
-                          time.perf_counter() - started, correction.document())
-    return outcome, comparison if adopted else None
+    return outcome, comparison if outcome.adopted else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trtq.accuracy.proxies import Proxy, relative_noise
+from trtq.accuracy.proxies import Proxy, proxy_noise, relative_noise
 from trtq.accuracy.targets import TaskMetric, logits_index
 from trtq.accuracy.uncertainty import Estimate, better_beyond_noise, combine_worst, estimate
 from trtq.errors import TrtqError
@@ -114,8 +114,8 @@ class Judge:
         measure = self.measure
         noise = []
         for name, proxy in (measure.proxies or {}).items():
-            noise.append(relative_noise(np.moveaxis(fp32[name], proxy.batch_axis, 0),
-                                        np.moveaxis(int8[name], proxy.batch_axis, 0)))
+            noise.append(proxy_noise(proxy, np.moveaxis(fp32[name], proxy.batch_axis, 0),
+                                     np.moveaxis(int8[name], proxy.batch_axis, 0)))
         if not noise:  # the metric / labels measures: the noise of every float output
             noise = [relative_noise(fp32[n], int8[n]) for n in self.names
                      if np.issubdtype(np.asarray(fp32[n]).dtype, np.floating) and np.ndim(fp32[n])

@@ -30,7 +30,14 @@ import numpy as np
 import onnx
 
 from trtq.accuracy.auto import AUTO_CANDIDATES, AutoChoice, choose_ranges, default_measure
-from trtq.accuracy.corrections import STEPS, StepOutcome, fit_sets_of, try_bias_correction
+from trtq.accuracy.corrections import (
+    DEFAULT_STEPS,
+    StepOutcome,
+    fit_sets_of,
+    try_bias_correction,
+    try_output_ranges,
+    try_smoothing,
+)
 from trtq.accuracy.crossfit import DEFAULT_FOLDS, FoldPlan, HeldHead, cross_fit
 from trtq.accuracy.evaluate import Comparison
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples
@@ -48,7 +55,7 @@ from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import QdqExport, export_qdq
 from trtq.model import Model
-from trtq.ranges import DEFAULT_PERCENTILE, METHODS
+from trtq.ranges import DEFAULT_PERCENTILE, METHODS, range_function
 from trtq.stats import StatsCollector
 
 RANK_SAMPLES = 64  # the sensitivity ranking's samples at most: it orders layers; every keep step is verified on all
@@ -240,7 +247,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
              logits: str | None = None, mode: str = "alone",
              max_eval_samples: int = DEFAULT_EVAL_SAMPLES,
              folds: int = DEFAULT_FOLDS,
-             steps: Sequence[str] = STEPS,
+             steps: Sequence[str] = DEFAULT_STEPS,
              progress: Callable[[int], None] | None = None,
              note: Callable[[str], None] | None = None,
              collect: Callable[..., StatsCollector] | None = None,
@@ -291,17 +298,50 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     timings["range choice"] = time.perf_counter() - step_started
     source = f"the {method} ranges"
     corrections: list[StepOutcome] = []
+    fit_sets = fit_sets_of(verifier, fit_held)
+    if "smooth" in steps:
+        method_name, method_percentile = (auto.method, auto.percentile) if auto is not None else (calibrator,
+                                                                                               percentile)
+        measure_range = range_function(method_name, method_percentile or DEFAULT_PERCENTILE)
+
+        def derive(statistics: StatsCollector, names: Sequence[str]) -> dict[str, float]:
+            wanted = set(names)
+            return {s.name: float(measure_range(s)) for s in statistics if s.name in wanted}
+
+        say("SmoothQuant: looking for activations with outlier channels read by quantized MatMul / Gemm layers")
+        outcome, measured, (fold_ranges, amax) = try_smoothing(verifier, amax, fold_ranges, fit_sets, baseline, key,
+                                                               source, target.meets, derive)
+        corrections.append(outcome)
+        timings["SmoothQuant"] = outcome.seconds
+        say(f"  {outcome.describe()}")
+        if measured is not None:
+            baseline, key = measured, "smooth"
+            step = verified(measured, key, [], target.meets, outcome.seconds)
+            configurations.append(Verification("all INT8, smoothed", [], step.sqnr_db, step.drop,
+                                               step.meets_target, step.seconds))
+    if "ranges" in steps:
+        say("layer-output ranges: each activation's amax chosen by its consumers' output error")
+        outcome, measured, (fold_ranges, amax) = try_output_ranges(verifier, stats, amax, fold_ranges, fit_sets,
+                                                                   baseline, key, source, target.meets)
+        corrections.append(outcome)
+        timings["layer-output ranges"] = outcome.seconds
+        say(f"  {outcome.describe()}")
+        if measured is not None:
+            baseline, key = measured, "ranges"
+            step = verified(measured, key, [], target.meets, outcome.seconds)
+            configurations.append(Verification("all INT8, layer-output ranges", [], step.sqnr_db, step.drop,
+                                               step.meets_target, step.seconds))
     if "bias" in steps:
         say("bias correction: measuring each INT8 layer's mean output shift per channel, then the corrected model")
-        outcome, measured = try_bias_correction(verifier, fold_ranges, fit_sets_of(verifier, fit_held), baseline,
-                                                key, source, target.meets)
+        outcome, measured = try_bias_correction(verifier, fold_ranges, fit_sets, baseline, key, source,
+                                                target.meets)
         corrections.append(outcome)
         timings["bias correction"] = outcome.seconds
         say(f"  {outcome.describe()}")
         if measured is not None:
             baseline, key = measured, "bias"
             step = verified(measured, key, [], target.meets, outcome.seconds)
-            configurations.append(Verification("all INT8 + bias correction", [], step.sqnr_db, step.drop,
+            configurations.append(Verification("all INT8, bias-corrected", [], step.sqnr_db, step.drop,
                                                step.meets_target, step.seconds))
     steps = configurations
     quantized_nodes = list(export_qdq(model, amax, ranges_source=source).plan.quantized_nodes)
@@ -334,7 +374,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     step_started = time.perf_counter()
     written = verifier.float_model(None, keep)
     export = export_qdq(written, amax, exclude=keep, ranges_source=source)
-    if verifier.correction is not None:
+    if written is not model:  # smoothed or bias-corrected: TensorRT 10 builds this one with the cache
         result.float_model = written.proto
     comparison = verifier.compare({"int8": verifier.qdq_runner(fold_ranges, keep, source)})
     final = verified(comparison, "int8", keep, target.meets, time.perf_counter() - step_started)
@@ -447,7 +487,7 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     written = verifier.float_model(None)  # with the adopted correction; a layer switched to float reads its own bias
     values = verifier.correction.float_values(verifier.model, written) if verifier.correction is not None else None
     analysis = SensitivityAnalysis(written, result.amax, verifier.batches, logits=None, ranges_source=source,
-                                   float_values=values)
+                                   float_values=values, measure=verifier.measure)
     # each layer's run from its own Q/DQ on needs a session of its part of the switchable model: about half the
     # cost of the whole one's, which building the analysis just measured
     per_layer = 0.5 * (time.perf_counter() - built)

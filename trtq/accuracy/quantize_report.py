@@ -2,6 +2,7 @@
 
 * accuracy vs the number of layers kept in float, with the share of the MACs still in INT8 (what
   each kept layer costs in speed);
+* what each error-reducing step (bias correction, layer-output ranges) bought, adopted or not;
 * the range-method candidates ``auto`` measured, and the tensors whose guards changed a range;
 * the sensitivity ranking (when the search ran);
 * the |x| histogram with every method's threshold for the tensors whose choice mattered most
@@ -46,6 +47,17 @@ def _measure_lines(result: QuantizeResult) -> list[str]:
     if result.measure.kind != "proxies":
         return [f"measure: {result.measure.describe()}"]
     return [f"output '{name}': {proxy.name}, {proxy.describe()}" for name, proxy in result.measure.proxies.items()]
+
+
+def _corrections_table(result: QuantizeResult) -> str:
+    """One row per step tried (:mod:`.corrections`): the drop and SQNR of all-INT8 before and after, adopted or not."""
+    def drop(estimate) -> str:
+        return "-" if estimate is None else f"{estimate.points:.2f} ({estimate.low:+.2f} to {estimate.high:+.2f})"
+
+    rows = [(c.title, drop(c.drop_before), drop(c.drop_after), _db(c.sqnr_before), _db(c.sqnr_after),
+             "adopted" if c.adopted else "not adopted", c.reason, f"{c.seconds:.1f}") for c in result.corrections]
+    return _table(["step", "drop before, points (95 % interval)", "drop after", "SQNR dB before", "SQNR dB after",
+                   "", "why", "seconds"], rows, numeric=(1, 2, 3, 4, 7))
 
 
 def mattering_tensors(result: QuantizeResult, limit: int = MAX_HISTOGRAMS) -> list[str]:
@@ -100,6 +112,8 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
                  + _table(["configuration", "kept", "SQNR dB", "drop, points (95 % interval)", "INT8 MAC share",
                            "meets target",
                            "seconds"], step_rows, numeric=(1, 2, 3, 4, 6)))]
+    if result.corrections:
+        sections.append(("Error-reducing steps", _corrections_table(result)))
     if result.auto is not None:
         tied = set(tied_within_noise(result.auto))
         rows = [(c.label, _db(c.sqnr_db), "-" if c.drop is None else
@@ -125,6 +139,9 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
             *_measure_lines(result),
             f"ranges: {result.method}" + (" (chosen by auto)" if result.auto is not None else ""),
             f"kept in float: {', '.join(result.keep) or 'nothing'}", verdict]
+    if result.float_model is not None:
+        meta.insert(-1, "bias-corrected: TensorRT 10 builds the .float.onnx written beside the Q/DQ model, with the "
+                        "cache (its biases are the corrected ones); TensorRT 11 the Q/DQ model")
     resolution = result.resolution()
     if resolution is not None:
         meta.append(f"uncertainty: {resolution.describe(result.target.max_drop, result.steps[-1].drop)}")

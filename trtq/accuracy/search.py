@@ -56,6 +56,7 @@ class Verifier:
         self._cached_bytes = 0
         self._switchable: list[tuple[SwitchableModel, object]] | None = None
         self.correction: BiasCorrection | None = None  # adopted by the loop: every later export starts from it
+        self.base: Model = model  # what the Q/DQ exports start from: the FP32 model, or its smoothed equivalent
         self.passes = 0
         self._fp32_seconds = 0.0
         self._fp32_samples = 0
@@ -104,20 +105,23 @@ class Verifier:
         return comparison
 
     def float_model(self, fold: int | None = None, keep: Sequence[str] = (),
-                    correction: BiasCorrection | None | object = _CURRENT) -> Model:
-        """The float model the Q/DQ export of fold ``fold`` (None: the written model) starts from: the FP32 model,
-        with the adopted bias correction (or ``correction``) folded into the layers not kept in float."""
+                    correction: BiasCorrection | None | object = _CURRENT, base: Model | None = None) -> Model:
+        """The float model the Q/DQ export of fold ``fold`` (None: the written model) starts from: the adopted base
+        (the FP32 model, or its smoothed equivalent) or ``base``, with the adopted bias correction (or
+        ``correction``) folded into the layers not kept in float."""
         correction = self.correction if correction is _CURRENT else correction
+        base = base if base is not None else self.base
         if correction is None:
-            return self.model
-        return correction.corrected(self.model, fold, keep)
+            return base
+        return correction.corrected(base, fold, keep)
 
     def qdq_runner(self, fold_ranges: list[dict[str, float]], exclude: Sequence[str] = (),
-                   ranges_source: str = "the ranges", correction: BiasCorrection | None | object = _CURRENT) -> Run:
+                   ranges_source: str = "the ranges", correction: BiasCorrection | None | object = _CURRENT,
+                   base: Model | None = None) -> Run:
         """The Q/DQ model of each fold's ranges (``exclude`` in float), one runner dispatching by fold."""
-        runs = [session_runner(fake_quant_session(export_qdq(self.float_model(fold, exclude, correction), amax,
-                                                             exclude=exclude, ranges_source=ranges_source).model),
-                               self.names)
+        runs = [session_runner(fake_quant_session(export_qdq(self.float_model(fold, exclude, correction, base),
+                                                             amax, exclude=exclude,
+                                                             ranges_source=ranges_source).model), self.names)
                 for fold, amax in enumerate(fold_ranges)]
         return self.plan.dispatch(runs)
 
@@ -127,7 +131,7 @@ class Verifier:
         built = []
         for fold, amax in enumerate(fold_ranges):
             corrected = self.float_model(fold)
-            values = self.correction.float_values(self.model, corrected) if self.correction is not None else None
+            values = self.correction.float_values(self.base, corrected) if self.correction is not None else None
             switchable = build_switchable(self.model.proto,
                                           export_qdq(corrected, amax, ranges_source=ranges_source), values)
             built.append((switchable, fake_quant_session(switchable.proto)))

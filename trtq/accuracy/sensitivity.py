@@ -39,6 +39,7 @@ import numpy as np
 from trtq.accuracy.downstream import DownstreamRuns
 from trtq.accuracy.evaluate import CapturingRunner, Comparison, compare_candidates
 from trtq.accuracy.holdout import take_samples
+from trtq.accuracy.judge import Measure
 from trtq.accuracy.labels import Labels
 from trtq.accuracy.switch import Layer, SwitchableModel, build_switchable
 from trtq.accuracy.targets import MetricTracker, TaskMetric, logits_index
@@ -176,10 +177,13 @@ class SensitivityAnalysis:
     def __init__(self, model: Model, amax: Mapping[str, float], batches: Iterable[Mapping[str, np.ndarray]], *,
                  exclude: Iterable[str] = (), labels: Labels | None = None, logits: str | None = None,
                  ranges_source: str = "the ranges", metric: TaskMetric | None = None,
-                 float_values: Mapping[str, Sequence[tuple[str, np.ndarray]]] | None = None):
+                 float_values: Mapping[str, Sequence[tuple[str, np.ndarray]]] | None = None,
+                 measure: Measure | None = None):
         """``float_values``: per layer, what it reads instead when in float (a bias corrected for INT8,
-        :func:`trtq.accuracy.switch.build_switchable`)."""
+        :func:`trtq.accuracy.switch.build_switchable`). ``measure``: task proxies whose view of the output noise
+        ranks the layers (:func:`trtq.accuracy.proxies.proxy_noise`) instead of the raw outputs'."""
         self.model = model
+        self.measure = measure if measure is not None and measure.kind == "proxies" else None
         self.amax = dict(amax)
         self.export: QdqExport = export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source)
         self.switchable: SwitchableModel = build_switchable(model.proto, self.export, float_values)
@@ -244,9 +248,10 @@ class SensitivityAnalysis:
             truth = self._labels.by_index if self._labels is not None else None
             tracker = MetricTracker(self._metric, self.names, truth)
         batches = take_samples(self.batches, max_samples, max_bytes=None)
+        judge = self.measure.judge(self.names, None) if self.measure is not None else None
         comparison = compare_candidates(reference, runners, self.names, batches,
                                         labels=self._labels, source=self._source, logits=self.logits,
-                                        metric=tracker)
+                                        metric=tracker, judge=judge)
         self.samples = comparison.samples
         return comparison
 
@@ -268,6 +273,8 @@ class SensitivityAnalysis:
         result = SensitivityResult(mode, comparison.samples, [], _top1(comparison.reference_accuracy))
         if mode == "alone":
             noise = {node: comparison.outcomes[node].noise for node in nodes}
+            if comparison.judgement is not None:  # as the proxies see the outputs
+                noise = {node: float(np.mean(comparison.judgement.noise[node])) for node in nodes}
             total = sum(v for v in noise.values() if math.isfinite(v))
             shares = {node: (noise[node] / total if total > 0 else 0.0) for node in nodes}
         else:

@@ -67,6 +67,14 @@ def output_paths(output: str) -> dict[str, Path]:
 @click.option("--no-bias-correction", "no_bias_correction", is_flag=True,
               help="Do not try bias correction (each INT8 layer's mean output shift folded into its bias; adopted "
                    "only when it beats the uncorrected model beyond the noise).")
+@click.option("--no-smoothing", "no_smoothing", is_flag=True,
+              help="Do not try SmoothQuant (outlier channels of a MatMul / Gemm activation moved into its weights; "
+                   "tried only where an activation has them, adopted only when it beats the model before beyond the "
+                   "noise).")
+@click.option("--output-ranges", "output_ranges", is_flag=True,
+              help="Also try layer-output ranges: each activation's amax chosen by the error of the layers reading it "
+                   "(adopted only when it beats the method's ranges beyond the noise; about a pass of the model per "
+                   "candidate on 32 samples).")
 @click.option("--trt-version", help="TensorRT version for the cache header [default: installed, else 10.16.1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; errors and warnings only.")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
@@ -75,8 +83,8 @@ def output_paths(output: str) -> dict[str, Path]:
                    "results as one machine: local, auto, HOST:PORT or ray://HOST:PORT. Needs "
                    "pip install 'trtq[ray]'.")
 def quantize(model_path, output, eval_data, labels_path, labels_from_folders, logits, metrics, max_drop, min_sqnr,
-             folds, calibrator, percentile, mode, max_eval_samples, no_bias_correction, trt_version, quiet, ray_address,
-             memory_budget, **data_kwargs):
+             folds, calibrator, percentile, mode, max_eval_samples, no_bias_correction, no_smoothing, output_ranges,
+             trt_version, quiet, ray_address, memory_budget, **data_kwargs):
     """Quantize MODEL to INT8 and verify it: one command from FP32 ONNX to a Q/DQ model that meets
     an accuracy target.
 
@@ -145,7 +153,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         calibration_labels=calibration_labels, metric=task_metric, proxies=named, min_sqnr=min_sqnr,
         max_drop=max_drop, calibrator=calibrator, percentile=percentile, logits=logits, mode=mode,
         max_eval_samples=max_eval_samples, folds=folds,
-        steps=tuple(step for step in STEPS if not (step == "bias" and no_bias_correction)),
+        steps=tuple(step for step in STEPS if (step != "bias" or not no_bias_correction)
+                    and (step != "smooth" or not no_smoothing) and (step != "ranges" or output_ranges)),
         note=None if quiet else (lambda line: click.echo(line, err=True)))
     if ray_address is None:
         result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass")

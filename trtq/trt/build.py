@@ -417,7 +417,15 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
         elif quantized is not None and plan.path != IMPLICIT:
             echo("trtq: note: --keep-precision keeps more layers in float than quantize measured: the Q/DQ model "
                  "is exported again from quantize's ranges with both sets kept")
-        onnx_path, derived = _model_to_parse(model, plan, options, ranges, Path(workdir), echo, keep_rules, qdq)
+        if quantized is not None and quantized.float_model is not None:
+            # quantize adopted a bias correction: its ranges and keep set were verified on the corrected model
+            echo("trtq: note: quantize corrected the INT8 layers' biases (bias correction): the corrected model is "
+                 "built")
+            model, variant = Model(quantized.float_model, model.path), "bias-corrected"
+        else:
+            variant = None
+        onnx_path, derived = _model_to_parse(model, plan, options, ranges, Path(workdir), echo, keep_rules, qdq,
+                                             variant)
         network = engine.create_network(trt, builder)
         parser = engine.parse_onnx(trt, network, logger, onnx_path)
         network_inputs = engine.network_inputs(network)
@@ -472,10 +480,11 @@ def _check_calibration_inputs(info: TensorRTInfo, plan: BuildPlan, options: Buil
 
 def _model_to_parse(model: Model, plan: BuildPlan, options: BuildOptions, ranges: TrtqRanges | None,
                     workdir: Path, echo: Echo, keep_rules: Mapping[str, str] | None = None,
-                    qdq=None) -> tuple[Path, dict | None]:
+                    qdq=None, variant: str | None = None) -> tuple[Path, dict | None]:
     """The ONNX file TensorRT parses, and what was derived from the user's model (``None``: parsed as is).
     ``keep_rules`` (default: ``--keep-precision``) may hold quantize's kept layers; ``qdq`` is a ready Q/DQ
-    model (quantize's) used as the INT8 model instead of exporting one from the ranges."""
+    model (quantize's) used as the INT8 model instead of exporting one from the ranges; ``variant`` names what
+    ``model`` is when quantize derived it from the user's (``bias-corrected``)."""
     if plan.path == STRONGLY_TYPED:
         from trtq.trt.explicit import strongly_typed_model
 
@@ -490,6 +499,10 @@ def _model_to_parse(model: Model, plan: BuildPlan, options: BuildOptions, ranges
             stem = Path(model.path).stem if model.path is not None else "model"
             path = typed.save(workdir / f"{stem}.{typed.variant.replace('+', '-')}.onnx")
             return path, {"variant": typed.variant, "sha256": sha256_file(path), "notes": typed.notes}
+    if variant is not None:  # a model quantize derived from the user's (its corrected biases)
+        stem = Path(model.path).stem if model.path is not None else "model"
+        path = _save_proto(model.proto, workdir / f"{stem}.{variant}.onnx")
+        return path, {"variant": variant, "sha256": sha256_file(path), "notes": []}
     if model.path is not None:
         return Path(model.path), None
     return _save_proto(model.proto, workdir / "model.onnx"), None
