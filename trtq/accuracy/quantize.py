@@ -24,36 +24,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 
-from trtq.accuracy.auto import AUTO_CANDIDATES, AutoChoice, choose_ranges, default_measure
-from trtq.accuracy.corrections import (
-    DEFAULT_STEPS,
-    StepOutcome,
-    fit_sets_of,
-    try_bias_correction,
-    try_output_ranges,
-    try_smoothing,
-)
+from trtq.accuracy.auto import AUTO_CANDIDATES, choose_ranges, default_measure
+from trtq.accuracy.corrections import DEFAULT_STEPS, StepOutcome, StepState, fit_sets_of, run_steps
 from trtq.accuracy.crossfit import DEFAULT_FOLDS, FoldPlan, HeldHead, cross_fit
 from trtq.accuracy.evaluate import Comparison
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples
-from trtq.accuracy.judge import Measure
 from trtq.accuracy.labels import Labels, labels_for_fed
-from trtq.accuracy.macs import int8_mac_share, layer_macs
+from trtq.accuracy.macs import layer_macs
 from trtq.accuracy.proxies import Proxy
+from trtq.accuracy.quantize_result import QuantizeResult, Verification, describe_step, format_steps  # noqa: F401 (format_steps: the CLI)
 from trtq.accuracy.search import Verifier, search_keep, verified
-from trtq.accuracy.sensitivity import SensitivityAnalysis, SensitivityResult
+from trtq.accuracy.sensitivity import SensitivityAnalysis
 from trtq.accuracy.targets import Target, TaskMetric, resolve_target
-from trtq.accuracy.uncertainty import Estimate, Resolution, resolve
-from trtq.cache import DEFAULT_TRT_VERSION, CalibrationCache, cache_from_amax
+from trtq.accuracy.uncertainty import resolve
 from trtq.calibrate import collect_statistics, compute_ranges
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
-from trtq.export import QdqExport, export_qdq
+from trtq.export import export_qdq
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS, range_function
 from trtq.stats import StatsCollector
@@ -65,166 +55,6 @@ RANK_SECONDS = 60.0  # the ranking's time budget: its samples are cut to fit it 
 RankBackend = Callable[[SensitivityAnalysis, str], Callable[[], None]]
 MAX_KEPT_SHARE = 0.9  # keeping more than this share of the quantized layers in float is not INT8
 CALIBRATORS = ("auto", *METHODS)
-
-
-@dataclass
-class Verification:
-    """One measured configuration of the loop."""
-
-    step: str
-    kept: list[str]
-    sqnr_db: float
-    drop: Estimate | None
-    meets_target: bool
-    seconds: float
-
-    @property
-    def drop_points(self) -> float | None:
-        return None if self.drop is None else self.drop.points
-
-    def document(self) -> dict:
-        return {"step": self.step, "kept": self.kept, "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else None,
-                "drop_points": self.drop_points, "drop": self.drop.document() if self.drop is not None else None,
-                "meets_target": self.meets_target, "seconds": self.seconds}
-
-
-@dataclass
-class QuantizeResult:
-    """Everything ``trtq quantize`` decided and measured; ``export`` is None when it failed."""
-
-    target: Target
-    calibrator: str
-    method: str  # the method whose ranges were used (auto: the one it chose)
-    amax: dict[str, float]
-    stats: StatsCollector
-    eval_description: str
-    eval_samples: int
-    keep: list[str]
-    steps: list[Verification]
-    export: QdqExport | None
-    auto: AutoChoice | None = None
-    sensitivity: SensitivityResult | None = None
-    final: Comparison | None = None
-    failure: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
-    quantized_nodes: list[str] = field(default_factory=list)  # of the all-INT8 model
-    macs: dict[str, int] = field(default_factory=dict)  # per layer, one evaluation batch
-    measure: Measure | None = None  # what the drop is measured on
-    passes: int = 0  # evaluation passes over the judged data
-    undecided: bool = False  # taken though beyond the target at the point estimate: only inside the noise
-    corrections: list[StepOutcome] = field(default_factory=list)  # the error-reducing steps tried, in order
-    float_model: onnx.ModelProto | None = None  # the corrected FP32 model (TensorRT 10 builds it with the cache)
-
-    @property
-    def best_step(self) -> Verification:
-        """The measured configuration with the least drop (fewest kept on a tie; the highest SQNR without drops)."""
-        if self.target.max_drop is None or all(s.drop is None for s in self.steps):
-            return max(self.steps, key=lambda s: (s.sqnr_db, -len(s.kept)))
-        measured = [s for s in self.steps if s.drop is not None]
-        whole = max(s.drop.samples for s in measured)
-        # a pass stopped early measured fewer samples: its point estimate is no basis for a recommendation
-        return min((s for s in measured if s.drop.samples == whole), key=lambda s: (s.drop.points, len(s.kept)))
-
-    def resolution(self) -> Resolution | None:
-        """Whether the data decide the target for the last configuration (None without a drop target)."""
-        last = self.steps[-1] if self.steps else None
-        if last is None or last.drop is None or self.target.max_drop is None:
-            return None
-        return resolve(last.drop, self.target.max_drop)
-
-    def frontier(self) -> list[tuple[float, float, Verification]]:
-        """(INT8 MAC share, drop points, configuration) of every measured configuration with a drop, by share."""
-        points = [(share, step.drop.points, step) for step, share in zip(self.steps, self.mac_shares, strict=True)
-                  if step.drop is not None and share is not None]
-        return sorted(points, key=lambda p: -p[0])
-
-    @property
-    def layers(self) -> int:
-        """Quantized layers of the all-INT8 model."""
-        return len(self.quantized_nodes)
-
-    def mac_share(self, kept: Sequence[str]) -> float | None:
-        """Share of the quantized layers' MACs still in INT8 with ``kept`` in float (None: unknown)."""
-        return int8_mac_share(self.macs, self.quantized_nodes, list(kept))
-
-    @property
-    def mac_shares(self) -> list[float | None]:
-        return [self.mac_share(step.kept) for step in self.steps]
-
-    @property
-    def usable_amax(self) -> dict[str, float]:
-        """The ranges that define an int8 scale, with the weight-derived tensors' max|w| (recorded with the
-        statistics) after the data ranges: a tensor without one (all zero, no finite value) is left out of
-        the cache, so TensorRT keeps it in higher precision; a zero scale is never written."""
-        weights = (self.stats.meta.get("weights") or {}).get("amax", {})
-        merged = {**{k: float(v) for k, v in weights.items() if k not in self.amax}, **self.amax}
-        return {name: value for name, value in merged.items() if value > 0 and math.isfinite(value)}
-
-    def cache(self, trt_version: str = DEFAULT_TRT_VERSION) -> CalibrationCache:
-        """The TensorRT 10 cache of these ranges (``EntropyCalibration2`` header: trtq serves its own ranges
-        through an entropy calibrator that gets no batches)."""
-        return cache_from_amax(self.usable_amax, "auto", trt_version)
-
-    def keep_text(self, model_name: str) -> str:
-        """The keep list: one ONNX node name per line, `#` comments (`--exclude @FILE`, `--keep-precision @FILE`)."""
-        last = self.steps[-1] if self.steps else None
-        lines = [f"# layers of {model_name} kept in float by trtq quantize (target {self.target.describe()})",
-                 "# use: trtq export MODEL --qdq ... --exclude @FILE, or trtq build --keep-precision @FILE"]
-        if last is not None:
-            lines.append(f"# verified on {self.eval_samples} samples: {_describe(last)}")
-        return "\n".join([*lines, *self.keep]) + "\n"
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None
-
-    @property
-    def final_step(self) -> Verification:
-        return self.steps[-1]
-
-    def document(self) -> dict:
-        document = {
-            "format": "trtq-quantize-1",
-            "ok": self.ok,
-            "failure": self.failure,
-            "target": self.target.document(),
-            "calibrator": self.calibrator,
-            "method": self.method,
-            "calibration_samples": self.stats.samples,
-            "evaluation": {"data": self.eval_description, "samples": self.eval_samples, "passes": self.passes},
-            "undecided": self.undecided,
-            "measure": self.measure.document() if self.measure is not None else None,
-            "corrections": [c.document() for c in self.corrections],
-            "layers": self.layers,
-            "keep": self.keep,
-            "steps": [{**s.document(), "int8_mac_share": share} for s, share in zip(self.steps, self.mac_shares,
-                                                                                     strict=True)],
-            "seconds": self.seconds,
-            "tensors": {name: {"amax": value, "scale": value / 127.0, "source": "data"}
-                        for name, value in self.amax.items()},
-        }
-        for name, value in self.usable_amax.items():  # weight-derived tensors: in the cache, not in the Q/DQ model
-            if name not in self.amax:
-                document["tensors"][name] = {"amax": value, "scale": value / 127.0, "source": "weights"}
-        if self.auto is not None:
-            document["auto"] = self.auto.document()
-            document["tensors"] = {name: {**entry, "flags": list(self.auto.diagnoses[name].flags)}
-                                   if name in self.auto.diagnoses else entry
-                                   for name, entry in document["tensors"].items()}
-        if self.sensitivity is not None:
-            document["sensitivity"] = self.sensitivity.document()
-        if self.export is not None:
-            document["quantized_nodes"] = list(self.export.plan.quantized_nodes)
-        resolution = self.resolution()
-        if resolution is not None:
-            document["resolution"] = {"resolved": resolution.resolved, "meets": resolution.meets,
-                                      "samples_needed": resolution.samples_needed,
-                                      "describe": resolution.describe(self.target.max_drop, self.steps[-1].drop)}
-        if self.steps:
-            best = self.best_step
-            document["best"] = {"step": best.step, "kept": best.kept, "drop_points": best.drop_points,
-                                "int8_mac_share": self.mac_share(best.kept)}
-        return document
 
 
 def check_inputs_finite(model: Model, stats: StatsCollector) -> None:
@@ -298,51 +128,21 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     timings["range choice"] = time.perf_counter() - step_started
     source = f"the {method} ranges"
     corrections: list[StepOutcome] = []
-    fit_sets = fit_sets_of(verifier, fit_held)
-    if "smooth" in steps:
+    if steps and _settled(configurations[0], target):
+        say("all INT8 meets the target beyond the noise: no error-reducing step tried")
+    elif steps:
         method_name, method_percentile = (auto.method, auto.percentile) if auto is not None else (calibrator,
                                                                                                percentile)
-        measure_range = range_function(method_name, method_percentile or DEFAULT_PERCENTILE)
-
-        def derive(statistics: StatsCollector, names: Sequence[str]) -> dict[str, float]:
-            wanted = set(names)
-            return {s.name: float(measure_range(s)) for s in statistics if s.name in wanted}
-
-        say("SmoothQuant: looking for activations with outlier channels read by quantized MatMul / Gemm layers")
-        outcome, measured, (fold_ranges, amax) = try_smoothing(verifier, amax, fold_ranges, fit_sets, baseline, key,
-                                                               source, target.meets, derive)
-        corrections.append(outcome)
-        timings["SmoothQuant"] = outcome.seconds
-        say(f"  {outcome.describe()}")
-        if measured is not None:
-            baseline, key = measured, "smooth"
-            step = verified(measured, key, [], target.meets, outcome.seconds)
-            configurations.append(Verification("all INT8, smoothed", [], step.sqnr_db, step.drop,
-                                               step.meets_target, step.seconds))
-    if "ranges" in steps:
-        say("layer-output ranges: each activation's amax chosen by its consumers' output error")
-        outcome, measured, (fold_ranges, amax) = try_output_ranges(verifier, stats, amax, fold_ranges, fit_sets,
-                                                                   baseline, key, source, target.meets)
-        corrections.append(outcome)
-        timings["layer-output ranges"] = outcome.seconds
-        say(f"  {outcome.describe()}")
-        if measured is not None:
-            baseline, key = measured, "ranges"
-            step = verified(measured, key, [], target.meets, outcome.seconds)
-            configurations.append(Verification("all INT8, layer-output ranges", [], step.sqnr_db, step.drop,
-                                               step.meets_target, step.seconds))
-    if "bias" in steps:
-        say("bias correction: measuring each INT8 layer's mean output shift per channel, then the corrected model")
-        outcome, measured = try_bias_correction(verifier, fold_ranges, fit_sets, baseline, key, source,
-                                                target.meets)
-        corrections.append(outcome)
-        timings["bias correction"] = outcome.seconds
-        say(f"  {outcome.describe()}")
-        if measured is not None:
-            baseline, key = measured, "bias"
-            step = verified(measured, key, [], target.meets, outcome.seconds)
-            configurations.append(Verification("all INT8, bias-corrected", [], step.sqnr_db, step.drop,
-                                               step.meets_target, step.seconds))
+        state = StepState(baseline, key, fold_ranges, amax)
+        corrections = run_steps(verifier, steps, state, stats, fit_sets_of(verifier, fit_held), source, target.meets,
+                                range_function(method_name, method_percentile or DEFAULT_PERCENTILE), say)
+        baseline, key, fold_ranges, amax = state.reference, state.key, state.fold_ranges, state.amax
+        for outcome, measured in zip(corrections, state.measured, strict=True):
+            timings[outcome.title] = outcome.seconds
+            if measured is not None:
+                step = verified(measured, outcome.name, [], target.meets, outcome.seconds)
+                configurations.append(Verification(f"all INT8, {outcome.adjective}", [], step.sqnr_db, step.drop,
+                                                   step.meets_target, step.seconds))
     steps = configurations
     quantized_nodes = list(export_qdq(model, amax, ranges_source=source).plan.quantized_nodes)
     layers = len(quantized_nodes)
@@ -359,13 +159,13 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         # data cannot decide, which is said, not a reason to write nothing
         best = result.best_step
         keep, undecided = list(best.kept), True
-        say(f"no configuration met the target at its point estimate; the best ({best.step}: {_describe(best)}) "
+        say(f"no configuration met the target at its point estimate; the best ({best.step}: {describe_step(best)}) "
             "is within the noise of it: taken, undecided")
     if keep is None:
         best = result.best_step
         result.failure = (f"the target ({target.describe()}) is not met with up to {MAX_KEPT_SHARE:.0%} of the "
                           f"{layers} quantized layers kept in float, and more is not an INT8 model; the best "
-                          f"measured keeps {len(best.kept)} in float: {_describe(best)}")
+                          f"measured keeps {len(best.kept)} in float: {describe_step(best)}")
         timings["total"] = time.perf_counter() - started
         result.passes = verifier.passes
         return result
@@ -386,7 +186,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     timings["final check"] = time.perf_counter() - step_started
     result.export, result.final = export, comparison
     if not steps[-1].meets_target:
-        result.failure = f"the final INT8 model misses the target ({_describe(steps[-1])}; {target.describe()})"
+        result.failure = f"the final INT8 model misses the target ({describe_step(steps[-1])}; {target.describe()})"
     timings["total"] = time.perf_counter() - started
     result.passes = verifier.passes
     return result
@@ -441,6 +241,16 @@ def rank_sample_count(layers: int, seconds_per_sample: float | None, available: 
     return max(1, min(available, RANK_SAMPLES, max(MIN_RANK_SAMPLES, fitting)))
 
 
+def _settled(step: Verification, target: Target) -> bool:
+    """Whether a configuration meets the target beyond the noise (an SQNR-only target: meets it), so that the
+    error-reducing steps could only widen a margin that is already certain."""
+    if not step.meets_target:
+        return False
+    if target.max_drop is None or step.drop is None:
+        return True
+    return resolve(step.drop, target.max_drop).resolved
+
+
 def _within_the_noise(result: QuantizeResult) -> bool:
     """Whether the best configuration measured on every sample misses a drop target only inside the noise: its
     95 % interval reaches down to the target, and it keeps at most ``MAX_KEPT_SHARE`` of the layers in float."""
@@ -492,7 +302,7 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     # cost of the whole one's, which building the analysis just measured
     per_layer = 0.5 * (time.perf_counter() - built)
     rank_samples = rank_sample_count(layers, verifier.seconds_per_sample, result.eval_samples, per_layer)
-    say(f"all INT8 misses the target ({_describe(result.steps[-1])}): ranking the {layers} quantized layers on "
+    say(f"all INT8 misses the target ({describe_step(result.steps[-1])}): ranking the {layers} quantized layers on "
         f"{rank_samples} samples")
     close = rank_backend(analysis, source) if rank_backend is not None else None
     try:
@@ -521,17 +331,3 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     keep = list(ranking[:size])
     sensitivity.keep = keep
     return keep
-
-
-def _describe(step: Verification) -> str:
-    sqnr = f"SQNR {step.sqnr_db:.2f} dB" if math.isfinite(step.sqnr_db) else "SQNR inf"
-    if step.drop is None:
-        return sqnr
-    return f"drop {step.drop.points:.2f} points (95 % interval {step.drop.low:+.2f} to {step.drop.high:+.2f}), {sqnr}"
-
-
-def format_steps(result: QuantizeResult) -> list[str]:
-    """One line per verified configuration."""
-    width = max(len(s.step) for s in result.steps)
-    return [f"  {s.step:<{width}}  {_describe(s)}  ({'meets the target' if s.meets_target else 'misses the target'})"
-            for s in result.steps]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from trtq.accuracy.auto import tied_within_noise
 from trtq.accuracy.figures import FrontierPoint, frontier_chart, tradeoff_chart
-from trtq.accuracy.quantize import QuantizeResult
+from trtq.accuracy.quantize_result import QuantizeResult
 from trtq.accuracy.report import Figure, _db, _figure_html, _page, _table, histogram_figures, ranking_figure
 from trtq.ranges import range_function
 
