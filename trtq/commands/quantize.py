@@ -98,7 +98,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     Examples:
       trtq quantize calib_data/mnist-8.onnx --data calib_data/mnist -o mnist-8.int8.onnx
       trtq quantize det.onnx --data calib/ --eval-data val/ --metric boxes.py:f1 --max-drop 2 -o det.int8.onnx
-      trtq build det.onnx --int8 --cache det.int8.cache --keep-precision @det.int8.keep.txt   # TensorRT 10
+      trtq build det.onnx --int8 --calibrator entropy2 --cache det.int8.cache --keep-precision @det.int8.keep.txt
     """
     from trtq.accuracy.holdout import read_eval_set
     from trtq.accuracy.labels import read_labels
@@ -224,7 +224,8 @@ def _hand_off(result, paths: dict[str, Path], model_path: str) -> str:
     float_model = paths["float"] if result.float_model is not None else Path(model_path)
     keep = f" --keep-precision @{shlex.quote(str(paths['keep']))}" if result.keep else ""
     return (f"build: TensorRT 11: trtq build {shlex.quote(str(paths['model']))} --int8; TensorRT 10: trtq build "
-            f"{shlex.quote(str(float_model))} --int8 --cache {shlex.quote(str(paths['cache']))}{keep}")
+            f"{shlex.quote(str(float_model))} --int8 --calibrator entropy2 --cache {shlex.quote(str(paths['cache']))}"
+            f"{keep}")
 
 
 def _take_best(result) -> str:
