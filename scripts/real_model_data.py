@@ -301,6 +301,18 @@ def nudenet_letterbox(rgb: np.ndarray) -> np.ndarray:
     return (resized.astype(np.float32) * np.float32(1.0 / 255.0)).transpose(2, 0, 1)
 
 
+def random_crop(rng: np.random.Generator, photo: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A crop of 30-100 % of each side of ``photo`` at a random place, flipped left-right half the time; also
+    (top, left, height, width) of the crop."""
+    h, w = photo.shape[:2]
+    ch, cw = int(h * rng.uniform(0.3, 1.0)), int(w * rng.uniform(0.3, 1.0))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = photo[top:top + ch, left:left + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    return crop, (top, left, ch, cw)
+
+
 def photo_variants(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
     """``count`` letterboxed inputs ``N x 3 x 320 x 320``: random crops (30-100 % of each side), horizontal
     flips and downscales of the bundled photos (half of them of people or LFW face mosaics), chosen by ``seed``.
@@ -314,12 +326,7 @@ def photo_variants(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
     for i in range(count):  # every other image shows people (faces, bodies): what the detector's classes need
         pool = people if (i % 2 == 0 and people) else others
         name, photo = pool[(i // 2) % len(pool)]
-        h, w = photo.shape[:2]
-        ch, cw = int(h * rng.uniform(0.3, 1.0)), int(w * rng.uniform(0.3, 1.0))
-        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        crop = photo[top:top + ch, left:left + cw]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
+        crop, (top, left, ch, cw) = random_crop(rng, photo)
         if rng.random() < 0.3:  # a smaller photo: the letterbox then leaves more black
             factor = rng.uniform(0.4, 0.9)
             crop = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(

@@ -580,13 +580,7 @@ def vit_inputs(count: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     inputs = []
     for i in range(count):
-        _, photo = photos[i % len(photos)]
-        h, w = photo.shape[:2]
-        ch, cw = int(h * rng.uniform(0.3, 1.0)), int(w * rng.uniform(0.3, 1.0))
-        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        crop = photo[top:top + ch, left:left + cw]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
+        crop, _ = rmd.random_crop(rng, photos[i % len(photos)][1])
         resized = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((VIT_SIDE, VIT_SIDE),
                                                                                  Image.Resampling.BILINEAR))
         normalised = (resized.astype(np.float32) / 255.0 - rmd.IMAGENET_MEAN) / rmd.IMAGENET_STD
