@@ -72,7 +72,7 @@ def _initializer(graph: onnx.GraphProto, name: str) -> onnx.TensorProto | None:
     return next((t for t in graph.initializer if t.name == name), None)
 
 
-def _stored_constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+def stored_constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     """The value of an initializer or of a ``Constant`` node's output (what exporters such as Paddle's write
     weights as); None for anything computed."""
     tensor = _initializer(graph, name)
@@ -91,7 +91,7 @@ def _attribute(node: onnx.NodeProto, name: str, default):
 
 def _channel_vector(graph: onnx.GraphProto, name: str, channels: int) -> bool:
     """Whether ``name`` is a stored constant holding one value per channel ([C], [1, C], [1, ..., C])."""
-    value = _stored_constant(graph, name)
+    value = stored_constant(graph, name)
     if value is None:
         return False
     dims = list(value.shape)
@@ -109,7 +109,7 @@ def find_sites(model: Model, quantized_nodes: Iterable[str]) -> SiteSearch:
         label = node_label(node)
         if label not in wanted or node.op_type not in _WEIGHTED or len(node.input) < 2:
             continue
-        weight = _stored_constant(graph, node.input[1])
+        weight = stored_constant(graph, node.input[1])
         if weight is None or weight.ndim < 2:
             found.skipped[label] = "its weight is not a stored constant matrix"
             continue
@@ -280,7 +280,7 @@ class BiasCorrection:
             tensor = holder.input[site.slot]
             if tensor == site.bias:
                 continue  # not corrected here
-            original = (_stored_constant(model.graph, site.bias) if site.bias is not None
+            original = (stored_constant(model.graph, site.bias) if site.bias is not None
                         else np.zeros(site.channels, dtype=_float_type(corrected, site)))
             values.setdefault(site.layer_id, []).append((tensor, original))
         return values
@@ -316,7 +316,7 @@ def fold_shifts(proto: onnx.ModelProto, sites: Sequence[BiasSite],
         holder = holders[site.holder]
         shift = np.asarray(shifts[site.node], dtype=np.float64)
         if site.bias is not None:
-            original = _stored_constant(graph, site.bias)
+            original = stored_constant(graph, site.bias)
             value = (original.astype(np.float64) - shift.reshape(original.shape) / site.scale).astype(original.dtype)
         else:
             value = (-shift / site.scale).astype(_float_type(model, site))

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from trtq.accuracy.bias import stored_constant
 from trtq.export.graph import GraphIndex, NameAllocator, node_label
 from trtq.model import Model
 
@@ -60,21 +61,21 @@ class Smoothing:
 
 
 def _weight(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    tensor = next((t for t in graph.initializer if t.name == name), None)
-    return numpy_helper.to_array(tensor) if tensor is not None else None
+    """A stored weight: an initializer or a ``Constant`` node's value (Paddle's exporter writes those)."""
+    return stored_constant(graph, name)
 
 
 def find_groups(model: Model, quantized_nodes: Sequence[str]) -> list[SmoothGroup]:
     """Activations read by quantized MatMul (2-D constant ``B``) / Gemm (constant ``B``) layers, grouped per tensor."""
     graph = model.graph
     wanted = set(quantized_nodes)
-    initializers = model.initializer_names
+    constants = model.constant_tensors
     groups: dict[str, SmoothGroup] = {}
     for node in graph.node:
         if node_label(node) not in wanted or node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
             continue
         activation, weight = node.input[0], node.input[1]
-        if weight not in initializers or activation in initializers:
+        if weight not in constants or activation in constants:
             continue
         value = _weight(graph, weight)
         if value is None or value.ndim != 2:
