@@ -266,3 +266,19 @@ def test_cosine_also_sees_a_change_of_length_a_regression_output_has_nothing_els
     ages = np.array([[30.0], [42.0], [7.0]])
     assert proxy.agreement(ages, ages * [[1.05], [1.3], [1.0]]).tolist() == [1.0, 0.0, 1.0]  # 5 % ok, 30 % not
     assert proxy.agreement(np.zeros((1, 3)), np.zeros((1, 3))).tolist() == [1.0]
+
+
+def test_a_detection_heads_noise_counts_its_class_scores_as_much_as_its_boxes():
+    """YOLOv8n's head [B, 4 + 18, anchors]: box pixels up to 320 beside probabilities; an INT8 layer that moves only
+    the class scores adds almost nothing to the whole output's noise, and must still rank as harmful."""
+    from trtq.accuracy.proxies import Proxy, proxy_noise, relative_noise
+
+    rng = np.random.default_rng(0)
+    reference = np.concatenate([rng.uniform(0, 320, (2, 4, 50)), rng.uniform(0, 1, (2, 18, 50)) ** 8], axis=1)
+    moved = reference.copy()
+    moved[:, 4:] = np.clip(moved[:, 4:] + rng.normal(0, 0.05, (2, 18, 50)), 0, 1)  # class scores only
+    head = Proxy("iou", 0.5, channels=tuple(range(4, 22)))
+    assert relative_noise(reference, moved).max() < 1e-4
+    assert proxy_noise(head, reference, moved).min() > 100 * relative_noise(reference, moved).max()
+    plain = proxy_noise(Proxy("cosine", 0.99), reference, moved)
+    np.testing.assert_array_equal(plain, relative_noise(reference, moved))

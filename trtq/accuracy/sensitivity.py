@@ -181,9 +181,13 @@ class SensitivityAnalysis:
                  measure: Measure | None = None):
         """``float_values``: per layer, what it reads instead when in float (a bias corrected for INT8,
         :func:`trtq.accuracy.switch.build_switchable`). ``measure``: task proxies whose view of the output noise
-        ranks the layers (:func:`trtq.accuracy.proxies.proxy_noise`) instead of the raw outputs'."""
+        ranks the layers (:func:`trtq.accuracy.proxies.proxy_noise`) instead of the raw outputs' when one of them
+        splits an output into channel groups."""
         self.model = model
-        self.measure = measure if measure is not None and measure.kind == "proxies" else None
+        # only a proxy that splits an output (a detection head's probability and box channels) changes what the
+        # ranking's noise sees; elsewhere the raw outputs' pooled noise ranks as before
+        self.measure = measure if measure is not None and measure.kind == "proxies" and any(
+            p.channels for p in measure.proxies.values()) else None
         self.amax = dict(amax)
         self.export: QdqExport = export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source)
         self.switchable: SwitchableModel = build_switchable(model.proto, self.export, float_values)
