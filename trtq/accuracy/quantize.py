@@ -39,7 +39,6 @@ from trtq.accuracy.quantize_result import QuantizeResult, Verification, describe
 from trtq.accuracy.search import Verifier, search_keep, verified
 from trtq.accuracy.sensitivity import SensitivityAnalysis
 from trtq.accuracy.targets import Target, TaskMetric, resolve_target
-from trtq.accuracy.uncertainty import resolve
 from trtq.calibrate import collect_statistics, compute_ranges
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
@@ -128,8 +127,8 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     timings["range choice"] = time.perf_counter() - step_started
     source = f"the {method} ranges"
     corrections: list[StepOutcome] = []
-    if steps and _settled(configurations[0], target):
-        say("all INT8 meets the target beyond the noise: no error-reducing step tried")
+    if steps and configurations[0].meets_target:
+        say("all INT8 meets the target: no error-reducing step tried")
     elif steps:
         method_name, method_percentile = (auto.method, auto.percentile) if auto is not None else (calibrator,
                                                                                                percentile)
@@ -239,16 +238,6 @@ def rank_sample_count(layers: int, seconds_per_sample: float | None, available: 
     left = RANK_SECONDS - layers * seconds_per_layer
     fitting = int(left / ((layers + 1) * 0.6 * seconds_per_sample)) if left > 0 else 0
     return max(1, min(available, RANK_SAMPLES, max(MIN_RANK_SAMPLES, fitting)))
-
-
-def _settled(step: Verification, target: Target) -> bool:
-    """Whether a configuration meets the target beyond the noise (an SQNR-only target: meets it), so that the
-    error-reducing steps could only widen a margin that is already certain."""
-    if not step.meets_target:
-        return False
-    if target.max_drop is None or step.drop is None:
-        return True
-    return resolve(step.drop, target.max_drop).resolved
 
 
 def _within_the_noise(result: QuantizeResult) -> bool:
