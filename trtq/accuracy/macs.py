@@ -3,8 +3,10 @@ keep-in-float set takes out of INT8 (the speed a keep set costs, before any engi
 
 Counted for the ops that carry nearly all the arithmetic and that TensorRT runs in INT8: Conv and
 ConvTranspose (output elements x input channels per group x kernel size), Gemm and MatMul
-(output elements x the reduced dimension). Shapes come from the evaluation batch's input shapes;
-a layer whose shapes inference cannot tell counts 0 (and the share says how many were unknown).
+(output elements x the reduced dimension). Shapes come from the evaluation batch's input shapes; where
+shape inference cannot tell them (a ViT's Reshapes computed from Shape/Gather/Concat chains left every MatMul
+unsized, and its INT8 share read 0 %), one onnxruntime run of the batch gives them; a layer whose shapes neither
+can tell counts 0.
 """
 
 from __future__ import annotations
@@ -45,9 +47,32 @@ def _shapes(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str,
     return shapes
 
 
+def _run_shapes(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray], names: list[str]) -> dict[str, tuple]:
+    """The shapes of ``names`` in one onnxruntime run of ``feed`` (best effort: {} when it cannot run)."""
+    from trtq.capture import with_extra_outputs
+    from trtq.export.compare import fake_quant_session
+
+    inputs = {value.name for value in proto.graph.input}
+    stored = {t.name for t in proto.graph.initializer}
+    wanted = [n for n in dict.fromkeys(names) if n not in inputs and n not in stored]
+    try:
+        session = fake_quant_session(with_extra_outputs(proto, wanted), arena=False)
+        values = session.run(wanted, {k: v for k, v in feed.items() if k in inputs})
+    except Exception:  # an unsized layer counts 0, as documented
+        return {}
+    shapes = {name: tuple(int(d) for d in np.shape(v)) for name, v in zip(wanted, values, strict=True)}
+    shapes.update({k: tuple(int(d) for d in np.shape(v)) for k, v in feed.items() if k in inputs})
+    shapes.update({t.name: tuple(int(d) for d in t.dims) for t in proto.graph.initializer})
+    return shapes
+
+
 def layer_macs(proto: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, int]:
     """Node name (or first output when unnamed) -> MACs of one batch, for the MAC-carrying ops."""
     shapes = _shapes(proto, feed)
+    unsized = [name for node in proto.graph.node if node.op_type in MAC_OPS
+               for name in [node.output[0], *node.input[:2]] if name and name not in shapes]
+    if unsized:
+        shapes.update(_run_shapes(proto, feed, unsized))
     macs: dict[str, int] = {}
     for node in proto.graph.node:
         if node.op_type not in MAC_OPS:
