@@ -58,7 +58,8 @@ def _corrections_table(result: QuantizeResult) -> str:
         return "-" if math.isnan(value) else _db(value)
 
     rows = [(c.title, drop(c.drop_before), drop(c.drop_after), db(c.sqnr_before), db(c.sqnr_after),
-             "adopted" if c.adopted else "not adopted", c.reason, f"{c.seconds:.1f}") for c in result.corrections]
+             "adopted" if c.adopted else "not tried" if math.isnan(c.sqnr_after) else "not adopted", c.reason,
+             f"{c.seconds:.1f}") for c in result.corrections]
     return _table(["step", "drop before, points (95 % interval)", "drop after", "SQNR dB before", "SQNR dB after",
                    "", "why", "seconds"], rows, numeric=(1, 2, 3, 4, 7))
 
