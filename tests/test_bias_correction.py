@@ -316,3 +316,23 @@ def test_macs_come_from_a_run_where_shape_inference_cannot_size_a_layer(dynamic_
     # 4 digits: 5x5 convolutions to 8 x 28 x 28 (1 input channel) and 16 x 14 x 14 (8), then 256 -> 10
     assert macs == {"Convolution28": 4 * 8 * 28 * 28 * 25, "Convolution110": 4 * 16 * 14 * 14 * 8 * 25,
                     "Times212": 4 * 10 * 256}
+
+
+def test_an_adopted_smoothing_is_what_the_written_models_hold(digits_calibration, monkeypatch):
+    """Every digits activation smoothed (the outlier threshold lowered): the step is measured, adopted (it raises
+    the SQNR beyond the noise here), and what is written — the Q/DQ model and OUT.float.onnx — holds the smoothing,
+    with ranges for its new tensors."""
+    import trtq.accuracy.corrections as corrections
+    from trtq.accuracy.quantize import quantize
+    from trtq.accuracy.smooth import smooth
+
+    monkeypatch.setattr(corrections, "smooth", lambda model, groups, maxima: smooth(model, groups, maxima, 0.0))
+    model = load_model(DATA / "digits_mlp.onnx")
+    result = quantize(model, digits_calibration, min_sqnr=40.0, steps=("smooth",))
+    (outcome,) = result.corrections
+    assert outcome.name == "smooth" and outcome.detail["activations"] == 3 and not np.isnan(outcome.sqnr_after)
+    smoothed_nodes = [n for n in result.export.model.graph.node if n.name.endswith("_Smooth")]
+    assert outcome.adopted and outcome.sqnr_after > outcome.sqnr_before  # 38.2 -> 39.3 dB here
+    assert len(smoothed_nodes) == 3 and result.float_model is not None
+    assert {f"{t}_smoothed" for t in ("scaled", "h1", "res")} <= set(result.amax)
+    assert any(n.name.endswith("_Smooth") for n in result.float_model.graph.node)
