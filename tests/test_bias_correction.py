@@ -336,3 +336,15 @@ def test_an_adopted_smoothing_is_what_the_written_models_hold(digits_calibration
     assert len(smoothed_nodes) == 3 and result.float_model is not None
     assert {f"{t}_smoothed" for t in ("scaled", "h1", "res")} <= set(result.amax)
     assert any(n.name.endswith("_Smooth") for n in result.float_model.graph.node)
+
+
+def test_with_eval_data_the_steps_fit_on_calibration_samples_never_on_the_judged_ones(digits_calibration):
+    from trtq.accuracy.quantize import quantize
+
+    model = load_model(DATA / "digits_mlp.onnx")
+    test = np.load(DATA / "digits_split.npz")["x_test"].astype(np.float32)
+    judged = [{"pixels": test[i:i + 100]} for i in range(0, 500, 100)]
+    result = quantize(model, iter(digits_calibration), eval_batches=judged, min_sqnr=40.0, steps=("bias",))
+    (bias,) = result.corrections
+    assert result.eval_samples == 500
+    assert bias.detail["samples"] == 256  # the first calibration batches (--max-eval-samples), held while calibrating

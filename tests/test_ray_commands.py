@@ -34,6 +34,7 @@ def without_timings(document: dict) -> dict:
     """A quantize report without its wall-clock figures (they differ between any two runs)."""
     document = {**document, "seconds": None, "outputs": None}
     document["steps"] = [{**step, "seconds": None} for step in document["steps"]]
+    document["corrections"] = [{**step, "seconds": None} for step in document.get("corrections", [])]
     return document
 
 

@@ -39,6 +39,9 @@ STEP_NOTES = {"smooth": "looking for activations with outlier channels read by q
               "ranges": "each activation's amax chosen by its consumers' output error",
               "bias": "measuring each INT8 layer's mean output shift per channel, then the corrected model"}
 Feed = Mapping[str, np.ndarray]
+# --eval-data with --ray: the calibration data goes to Ray in shards, none stays here to fit a step on (the evaluation
+# data judges, it never fits)
+NOTHING_HELD = "no calibration batch held here to fit it on (--ray shards the calibration data)"
 
 
 @dataclass
@@ -104,8 +107,9 @@ def _adopt(judgement: Judgement, key: str, reference: Judgement, reference_key: 
 
 
 def fit_sets_of(verifier: Verifier, held: Sequence[Feed] | None) -> list[list[Feed]]:
-    """The calibration batches each fold's correction is fitted on: without ``--eval-data`` the judged batches of
-    that fold (a fold's judged model takes the *other* folds' fits); with it, the held calibration batches."""
+    """The calibration batches each fold's correction is fitted on: without ``--eval-data`` (``held`` None) the
+    judged batches of that fold (a fold's judged model takes the *other* folds' fits); with it, the held
+    calibration batches (none with ``--ray``: never the evaluation batches)."""
     if held is not None:
         return [list(held)]
     folds = verifier.plan.folds
@@ -138,9 +142,11 @@ def try_smoothing(verifier: Verifier, amax: dict[str, float], fold_ranges: list[
         return StepOutcome("smooth", False, reason, before, None, reference.outcomes[reference_key].sqnr_db, math.nan,
                            time.perf_counter() - started, detail or {})
 
-    groups = find_groups(base, export_qdq(base, amax, ranges_source=ranges_source).plan.quantized_nodes)
     held = [feed for batches in fit_sets for feed in batches]
-    if not groups or not held:
+    if not held:
+        return skipped(NOTHING_HELD), None, unchanged
+    groups = find_groups(base, export_qdq(base, amax, ranges_source=ranges_source).plan.quantized_nodes)
+    if not groups:
         return skipped("no quantized MatMul / Gemm with a constant weight reads an activation"), None, unchanged
     smoothing = smooth(base, groups, channel_maxima(base, groups, held))
     if not smoothing.groups:
@@ -178,8 +184,10 @@ def try_output_ranges(verifier: Verifier, stats: StatsCollector, amax: dict[str,
     before = reference.judgement.drop(reference_key) if reference.judgement is not None else None
     sqnr_before = reference.outcomes[reference_key].sqnr_db
     unchanged = (fold_ranges, amax)
+    if not any(fit_sets):
+        return StepOutcome("ranges", False, NOTHING_HELD, before, None, sqnr_before, math.nan, 0.0, {}), None, unchanged
     chosen = fit_output_ranges(verifier.base, export_qdq(verifier.base, amax, ranges_source=ranges_source), amax,
-                               compute_ranges(stats, "minmax"), fit_sets) if any(fit_sets) else None
+                               compute_ranges(stats, "minmax"), fit_sets)
     if chosen is None:
         return StepOutcome("ranges", False, "no activation read by a quantized layer with a weight", before, None,
                            sqnr_before, math.nan, time.perf_counter() - started, {}), None, unchanged
@@ -216,8 +224,7 @@ def try_bias_correction(verifier: Verifier, fold_ranges: list[dict[str, float]],
     before = reference.judgement.drop(reference_key) if reference.judgement is not None else None
     sqnr_before = reference.outcomes[reference_key].sqnr_db
     if not any(fit_sets):
-        return StepOutcome("bias", False, "no calibration batch held to fit it on", before, None, sqnr_before,
-                           math.nan, 0.0, {}), None
+        return StepOutcome("bias", False, NOTHING_HELD, before, None, sqnr_before, math.nan, 0.0, {}), None
     correction = fit_bias_correction(verifier.base, fold_ranges, fit_sets, ranges_source)
     if correction is None:
         return StepOutcome("bias", False, "no quantized layer with a bias to correct", before, None, sqnr_before,

@@ -114,6 +114,18 @@ class HeldHead:
                 size += feed_bytes(feed)
             yield feed
 
+    def read(self) -> list[dict[str, np.ndarray]]:
+        """Read only the held batches (for a collector that reads the source elsewhere, e.g. in Ray workers: the
+        source is read a second time, so it must be re-iterable, as every data source of trtq is)."""
+        samples = size = 0
+        for feed in self.source:
+            if samples >= self.max_samples or size >= self.max_bytes:
+                break
+            self.held.append(dict(feed))
+            samples += batch_samples(feed)
+            size += feed_bytes(feed)
+        return self.held
+
     def __getattr__(self, name: str):  # provenance(), total_samples, ... of the source
         return getattr(self.source, name)
 

@@ -199,15 +199,17 @@ def _evaluation_data(model: Model, calibration: Iterable[Mapping[str, np.ndarray
     calibration batches held to fit corrections on with ``--eval-data``: None without, the judged ones serve)."""
     if eval_batches is not None:
         gather = collect or collect_statistics
-        head = HeldHead(calibration, max_eval_samples) if collect is None else None
-        stats = gather(model, head if head is not None else calibration, progress=progress, keep_histograms=True)
+        head = HeldHead(calibration, max_eval_samples)
+        stats = gather(model, head, progress=progress, keep_histograms=True)
         batches = list(eval_batches)
         if not batches:
             raise TrtqError("the evaluation data yielded no batch: nothing to verify the INT8 model on")
         samples = sum(batch_samples(b) for b in batches)
         if eval_labels is not None and len(eval_labels) != samples:
             raise TrtqError(f"{len(eval_labels)} labels for {samples} evaluation samples: they must match one to one")
-        held = head.held if head is not None else None
+        if not head.held and isinstance(calibration, BatchSource):  # read elsewhere (Ray): a second, short read
+            head.read()
+        held = head.held
         return stats, batches, eval_labels, FoldPlan.single(stats), f"{samples} samples of the evaluation data", held
 
     def gather(source):
