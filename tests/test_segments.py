@@ -302,3 +302,19 @@ def test_a_segment_reading_shape_scalars_declares_their_rank():
     session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
     out = session.run(None, {"x": np.ones((1, 3, 4, 4), np.float32), "height": np.array(4, np.int64)})[0]
     assert out.shape == (1, 3, 8, 8)
+
+
+def test_capturing_a_few_tensors_skips_the_segments_nothing_is_fetched_from(dynamic_mnist, mnist_digits):
+    """With only some tensors captured (SmoothQuant's new tensors, ``collect_statistics(tensors=...)``) and a budget
+    that cuts the graph, a segment after the last captured tensor has nothing to hand on: running it asked
+    onnxruntime for no output ("At least one output should be requested")."""
+    from trtq.calibrate import collect_statistics
+
+    images, _ = mnist_digits
+    feeds = [{"Input3": images[:64]}]
+    whole = collect_statistics(dynamic_mnist, feeds, tensors=["Plus30_Output_0"])
+    cut = collect_statistics(dynamic_mnist, feeds, tensors=["Plus30_Output_0"], memory_budget=150_000)
+    # (150 KB cuts MNIST's graph: before the fix this call failed, the one without a budget did not)
+    assert cut["Plus30_Output_0"].count == whole["Plus30_Output_0"].count == 64 * 8 * 28 * 28
+    assert cut["Plus30_Output_0"].absmax == whole["Plus30_Output_0"].absmax
+    assert cut.samples == whole.samples == 64

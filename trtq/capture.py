@@ -152,7 +152,9 @@ class ActivationCapture:
                 session, fetch, keep, blocked = self._session(segment, live)
                 run_feed = part if plan.whole_graph else {name: live[name] for name in segment.inputs}
                 try:
-                    if blocked:
+                    if not fetch:  # nothing captured here nor read later (only some tensors captured): no run
+                        outputs = {}
+                    elif blocked:
                         outputs = self._run_blocked(session, fetch, blocked, run_feed)
                     elif self.fold_device is None:
                         outputs = dict(zip(fetch, session.run(fetch, run_feed), strict=True))

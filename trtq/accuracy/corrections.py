@@ -154,7 +154,7 @@ def try_smoothing(verifier: Verifier, amax: dict[str, float], fold_ranges: list[
         return skipped(f"no activation with outlier channels (largest channel max / median {largest:.1f} < "
                        f"{OUTLIER_RATIO:g})", smoothing.document()), None, unchanged
     new = list(smoothing.renamed.values())
-    fold_stats = [collect_statistics(smoothing.model, batches) for batches in fit_sets if batches]
+    fold_stats = [collect_statistics(smoothing.model, batches, tensors=new) for batches in fit_sets if batches]
     total = merge_all(fold_stats)
     training = [merge_all([s for j, s in enumerate(fold_stats) if j != k]) if len(fold_stats) > 1 else total
                 for k in range(len(fold_stats))]
