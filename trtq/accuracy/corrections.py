@@ -2,15 +2,15 @@
 
 Each step changes the model the Q/DQ export starts from (never the FP32 reference it is judged against), is
 measured end to end on the judged samples like every other configuration, and is adopted only when it beats the
-configuration before it beyond the noise (:func:`trtq.accuracy.uncertainty.improves`): on the real models we
-measured, bias correction added 4 dB of output SQNR to YOLOv8n and cost 1 dB on a text recogniser whose
-all-INT8 error is already chaotic, so "helps" is a measurement, not an assumption. What each step bought (drop
-and SQNR before and after, seconds) goes to the console, the JSON and the report, adopted or not.
+configuration before it beyond the noise (:func:`_adopt`). "Helps" is a measurement, not an assumption: on the
+eight real models of ``docs/error-reduction.md`` no step was adopted (YOLOv8n's bias correction, the closest:
+proxy drop 11.9 -> 10.5 points and SQNR 26.5 -> 29.2 dB on 64 judged images, inside the noise). What each step
+bought (drop and SQNR before and after, seconds) goes to the console, the JSON and the report, adopted or not.
 
-Steps, in order: ``ranges`` (:mod:`.output_ranges`: each activation's amax chosen by its consumers' output error;
-off unless asked, ``--output-ranges``: on the text recogniser and YOLOv8n we measured it lowered or kept the output
-SQNR) and ``bias`` (:mod:`.bias`, on by default, ``--no-bias-correction``). The ranges come first because the
-bias shifts are measured at the ranges the model will have.
+Steps, in order (:data:`STEPS`): ``smooth`` (:mod:`.smooth`, ``--no-smoothing``), ``ranges`` (:mod:`.output_ranges`,
+only with ``--output-ranges``: its choices on 32-64 samples did not carry over to held-out data) and ``bias``
+(:mod:`.bias`, ``--no-bias-correction``). Each is measured where the one before left the model: the bias shifts
+at the weights and ranges the model will have.
 """
 
 from __future__ import annotations
@@ -33,11 +33,25 @@ from trtq.stats import StatsCollector
 
 STEPS = ("smooth", "ranges", "bias")  # every step, in the order they run (each measured where the one before left)
 DEFAULT_STEPS = ("smooth", "bias")  # layer-output ranges only when asked: on the real models measured it rarely helped
-STEP_TITLES = {"smooth": "SmoothQuant", "ranges": "layer-output ranges", "bias": "bias correction"}
-STEP_ADJECTIVES = {"smooth": "smoothed", "ranges": "layer-output ranges", "bias": "bias-corrected"}
-STEP_NOTES = {"smooth": "looking for activations with outlier channels read by quantized MatMul / Gemm layers",
-              "ranges": "each activation's amax chosen by its consumers' output error",
-              "bias": "measuring each INT8 layer's mean output shift per channel, then the corrected model"}
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """How one step is named: in tables, in the configuration it adds, and in the progress line before it runs."""
+
+    title: str
+    adjective: str
+    doing: str
+
+
+STEP_KINDS = {
+    "smooth": StepKind("SmoothQuant", "smoothed",
+                       "looking for activations with outlier channels read by quantized MatMul / Gemm layers"),
+    "ranges": StepKind("layer-output ranges", "layer-output ranges",
+                       "each activation's amax chosen by its consumers' output error"),
+    "bias": StepKind("bias correction", "bias-corrected",
+                     "measuring each INT8 layer's mean output shift per channel, then the corrected model"),
+}
 Feed = Mapping[str, np.ndarray]
 # --eval-data with --ray: the calibration data goes to Ray in shards, none stays here to fit a step on (the evaluation
 # data judges, it never fits)
@@ -60,11 +74,11 @@ class StepOutcome:
 
     @property
     def title(self) -> str:
-        return STEP_TITLES.get(self.name, self.name)
+        return STEP_KINDS[self.name].title
 
     @property
     def adjective(self) -> str:
-        return STEP_ADJECTIVES.get(self.name, self.name)
+        return STEP_KINDS[self.name].adjective
 
     def describe(self) -> str:
         if self.drop_after is None and math.isnan(self.sqnr_after):
@@ -260,7 +274,7 @@ def run_steps(verifier: Verifier, steps: Sequence[str], state: StepState, stats:
 
     outcomes = []
     for name in [s for s in STEPS if s in steps]:
-        say(f"{STEP_TITLES[name]}: {STEP_NOTES[name]}")
+        say(f"{STEP_KINDS[name].title}: {STEP_KINDS[name].doing}")
         if name == "smooth":
             outcome, measured, (state.fold_ranges, state.amax) = try_smoothing(
                 verifier, state.amax, state.fold_ranges, fit_sets, state.reference, state.key, ranges_source, meets,

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from trtq.capture import with_extra_outputs
 from trtq.export.graph import GraphIndex, constant_value, node_label
 from trtq.export.qdq import INT8_MAX, QdqExport, _weight_axis, weight_scales
 from trtq.model import Model
@@ -222,7 +223,7 @@ def fit_output_ranges(model: Model, export: QdqExport, amax: Mapping[str, float]
     for group in _groups(model, probes, feeds[0], budget):
         names = list(dict.fromkeys(name for p in group for name in p.inputs))
         computed = [n for n in names if n not in graph_inputs]
-        recorder = fake_quant_session(_with_outputs(model.proto, computed), arena=False)
+        recorder = fake_quant_session(with_extra_outputs(model.proto, computed), arena=False)
         recorded = [[{**{n: feed[n] for n in names if n in graph_inputs},
                       **dict(zip(computed, recorder.run(computed, dict(feed)), strict=True))} for feed in batches]
                     for batches in sets]
@@ -271,9 +272,3 @@ def _choose(probes: Sequence[Probe], errors: dict[str, np.ndarray], folds: int, 
             fold_choices[fold][probe.tensor] = (float(probe.candidates[int(np.argmin(others))]) if np.any(others > 0)
                                                 else probe.current)
     return OutputRanges(fold_choices, total_choice, errors, {p.tensor: p.candidates for p in probes}, {}, samples)
-
-
-def _with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    from trtq.capture import with_extra_outputs
-
-    return with_extra_outputs(proto, list(names))

@@ -144,8 +144,8 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
             f"ranges: {result.method}" + (" (chosen by auto)" if result.auto is not None else ""),
             f"kept in float: {', '.join(result.keep) or 'nothing'}", verdict]
     if result.float_model is not None:
-        meta.insert(-1, "bias-corrected: TensorRT 10 builds the .float.onnx written beside the Q/DQ model, with the "
-                        "cache (its biases are the corrected ones); TensorRT 11 the Q/DQ model")
+        meta.insert(-1, "float model changed (smoothed or bias-corrected): TensorRT 10 builds the .float.onnx "
+                        "beside the Q/DQ model, with the cache; TensorRT 11 the Q/DQ model")
     resolution = result.resolution()
     if resolution is not None:
         meta.append(f"uncertainty: {resolution.describe(result.target.max_drop, result.steps[-1].drop)}")
