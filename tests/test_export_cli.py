@@ -139,5 +139,6 @@ def test_refuses_to_overwrite_the_source_model(mnist_model_path, tmp_path):
     source = tmp_path / "model.onnx"
     source.write_bytes(Path(mnist_model_path).read_bytes())
     result = trtq("export", source, "--fp16", "-o", source)
-    assert result.exit_code == 2 and "would overwrite the source model" in result.stderr
+    assert result.exit_code == 2 and "is MODEL, which this command reads" in result.stderr
+    assert source.read_bytes() == Path(mnist_model_path).read_bytes()
     assert source.read_bytes() == Path(mnist_model_path).read_bytes()

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from trtq.errors import TrtqError
-from trtq.fileio import atomic_path, atomic_write, check_output_path, read_input_bytes, read_input_text
+from trtq.fileio import (
+    atomic_path,
+    atomic_write,
+    check_output_path,
+    check_outputs,
+    read_input_bytes,
+    read_input_text,
+    refuse_engine_suffix,
+)
 
 
 def test_read_input_errors_name_what_was_asked_for(tmp_path):
@@ -44,3 +52,32 @@ def test_json_outputs_stay_valid_json_with_non_finite_numbers(tmp_path):
 
     path = write_json(tmp_path / "bench.json", {"throughput_qps": float("nan"), "p99": [1.5, float("inf")]})
     assert json.loads(path.read_text()) == {"throughput_qps": None, "p99": [1.5, None]}
+
+
+def test_an_output_that_is_an_input_is_refused_by_any_name(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"weights")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(model)
+    hard = tmp_path / "hard.onnx"
+    hard.hardlink_to(model)
+    for out in (model, link, hard, tmp_path / "." / "model.onnx"):
+        with pytest.raises(TrtqError, match=r"\(-o\) is MODEL, which this command reads"):
+            check_outputs({"-o": out}, {"MODEL": model})
+    assert model.read_bytes() == b"weights"
+    # inputs not there yet (their own check says so) and None entries are no conflict
+    assert check_outputs({"-o": tmp_path / "out.onnx", "--json": None},
+                         {"MODEL": model, "--cache": tmp_path / "none.cache", "--ranges": None}) == {
+        "-o": tmp_path / "out.onnx"}
+
+
+def test_two_outputs_of_one_name_are_refused(tmp_path):
+    with pytest.raises(TrtqError, match="the outputs --cache and --json are one file"):
+        check_outputs({"--cache": tmp_path / "x", "--json": tmp_path / "x"})
+
+
+@pytest.mark.parametrize("suffix", [".engine", ".plan", ".TRT"])
+def test_an_onnx_output_named_like_an_engine_names_the_build_command(tmp_path, suffix):
+    with pytest.raises(TrtqError, match=r"names a TensorRT engine.*trtq build .*m\.int8\.onnx --int8 -o "):
+        refuse_engine_suffix(tmp_path / f"m{suffix}", "-o", "int8")
+    refuse_engine_suffix(tmp_path / "m.onnx", "-o", "int8")

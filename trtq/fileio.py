@@ -11,7 +11,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,50 @@ def check_output_path(path: str | os.PathLike) -> Path:
     if not os.access(parent, os.W_OK):
         raise TrtqError(f"cannot write {out}: directory {parent} is not writable")
     return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths name one file (hard links and symlinks included)."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs(outputs: Mapping[str, str | os.PathLike | None],
+                  inputs: Mapping[str, str | os.PathLike | None] | None = None) -> dict[str, Path]:
+    """Fail before any work when an output cannot be written, would replace a file the command reads, or two
+    outputs are one file: nothing a user gave a command is ever lost to its own output.
+
+    ``outputs`` and ``inputs`` map what the user calls each file (``"-o"``, ``"--cache"``, ``"MODEL"``) to its
+    path; ``None`` entries are skipped. A folder input (``--data images/``) only conflicts with itself."""
+    given = {label: check_output_path(path) for label, path in outputs.items() if path is not None}
+    read = {label: Path(path) for label, path in (inputs or {}).items() if path is not None}
+    for label, out in given.items():
+        for source_label, source in read.items():
+            if _same_file(out, source):
+                raise TrtqError(f"the output {out} ({label}) is {source_label}, which this command reads: writing "
+                                f"it would destroy it; choose another output name")
+    seen: dict[Path, str] = {}
+    for label, out in given.items():
+        key = out.resolve()
+        if key in seen:
+            raise TrtqError(f"the outputs {seen[key]} and {label} are one file ({out}); give each its own name")
+        seen[key] = label
+    return given
+
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def refuse_engine_suffix(path: str | os.PathLike, option: str, precision: str) -> None:
+    """An ONNX output named like a TensorRT engine (``-o model.engine``) is a mistake a user finds only when the
+    build fails: say which command makes an engine instead. ``precision``: ``int8`` or ``fp16``."""
+    out = Path(path)
+    if out.suffix.lower() in ENGINE_SUFFIXES:
+        onnx_out = out.with_suffix(f".{precision}.onnx")
+        raise TrtqError(f"{option} {out} names a TensorRT engine, but this command writes an ONNX model; write "
+                        f"{onnx_out} and build the engine with: trtq build {onnx_out} --{precision} -o {out}")
 
 
 @contextlib.contextmanager

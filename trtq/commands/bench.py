@@ -213,15 +213,14 @@ def bench(
       trtq bench --trtexec-log trtexec.log              # parse a log on any machine
     """
     from trtq.errors import TrtqError
-    from trtq.fileio import atomic_write, check_output_path, write_json
+    from trtq.fileio import atomic_write, check_outputs, write_json
     from trtq.report.render_text import render_bench_text
     from trtq.report.trtexec_cmd import BenchSettings
     from trtq.report.trtexec_log import load_trtexec_log, parse_trtexec_log
     from trtq.shapes import format_shape_spec, parse_shape_spec
 
-    for out in (json_path, export_profile, export_times):
-        if out:
-            check_output_path(out)
+    check_outputs({"--json": json_path, "--export-profile": export_profile, "--export-times": export_times},
+                  {"ENGINE": engine_path, "--trtexec-log": trtexec_log_path})
     if trtexec_path and engine_path is None:
         raise TrtqError("--trtexec needs the ENGINE to run")
     if engine_path is None and trtexec_log_path is None:

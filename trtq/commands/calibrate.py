@@ -80,7 +80,8 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
     """
     from trtq import calibrate as api
     from trtq.cache import DEFAULT_TRT_VERSION
-    from trtq.fileio import check_output_path
+    from trtq.data.options import data_input_files
+    from trtq.fileio import check_outputs
     from trtq.model import load_model
     from trtq.ranges import check_percentile
     from trtq.segments import memory_budget_scope
@@ -111,9 +112,9 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
     if cache_path is None and json_path is None:
         stem = Path(model_path).stem if model_path else Path(from_stats).stem
         cache_path = f"{stem}-{calibrator}.cache"
-    for out in (cache_path, json_path, save_stats):
-        if out:
-            check_output_path(out)
+    check_outputs({"--cache": cache_path, "--json": json_path, "--save-stats": save_stats},
+                  {"MODEL": model_path, "--from-stats": from_stats, **data_input_files(data_kwargs),
+                   "--eval-data": eval_data, "--eval-labels": eval_labels})
     version = trt_version or installed_trt_version() or DEFAULT_TRT_VERSION
 
     model = None

@@ -44,7 +44,7 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
       trtq evaluate qat.qdq.onnx --reference model.fp32.onnx --data val.npz --labels val-labels.npy
     """
     from trtq.accuracy.evaluate import evaluate_int8, format_accuracy
-    from trtq.commands.options.accuracy import check_outputs, load_inputs
+    from trtq.commands.options.accuracy import check_outputs, files_read, load_inputs
     from trtq.commands.options.data import batches_from_options
     from trtq.export import describe_ranges, format_agreement_table
     from trtq.fileio import atomic_write, write_json
@@ -70,7 +70,9 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
     figures_wanted = bool(html_path or plot_dir)
     if plot_tensor and not figures_wanted:
         raise click.UsageError("--plot-tensor draws into --html or --plot-dir; give one of them")
-    check_outputs(json_path, html_path, plot_dir)
+    check_outputs(json_path, html_path, plot_dir,
+                  reads=files_read(model_path, data_kwargs, cache_path=cache_path, ranges_path=ranges_path,
+                                   labels_path=labels_path))
     model, amax, names, labels = load_inputs(model_path, cache_path, ranges_path, exclude, labels_path,
                                              labels_from_folders)
     batches = batches_from_options(model, warn=warn, **data_kwargs)

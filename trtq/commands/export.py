@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from trtq.commands.options.common import quiet_option
@@ -55,7 +53,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized,
       trtq export qat.onnx --remove-qdq @qat.drop.txt -o qat.trimmed.onnx
       trtq export qat.onnx --qdq --only-unquantized --cache fp32-model.cache -o qat.full.onnx
     """
-    from trtq.errors import TrtqError
+    from trtq.data.options import data_input_files
     from trtq.export import (
         compare_outputs,
         describe_ranges,
@@ -66,7 +64,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized,
         read_name_list,
         save_model,
     )
-    from trtq.fileio import check_output_path
+    from trtq.fileio import check_outputs, refuse_engine_suffix
     from trtq.messages import warn
     from trtq.model import load_model
 
@@ -84,9 +82,13 @@ def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized,
         raise click.UsageError("--qdq needs exactly one of --cache CACHE or --ranges RANGES.json")
     if mode == "fp16" and (cache_path or ranges_path):
         raise click.UsageError("--fp16 takes no ranges; --cache/--ranges belong to --qdq")
-    output = check_output_path(output_path)
-    if Path(model_path).exists() and output.resolve() == Path(model_path).resolve():
-        raise TrtqError(f"-o {output_path} would overwrite the source model; choose another output file")
+    refuse_engine_suffix(output_path, "-o", "fp16" if mode == "fp16" else "int8")
+    output = check_outputs({"-o": output_path},
+                           {"MODEL": model_path, "--cache": cache_path, "--ranges": ranges_path,
+                            "--reference": reference_path, **data_input_files(data_kwargs),
+                            **{f"--exclude @{name[1:]}": name[1:] for name in exclude if name.startswith("@")},
+                            **{f"--remove-qdq @{name[1:]}": name[1:] for name in remove_qdq if name.startswith("@")}
+                            })["-o"]
     names = read_name_list(exclude)
 
     model = load_model(model_path)

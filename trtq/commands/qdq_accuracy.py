@@ -39,12 +39,13 @@ def evaluate_quantized(model, *, reference_path, cache_path, ranges_path, exclud
                        logits, json_path, html_path, plot_dir, plot_tensor, quiet, data_kwargs) -> None:
     from trtq.accuracy.evaluate import format_accuracy
     from trtq.accuracy.existing_qdq import evaluate_existing
-    from trtq.commands.options.accuracy import check_outputs
+    from trtq.commands.options.accuracy import check_outputs, files_read
     from trtq.export import format_agreement_table
     from trtq.fileio import write_json
 
     _check(model, cache_path, ranges_path, exclude, html_path, plot_dir, plot_tensor)
-    check_outputs(json_path, None, None)
+    check_outputs(json_path, None, None, reads=files_read(model.path, data_kwargs, reference_path=reference_path,
+                                                          labels_path=labels_path))
     reference, labels, batches = _setup(model, reference_path, labels_path, labels_from_folders, data_kwargs)
     if not quiet:
         click.echo(f"evaluating {model.name} (already quantized: {model.quantization.describe()}) against "
@@ -74,11 +75,12 @@ def sensitivity_quantized(model, *, reference_path, cache_path, ranges_path, exc
                           plot_dir, plot_tensor, quiet, data_kwargs) -> None:
     from trtq.accuracy.existing_qdq import drop_file_text, format_pair_ranking, rank_pairs
     from trtq.accuracy.holdout import take_samples
-    from trtq.commands.options.accuracy import check_outputs
+    from trtq.commands.options.accuracy import check_outputs, files_read
     from trtq.fileio import atomic_write, write_json
 
     _check(model, cache_path, ranges_path, exclude, html_path, plot_dir, plot_tensor)
-    check_outputs(json_path, None, None, keep_out)
+    check_outputs(json_path, None, None, keep_out,
+                  reads=files_read(model.path, data_kwargs, reference_path=reference_path, labels_path=labels_path))
     reference, labels, batches = _setup(model, reference_path, labels_path, labels_from_folders, data_kwargs)
     if not quiet:
         click.echo(f"sensitivity of {model.name}'s {len(model.quantization.pairs)} Q/DQ pairs against "

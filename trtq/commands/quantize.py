@@ -32,6 +32,10 @@ def output_paths(output: str) -> dict[str, Path]:
             "json": Path(f"{stem}.report.json"), "html": Path(f"{stem}.report.html")}
 
 
+OUTPUT_LABELS = {"model": "-o", "float": "OUT.float.onnx", "cache": "OUT.cache", "keep": "OUT.keep.txt",
+                 "json": "OUT.report.json", "html": "OUT.report.html"}
+
+
 @click.command("quantize")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @data_options
@@ -108,8 +112,10 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.accuracy.targets import load_metric
     from trtq.cache import DEFAULT_TRT_VERSION, write_cache
     from trtq.commands.options.data import batches_from_options
+    from trtq.data.options import data_input_files
+    from trtq.data.script import parse_script_spec
     from trtq.export import save_model
-    from trtq.fileio import atomic_write, check_output_path, write_json
+    from trtq.fileio import atomic_write, check_outputs, refuse_engine_suffix, write_json
     from trtq.messages import note, warn
     from trtq.model import load_model
     from trtq.ranges import check_percentile
@@ -125,8 +131,10 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     if ray_address is not None and metric:
         raise click.UsageError("--ray does not run a task metric yet; drop --metric or --ray")
     paths = output_paths(output)
-    for path in paths.values():
-        check_output_path(path)
+    refuse_engine_suffix(output, "-o", "int8")
+    check_outputs({OUTPUT_LABELS[key]: path for key, path in paths.items()},
+                  {"MODEL": model_path, **data_input_files(data_kwargs), "--eval-data": eval_data,
+                   "--labels": labels_path, "--metric": metric and str(parse_script_spec(metric)[0])})
     labels = read_labels(labels_path, labels_from_folders)
     task_metric = load_metric(metric) if metric else None
     model = load_model(model_path)

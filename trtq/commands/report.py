@@ -43,15 +43,14 @@ def _load_ranges(path: str) -> set[str]:
 
 def _report_onnx(source, json_path, markdown, quiet, engine_only) -> None:
     """``trtq report MODEL.onnx``: lint the Q/DQ placement from the ONNX alone, before any build."""
-    from trtq.fileio import check_output_path, write_json
+    from trtq.fileio import check_outputs, write_json
     from trtq.report.qdq_lints import lint_model_file, render_qdq_lints
 
     given = [option for option, value in engine_only.items() if value]
     if given:
         raise TrtqError(f"{given[0]} applies to an engine or layer JSON; {source} is an ONNX model, whose Q/DQ "
                         "placement is linted without a build (build it with trtq build, then report the engine)")
-    if json_path:
-        check_output_path(json_path)
+    check_outputs({"--json": json_path}, {"MODEL": source})
     result = lint_model_file(source)
     if json_path:
         write_json(json_path, result.to_dict(), indent=1)
@@ -106,7 +105,7 @@ def report(source, profile_path, compare_path, compare_profile_path, ranges_path
       trtq report model.engine --markdown >> "$GITHUB_STEP_SUMMARY"
       trtq report qat.onnx --json qat.lints.json
     """
-    from trtq.fileio import atomic_write, check_output_path, write_json
+    from trtq.fileio import atomic_write, check_outputs, write_json
     from trtq.report.analysis import build_report
     from trtq.report.compare import compare_reports
     from trtq.report.engine import load_layers
@@ -121,9 +120,9 @@ def report(source, profile_path, compare_path, compare_profile_path, ranges_path
                        "--expect-int8/--no-expect-int8": expect_int8 is not None}
         _report_onnx(source, json_path, markdown, quiet, engine_only)
         return
-    for out in (json_path, html_path):
-        if out:
-            check_output_path(out)
+    check_outputs({"--json": json_path, "--html": html_path},
+                  {"SOURCE": source, "--profile": profile_path, "--compare": compare_path,
+                   "--compare-profile": compare_profile_path, "--ranges": ranges_path, "--build-log": build_log_path})
     if compare_profile_path and not compare_path:
         raise TrtqError("--compare-profile needs --compare OTHER")
     for path in (source, profile_path, compare_path, compare_profile_path, ranges_path, build_log_path):

@@ -60,7 +60,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
       trtq sensitivity qat.qdq.onnx --data val.npz --labels y.npy --max-drop 0.5 --keep-out drop.txt
     """
     from trtq.accuracy.sensitivity import SensitivityAnalysis, format_ranking, format_steps, keep_file_text
-    from trtq.commands.options.accuracy import check_outputs, load_inputs
+    from trtq.commands.options.accuracy import check_outputs, files_read, load_inputs
     from trtq.commands.options.data import batches_from_options
     from trtq.export import describe_ranges
     from trtq.fileio import atomic_write, write_json
@@ -89,7 +89,9 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
                                      plot_dir=plot_dir, plot_tensor=plot_tensor, quiet=quiet, data_kwargs=data_kwargs)
     if reference_path:
         raise click.UsageError("--reference is for a MODEL that is already quantized (Q/DQ)")
-    check_outputs(json_path, html_path, plot_dir, keep_out)
+    check_outputs(json_path, html_path, plot_dir, keep_out,
+                  reads=files_read(model_path, data_kwargs, cache_path=cache_path, ranges_path=ranges_path,
+                                   labels_path=labels_path))
     model, amax, names, labels = load_inputs(model_path, cache_path, ranges_path, exclude, labels_path,
                                              labels_from_folders)
     if data_kwargs.get("max_samples") is None:

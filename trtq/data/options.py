@@ -15,6 +15,7 @@ from typing import Any
 
 from trtq.data import BatchSource, Preprocess, open_batches
 from trtq.data.base import Warn
+from trtq.data.script import parse_script_spec
 from trtq.errors import TrtqError
 from trtq.model import Model
 from trtq.shapes import parse_shape_spec
@@ -27,6 +28,14 @@ DATA_OPTION_KEYS = ("data", "data_loader_script", "shapes", "batch_size", "max_s
 def data_given(options: Mapping[str, Any]) -> bool:
     """Whether the options name any data (``data`` or ``data_loader_script``)."""
     return bool(options.get("data") or options.get("data_loader_script"))
+
+
+def data_input_files(options: Mapping[str, Any], prefix: str = "--data") -> dict[str, str | None]:
+    """The files the data options read, by option name, for :func:`trtq.fileio.check_outputs` (a data folder is a
+    path too: an output can only collide with it by being it)."""
+    script = options.get("data_loader_script")
+    return {prefix: options.get("data"),
+            f"{prefix}-loader-script": str(parse_script_spec(script)[0]) if script else None}
 
 
 def open_batches_from_options(model: Model, options: Mapping[str, Any], *, warn: Warn | None = None) -> BatchSource:

@@ -28,7 +28,7 @@ import numpy as np
 from trtq import __version__
 from trtq.cache import HEADER_ALGORITHM, cache_from_amax, parse_cache, write_cache
 from trtq.errors import TargetMissed, TrtqError
-from trtq.fileio import atomic_path, check_output_path, json_text, read_input_bytes, sha256_file
+from trtq.fileio import atomic_path, check_output_path, check_outputs, json_text, read_input_bytes, sha256_file
 from trtq.model import Model, resolve_shape
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.shapes import Shape
@@ -354,7 +354,10 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
                  trt: ModuleType | None = None, echo: Echo = _stderr) -> BuildResult:
     """Build ``model`` into ``options.engine_path`` (+ ``.json`` manifest). See the module docstring."""
     engine_path, manifest_path = Path(options.engine_path), options.manifest_path
-    for out in (engine_path, manifest_path, options.cache_path, options.timing_cache):
+    check_outputs({"-o": engine_path, "the manifest": manifest_path},
+                  {"MODEL": model.path, "--cache": options.cache_path, "--ranges": options.ranges_path,
+                   "--timing-cache": options.timing_cache})
+    for out in (options.cache_path, options.timing_cache):  # read and written: a cache grows in place
         if out is not None:
             check_output_path(out)
     if options.precision_constraints not in ("prefer", "obey"):

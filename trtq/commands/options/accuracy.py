@@ -3,7 +3,7 @@ an option means the same thing in both. The library side is :mod:`trtq.accuracy`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
@@ -59,16 +59,23 @@ def report_options(func: F) -> F:
     ])
 
 
-def check_outputs(json_path: str | None, html_path: str | None, plot_dir: str | None, *more: str | None) -> None:
-    """Every output must be writable before the long work starts."""
+def check_outputs(json_path: str | None, html_path: str | None, plot_dir: str | None, keep_out: str | None = None, *,
+                  reads: Mapping[str, str | None] | None = None) -> None:
+    """Every output must be writable, and none of them a file the command reads, before the long work starts."""
     from trtq.accuracy.report import check_plot_dir
-    from trtq.fileio import check_output_path
+    from trtq.fileio import check_outputs as check_files
 
-    for path in (json_path, html_path, *more):
-        if path:
-            check_output_path(path)
+    check_files({"--json": json_path, "--html": html_path, "--keep-out": keep_out}, reads)
     if plot_dir:
         check_plot_dir(plot_dir)
+
+
+def files_read(model_path: str | None, data_kwargs: Mapping[str, Any], **options: str | None) -> dict[str, str | None]:
+    """What an accuracy command reads, by option name (``cache_path="x"`` -> ``--cache``), for :func:`check_outputs`."""
+    from trtq.data.options import data_input_files
+
+    named = {"--" + key.removesuffix("_path").replace("_", "-"): value for key, value in options.items()}
+    return {"MODEL": model_path, **data_input_files(data_kwargs), **named}
 
 
 def load_inputs(model_path: str, cache_path: str | None, ranges_path: str | None, exclude: tuple[str, ...],
