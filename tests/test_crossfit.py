@@ -15,7 +15,7 @@ from trtq.accuracy.crossfit import FoldPlan, cross_fit
 from trtq.accuracy.judge import Measure
 from trtq.accuracy.proxies import Proxy
 from trtq.accuracy.quantize import quantize
-from trtq.accuracy.search import Verifier, search_keep
+from trtq.accuracy.search import Verifier, cost_ordered, search_keep
 from trtq.calibrate import collect_statistics, compute_ranges
 from trtq.model import load_model
 
@@ -103,3 +103,11 @@ def test_a_keep_step_inside_the_noise_is_not_accepted(mnist):
     judgement.noise["int8"] = np.zeros_like(judgement.noise["int8"])  # all-INT8 as quiet as can be
     steps, size = search_keep(verifier, nodes[:1], meets, 1, judgement, "int8")
     assert steps[0].drop.points == 0.0 and not steps[0].meets_target and size is None
+
+
+def test_the_keep_order_is_harm_per_share_of_the_macs():
+    macs = {"fc2": 400, "qkv": 300, "proj": 100, "add": 0, "pool": 0}
+    ranking = [("fc2", 0.30), ("add", 0.20), ("qkv", 0.25), ("proj", 0.15), ("pool", 0.001)]
+    # add: no MACs, charged half an average layer's share (0.1); pool barely matters, so it goes last though free
+    assert cost_ordered(ranking, macs) == ["add", "proj", "qkv", "fc2", "pool"]
+    assert cost_ordered(ranking, {}) == ["fc2", "add", "qkv", "proj", "pool"]  # MACs unknown: the ranking's order

@@ -36,7 +36,7 @@ from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.macs import layer_macs
 from trtq.accuracy.proxies import Proxy
 from trtq.accuracy.quantize_result import QuantizeResult, Verification, describe_step, format_steps  # noqa: F401 (format_steps: the CLI)
-from trtq.accuracy.search import Verifier, search_keep, verified
+from trtq.accuracy.search import Verifier, cost_ordered, search_keep, verified
 from trtq.accuracy.sensitivity import SensitivityAnalysis
 from trtq.accuracy.targets import Target, TaskMetric, resolve_target
 from trtq.calibrate import collect_statistics, compute_ranges
@@ -278,8 +278,8 @@ def _complete_the_most_promising(result: QuantizeResult, verifier: Verifier, tar
 def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[dict[str, float]],
                  baseline: Comparison, key: str, mode: str, rank_backend: RankBackend | None,
                  say: Callable[[str], None]) -> list[str] | None:
-    """Rank the quantized layers, then search the smallest prefix of the ranking to keep in float
-    (:mod:`.search`); the measured configurations join ``result.steps``. None: no prefix within
+    """Rank the quantized layers, then search the smallest prefix of the ranking, ordered by harm per MAC, to keep
+    in float (:mod:`.search`); the measured configurations join ``result.steps``. None: no prefix within
     ``MAX_KEPT_SHARE`` of the layers meets the target."""
     started = time.perf_counter()
     layers, method, target = result.layers, result.method, result.target
@@ -305,10 +305,12 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     result.seconds["ranking"] = time.perf_counter() - started
     started = time.perf_counter()
     nodes = verifier.use_switchable(fold_ranges, source)
-    ranking = [entry.layer.node for entry in sensitivity.ranking if entry.layer.node in set(nodes)]
+    switchable = set(nodes)
+    ranking = cost_ordered([(entry.layer.node, entry.score) for entry in sensitivity.ranking
+                            if entry.layer.node in switchable], result.macs)
     max_keep = max(1, int(math.floor(MAX_KEPT_SHARE * layers)))
-    say(f"searching the fewest layers to keep in float (at most {max_keep}), each step on {result.eval_samples} "
-        "samples:")
+    say(f"searching the layers to keep in float, most harm per MAC first (at most {max_keep}), each step on "
+        f"{result.eval_samples} samples:")
     measured, size = search_keep(verifier, ranking, target.meets, max_keep, baseline.judgement, key, note=say,
                                  max_drop=target.max_drop)
     for step in measured:

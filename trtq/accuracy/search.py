@@ -8,6 +8,13 @@ gallops (k = 1, 2, 4, ... up to the most a model may keep and still be INT8) unt
 target, then bisects between the last miss and the first hit: about 2 log2(layers) verifications. A gallop
 that reaches the most a model may keep and still misses stops there: no smaller set can meet the target.
 
+The order is the ranking's layers by harm per compute: each layer's score (its share of the output noise) over the
+share of the quantized MACs that keeping it in float takes out of INT8. What a user buys INT8 for is the compute in
+INT8 (``int8_mac_share``), not a count of layers: on a ViT the residual Adds, which carry no MACs, rank among the most
+harmful layers, and keeping them costs nothing that a count of layers would charge. A layer without MACs is charged
+``ZERO_MAC_COST`` of an average layer's share (it still costs a float path in TensorRT, and a score is not a
+measured gain), so an Add that barely matters does not go before a MatMul that matters much.
+
 A configuration meets the target when its drop is within it *and* it is better than all-INT8 beyond the noise
 (on the drop, or on the output noise that every kept layer lowers): a step inside the noise is no step.
 
@@ -35,6 +42,7 @@ from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
 from trtq.segments import batch_samples
 
+ZERO_MAC_COST = 0.5  # a MAC-less layer's cost in the keep order, as a share of an average layer's MACs
 EARLY_STOP_Z = 3.0  # standard errors beyond the target before a keep step's pass stops early
 MAX_CACHED_OUTPUT_BYTES = 64 << 20  # FP32 outputs of the evaluation set kept between passes up to this much
 Feed = Mapping[str, np.ndarray]
@@ -172,6 +180,21 @@ def verified(comparison: Comparison, key: str, kept: Sequence[str], meets: Calla
     sqnr = comparison.outcomes[key].sqnr_db
     return Verified(list(kept), drop, sqnr, judgement.noise_db(key) if judgement is not None else math.nan,
                     meets(sqnr, None if drop is None else drop.points), seconds)
+
+
+def cost_ordered(ranking: Sequence[tuple[str, float]], macs: Mapping[str, int]) -> list[str]:
+    """The keep search's order (module docstring): ``(layer, score)`` pairs of the sensitivity ranking sorted by
+    score per share of the MACs; the ranking's own order when no layer's MACs are known, and among equals."""
+    total = sum(macs.get(layer, 0) for layer, _score in ranking)
+    if total <= 0:
+        return [layer for layer, _score in ranking]
+    floor = ZERO_MAC_COST / len(ranking)
+
+    def harm_per_compute(item: tuple[int, tuple[str, float]]) -> tuple[float, int]:
+        position, (layer, score) = item
+        return -max(score, 0.0) / max(macs.get(layer, 0) / total, floor), position
+
+    return [layer for _position, (layer, _score) in sorted(enumerate(ranking), key=harm_per_compute)]
 
 
 def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[float, float | None], bool],
