@@ -26,6 +26,7 @@ from trtq.cache import parse_cache
 from trtq.calibrate import collect_statistics, compute_ranges
 from trtq.cli import cli
 from trtq.errors import TrtqError
+from trtq.export.compare import fake_quant_session
 from trtq.model import Model, load_model
 
 
@@ -108,6 +109,13 @@ def test_quantize_meets_the_default_target_and_its_outputs_agree(mnist):
     # auto measured every candidate and chose one that is not worse than any other on the drop
     drops = [c.drop_points for c in result.auto.candidates]
     assert result.auto.chosen.drop_points <= min(drops) + 1.0
+    # with labels the report gives both accuracies on the judged digits, not only their difference
+    scores = result.task_scores
+    fp32 = np.argmax(np.concatenate([fake_quant_session(model.proto).run(None, f)[0]
+                                     for f in _feeds(images[500:700])]), axis=1)
+    assert scores["fp32"] == pytest.approx(np.mean(fp32 == labels[500:700]))
+    assert 100 * (scores["fp32"] - scores["int8"]) == pytest.approx(result.final_step.drop_points)
+    assert result.describe_scores().startswith("top-1 accuracy on 200 judged samples: FP32 ")
     # the Q/DQ model's activation scales are the ranges / 127
     scales = {init.name: numpy_helper.to_array(init) for init in result.export.model.graph.initializer}
     for node in result.export.model.graph.node:
@@ -214,7 +222,9 @@ def test_cli_writes_a_consistent_set_of_files(tmp_path, mnist_model_path, digits
             assert scales[node.input[1]] == pytest.approx(cache.scales[node.input[0]], rel=1e-6)
     keep = [line for line in (tmp_path / "m.int8.keep.txt").read_text().splitlines() if not line.startswith("#")]
     assert keep == report["keep"]
-    assert "<svg" in (tmp_path / "m.int8.report.html").read_text()
+    html = (tmp_path / "m.int8.report.html").read_text()
+    assert "<svg" in html and f"FP32 {100 * report['task_scores']['fp32']:.2f} %" in html
+    assert "on the calibration data" in html and "on the evaluation data" not in html  # the histograms' data
 
 
 def test_cli_missed_target_exits_3_and_writes_no_model(tmp_path, mnist_model_path, digits_npz):
@@ -306,10 +316,12 @@ def test_calibrate_auto_falls_back_when_nothing_can_be_measured(tmp_path):
     assert set(document["tensors"]) >= {"x", "r", "y"}
 
 
+@pytest.mark.parametrize("sqnr_target", [[], ["--min-sqnr", "99", "--max-drop", "1"]])
 def test_cli_a_missed_drop_target_names_the_best_configuration_and_the_command_that_takes_it(tmp_path,
                                                                                               mnist_model_path,
                                                                                               digits_npz,
-                                                                                              monkeypatch):
+                                                                                              monkeypatch,
+                                                                                              sqnr_target):
     """A per-sample metric no INT8 layer can satisfy (outputs within 0.1 % of FP32's largest): exit 3, the report
     written, and the last line's command — the same one with --max-drop relaxed to the best measured drop —
     writes that model when run."""
@@ -319,7 +331,7 @@ def test_cli_a_missed_drop_target_names_the_best_configuration_and_the_command_t
                       "    return (np.abs(a - b).max(axis=1) <= 0.001 * np.abs(a).max(axis=1)).astype(float)\n")
     out = tmp_path / "m.onnx"
     argv = ["quantize", str(mnist_model_path), "--data", str(digits_npz / "cal.npy"), "--metric", str(script),
-            "--calibrator", "entropy2", "-q", "-o", str(out)]
+            "--calibrator", "entropy2", "-q", "-o", str(out), *sqnr_target]
     monkeypatch.setattr("sys.argv", ["trtq", *argv])
     result = CliRunner().invoke(cli, argv)
     assert result.exit_code == 3, result.output
@@ -334,6 +346,11 @@ def test_cli_a_missed_drop_target_names_the_best_configuration_and_the_command_t
     command = line.split(": trtq ", 1)[1].split()
     relaxed = float(command[command.index("--max-drop") + 1])
     assert best["drop_points"] <= relaxed <= best["drop_points"] + 0.1 + 1e-9
+    if sqnr_target:  # an SQNR target missed too is relaxed to what the best configuration reached
+        best_sqnr = next(s["sqnr_db"] for s in report["steps"] if s["kept"] == best["kept"]
+                         and s["drop"]["samples"] == whole and s["drop_points"] == best["drop_points"])
+        assert command.count("--min-sqnr") == 1
+        assert best_sqnr - 0.1 <= float(command[command.index("--min-sqnr") + 1]) <= best_sqnr
     taken = CliRunner().invoke(cli, command)
     assert taken.exit_code == 0, taken.output
     assert out.is_file()

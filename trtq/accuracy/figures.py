@@ -279,7 +279,7 @@ def tradeoff_chart(points: Sequence[tuple[int, float, bool, float | None]], *, t
     for share in (0.0, 0.5, 1.0):
         canvas.text(left + plot_w + 6, top + plot_h * (1.0 - share) + 4, f"{100 * share:.0f} %", size=10,
                     color=AXIS_COLOR)
-    for kept in sorted({p[0] for p in points}):
+    for kept in sorted({int(t) for t in nice_ticks(most) if t == int(t) and t <= most}):  # spaced, never overlapping
         canvas.text(x(kept), top + plot_h + 16, str(kept), size=10, anchor="middle", color=AXIS_COLOR)
     canvas.line(left, top, left, top + plot_h)
     canvas.line(left, top + plot_h, left + plot_w, top + plot_h)

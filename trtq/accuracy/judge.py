@@ -129,7 +129,9 @@ class Judge:
             self.candidate_scores.setdefault(key, []).append(score)
             loss = self.reference_scores[-1] - score
         elif measure.labelled:
-            loss = self.reference_scores[-1] - _correct(int8[self.names[self._index]], truth)
+            correct = _correct(int8[self.names[self._index]], truth)
+            self.candidate_scores.setdefault(key, []).append(correct)
+            loss = self.reference_scores[-1] - correct
         else:
             per = {name: 1.0 - proxy.agreement(fp32[name], int8[name]) for name, proxy in measure.proxies.items()}
             outputs = self.per_output.setdefault(key, {})

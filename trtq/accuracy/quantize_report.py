@@ -35,7 +35,8 @@ def _steps_figure(result: QuantizeResult, mac_shares: Sequence[float | None]) ->
                       "right is better, green meets the target")
     points = [(len(step.kept), step.sqnr_db, step.meets_target, share)
               for step, share in zip(result.steps, mac_shares, strict=True)]
-    canvas = tradeoff_chart(points, title="accuracy vs layers kept in float (every verified configuration)",
+    canvas = tradeoff_chart(points, title="worst-output SQNR (dB) vs layers kept in float (every verified "
+                            "configuration)",
                             target=result.target.min_sqnr)
     return Figure("steps", canvas, "each point is a configuration the loop measured; the last one is the model written")
 
@@ -96,7 +97,9 @@ def quantize_figures(result: QuantizeResult, mac_shares: Sequence[float | None])
     figures = [_steps_figure(result, mac_shares)]
     if result.sensitivity is not None:
         figures.append(ranking_figure(result.sensitivity))
-    figures.extend(histogram_figures(result.stats, result.amax, mattering_tensors(result)))
+    # the statistics the ranges were computed from: the calibration data, not the judged samples
+    figures.extend(histogram_figures(result.stats, result.amax, mattering_tensors(result),
+                                     data="the calibration data"))
     return figures
 
 
@@ -143,6 +146,9 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
             *_measure_lines(result),
             f"ranges: {result.method}" + (" (chosen by auto)" if result.auto is not None else ""),
             f"kept in float: {', '.join(result.keep) or 'nothing'}", verdict]
+    scores = result.describe_scores()
+    if scores is not None:
+        meta.insert(-1, scores)
     if result.float_model is not None:
         meta.insert(-1, "float model changed (smoothed or bias-corrected): TensorRT 10 builds the .float.onnx "
                         "beside the Q/DQ model, with the cache; TensorRT 11 the Q/DQ model")
@@ -157,5 +163,6 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
                     if best.drop is not None else f"best measured: {best.step}")
     meta.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
                 + f" ({result.passes} evaluation passes)")
-    return _page("trtq quantize: a verified INT8 model", meta, sections)
+    title = "trtq quantize: a verified INT8 model" if result.ok else "trtq quantize: no INT8 model (target missed)"
+    return _page(title, meta, sections)
 

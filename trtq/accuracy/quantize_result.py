@@ -130,6 +130,27 @@ class QuantizeResult:
         return "\n".join([*lines, *self.keep]) + "\n"
 
     @property
+    def task_scores(self) -> dict | None:
+        """FP32's and the written INT8 model's score on the judged samples (top-1 accuracy with labels, else the
+        ``--metric``), from the final check; None for the task proxies (FP32 agrees with itself: only a drop)."""
+        judgement = self.final.judgement if self.final is not None else None
+        if judgement is None or judgement.reference_score is None or "int8" not in judgement.candidate_scores:
+            return None
+        return {"measure": judgement.measure.describe(), "fp32": judgement.reference_score,
+                "int8": judgement.candidate_scores["int8"], "samples": self.eval_samples}
+
+    def describe_scores(self) -> str | None:
+        """``top-1 accuracy on 256 judged samples: FP32 98.83 %, INT8 98.44 %`` (None: no task score)."""
+        scores = self.task_scores
+        if scores is None:
+            return None
+        if self.measure is not None and self.measure.labelled:
+            fp32, int8 = f"{100 * scores['fp32']:.2f} %", f"{100 * scores['int8']:.2f} %"
+        else:
+            fp32, int8 = f"{scores['fp32']:.4g}", f"{scores['int8']:.4g}"
+        return f"{scores['measure']} on {scores['samples']} judged samples: FP32 {fp32}, INT8 {int8}"
+
+    @property
     def ok(self) -> bool:
         return self.failure is None
 
@@ -149,6 +170,7 @@ class QuantizeResult:
             "evaluation": {"data": self.eval_description, "samples": self.eval_samples, "passes": self.passes},
             "undecided": self.undecided,
             "measure": self.measure.document() if self.measure is not None else None,
+            "task_scores": self.task_scores,
             "corrections": [c.document() for c in self.corrections],
             "layers": self.layers,
             "keep": self.keep,

@@ -86,7 +86,7 @@ def _unique(names: Iterable[str]) -> list[str]:
 
 
 def histogram_figures(stats: StatsCollector, amax: dict[str, float], tensors: Sequence[str] | None = None,
-                      limit: int = MAX_HISTOGRAMS) -> list[Figure]:
+                      limit: int = MAX_HISTOGRAMS, data: str = "the evaluation data") -> list[Figure]:
     """One histogram per tensor, thresholds of every method (on these statistics) and the range in use.
 
     Without ``tensors``: the ``limit`` tensors with the highest expected quantization error relative
@@ -115,7 +115,7 @@ def histogram_figures(stats: StatsCollector, amax: dict[str, float], tensors: Se
     for name, stem in zip(tensors, _unique(tensors), strict=True):
         s = stats[name]
         canvas = histogram_chart(s, method_thresholds(s, amax.get(name)), title=f"|x| of {name}")
-        figures.append(Figure(f"hist-{stem}", canvas, f"|x| histogram of {name} on the evaluation data"))
+        figures.append(Figure(f"hist-{stem}", canvas, f"|x| histogram of {name} on {data} ({stats.samples} samples)"))
     return figures
 
 

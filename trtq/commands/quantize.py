@@ -201,6 +201,9 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         click.echo("verified configurations:")
         for line in format_steps(result):
             click.echo(line)
+        scores = result.describe_scores()
+        if scores is not None:
+            click.echo(scores)
         if shares[-1] is not None and result.ok:
             click.echo(f"INT8 layers: {len(quantized) - len(result.keep)} of {len(quantized)} "
                        f"({100 * shares[-1]:.1f} % of the MACs)")
@@ -238,7 +241,8 @@ def _hand_off(result, paths: dict[str, Path], model_path: str) -> str:
 
 def _take_best(result) -> str:
     """The one command that takes the best configuration measured: the same command with the target relaxed to
-    what that configuration reached (its drop rounded up to a tenth of a point)."""
+    what that configuration reached (its drop rounded up to a tenth of a point; an SQNR target, when one was set
+    and missed, rounded down to a tenth of a dB)."""
     import math
     import shlex
 
@@ -246,20 +250,25 @@ def _take_best(result) -> str:
     if best.drop is None or result.target.max_drop is None:
         return ""
     share = result.mac_share(best.kept)
-    relaxed = max(math.ceil(best.drop.points * 10 + 1e-9) / 10, 0.1)
+    relaxed = ["--max-drop", f"{max(math.ceil(best.drop.points * 10 + 1e-9) / 10, 0.1):g}"]
+    replaced = ("--max-drop",)
+    min_sqnr = result.target.min_sqnr
+    if min_sqnr is not None and math.isfinite(best.sqnr_db) and best.sqnr_db < min_sqnr:
+        relaxed += ["--min-sqnr", f"{math.floor(best.sqnr_db * 10 - 1e-9) / 10:g}"]
+        replaced += ("--min-sqnr",)
     argv, skip = ["trtq"], False
     for word in sys.argv[1:]:
         if skip:
             skip = False
             continue
-        if word == "--max-drop":
+        if word in replaced:
             skip = True
             continue
-        if word.startswith("--max-drop="):
+        if word.startswith(tuple(f"{option}=" for option in replaced)):
             continue
         argv.append(word)
     mac = f" ({100 * share:.1f} % of the MACs in INT8)" if share is not None else ""
-    return f"; to take the best measured{mac}: {shlex.join([*argv, '--max-drop', f'{relaxed:g}'])}"
+    return f"; to take the best measured{mac}: {shlex.join([*argv, *relaxed])}"
 
 
 
