@@ -11,12 +11,13 @@ accuracy of the FP32 model and of each candidate.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
+from trtq.accuracy.holdout import counted
 from trtq.accuracy.judge import Judge, Judgement
 from trtq.accuracy.labels import Labels, check_labels, labels_for_fed
 from trtq.accuracy.targets import MetricTracker, logits_index
@@ -323,8 +324,10 @@ def evaluate_int8(
     logits: str | None = None,
     collect_stats: bool = False,
     ranges_source: str = "the ranges",
+    progress: Callable[[int], None] | None = None,
 ) -> Evaluation:
-    """Export the Q/DQ model from ``amax`` and compare it with ``model`` on ``batches``.
+    """Export the Q/DQ model from ``amax`` and compare it with ``model`` on ``batches`` (``progress(samples)``
+    after each batch).
 
     ``collect_stats`` also gathers the |x| statistics of every tensor that gets an activation
     Q/DQ, on this data (for the histogram figures), during the same FP32 runs.
@@ -340,7 +343,7 @@ def evaluate_int8(
     candidate = session_runner(fake_quant_session(export.model), names)
     if capture is not None:
         candidate = capture.sliced(candidate)
-    comparison = compare_candidates(reference, {"int8": candidate}, names, batches, labels=labels,
+    comparison = compare_candidates(reference, {"int8": candidate}, names, counted(batches, progress), labels=labels,
                                     source=batches if isinstance(batches, BatchSource) else None, logits=logits)
     return Evaluation(comparison, export, dict(amax), capture.stats if capture is not None else None)
 

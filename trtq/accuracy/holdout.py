@@ -12,7 +12,7 @@ nothing looks best). A source of a single batch cannot be split: that batch serv
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +94,15 @@ def take_samples(batches: Iterable[Mapping[str, np.ndarray]], max_samples: int |
         samples += batch_samples(feed)
         size += feed_bytes(feed)
     return held
+
+
+def counted(batches: Iterable[Mapping[str, np.ndarray]],
+            progress: Callable[[int], None] | None) -> Iterator[Mapping[str, np.ndarray]]:
+    """``batches``, calling ``progress(samples)`` after each one is used: a long pass reports as it goes."""
+    for feed in batches:
+        yield feed
+        if progress is not None:
+            progress(batch_samples(feed))
 
 
 @dataclass

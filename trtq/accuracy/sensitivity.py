@@ -38,7 +38,7 @@ import numpy as np
 
 from trtq.accuracy.downstream import DownstreamRuns
 from trtq.accuracy.evaluate import CapturingRunner, Comparison, compare_candidates
-from trtq.accuracy.holdout import take_samples
+from trtq.accuracy.holdout import counted, take_samples
 from trtq.accuracy.judge import Measure
 from trtq.accuracy.labels import Labels
 from trtq.accuracy.switch import Layer, SwitchableModel, build_switchable
@@ -49,7 +49,7 @@ from trtq.export import QdqExport, export_qdq
 from trtq.export.compare import session_runner
 from trtq.export.qdq import INT8_MAX
 from trtq.model import Model
-from trtq.segments import resolve_budget, slices_within_budget
+from trtq.segments import batch_samples, resolve_budget, slices_within_budget
 from trtq.stats import StatsCollector, TensorStats
 
 MODES = ("alone", "all-but-one")
@@ -214,6 +214,7 @@ class SensitivityAnalysis:
         self.samples = 0
         # the ranking's evaluations elsewhere (``--ray``: trtq.distributed.sensitivity); same signature as evaluate
         self.rank_evaluator: Callable[..., Comparison] | None = None
+        self.progress: Callable[[int], None] | None = None  # called with the samples of each batch a pass is done with
 
     @property
     def layers(self) -> list[Layer]:
@@ -251,13 +252,18 @@ class SensitivityAnalysis:
         if self._metric is not None:
             truth = self._labels.by_index if self._labels is not None else None
             tracker = MetricTracker(self._metric, self.names, truth)
-        batches = take_samples(self.batches, max_samples, max_bytes=None)
+        batches = counted(take_samples(self.batches, max_samples, max_bytes=None), self.progress)
         judge = self.measure.judge(self.names, None) if self.measure is not None else None
         comparison = compare_candidates(reference, runners, self.names, batches,
                                         labels=self._labels, source=self._source, logits=self.logits,
                                         metric=tracker, judge=judge)
         self.samples = comparison.samples
         return comparison
+
+    @property
+    def held_samples(self) -> int:
+        """The samples held for the analysis (what a pass without ``max_samples`` runs)."""
+        return sum(batch_samples(feed) for feed in self.batches)
 
     def rank(self, mode: str = "alone", max_samples: int | None = None) -> SensitivityResult:
         """Rank the quantized layers, most harmful first, on the first ``max_samples`` samples.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from trtq.commands.options.accuracy import label_options, ranges_options, report_options
 from trtq.commands.options.common import memory_budget_option
 from trtq.commands.options.data import data_options
+from trtq.commands.progress import run_with_progress
 
 
 @click.command("evaluate")
@@ -87,8 +90,10 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
                                    collect_stats=figures_wanted, ranges_source=source,
                                    progress=task_progress("evaluating on Ray", quiet))
     else:
-        result = evaluate_int8(model, amax, batches, exclude=names, labels=labels, logits=logits,
-                               collect_stats=figures_wanted, ranges_source=source)
+        result = run_with_progress(functools.partial(evaluate_int8, model, amax, batches, exclude=names, labels=labels,
+                                                     logits=logits, collect_stats=figures_wanted,
+                                                     ranges_source=source),
+                                   batches.total_samples, quiet, label="evaluating")
     for line in result.export.warnings:
         warn(line)
     if not quiet:

@@ -1,4 +1,5 @@
-"""The progress bar of the commands that run the model over calibration data (calibrate, quantize)."""
+"""The progress of the commands that run the model over data (calibrate, quantize, evaluate, sensitivity): a bar on
+a terminal, a line at each quarter in a log."""
 
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ def run_with_progress(run, total: int | None, quiet: bool, label: str = "calibra
         if stderr.isatty():
             click.echo("", err=True)
         return result
+
+    if not sys.stderr.isatty():  # a log (CI, a pipe): a line at each quarter, not a bar drawn over itself
+        quarters = 0
+
+        def log(samples: int) -> None:
+            nonlocal done, quarters
+            done += samples
+            reached = min(4, 4 * done // max(total, 1))
+            if reached > quarters:
+                quarters = reached
+                click.echo(f"{label}: {done}/{total} samples ({100 * done // max(total, 1)} %), "
+                           f"{time.perf_counter() - started:.1f} s  {rate()}", err=True)
+
+        return run(progress=log)
 
     with click.progressbar(length=total, label=label, file=sys.stderr,
                            show_eta=True, show_pos=True, item_show_func=lambda _: rate()) as bar:

@@ -8,6 +8,7 @@ from trtq.accuracy.sensitivity import MODES
 from trtq.commands.options.accuracy import label_options, ranges_options, report_options
 from trtq.commands.options.common import memory_budget_option
 from trtq.commands.options.data import data_options
+from trtq.commands.progress import run_with_progress
 
 DEFAULT_SAMPLES = 500
 TOP_HISTOGRAMS = 8
@@ -120,7 +121,14 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
         close = use_ray(analysis, model, ray_address, exclude=names, ranges_source=source,
                         progress=task_progress("ranking on Ray", quiet))
     try:
-        result = analysis.rank(mode)
+        if close is not None:
+            result = analysis.rank(mode)
+        else:  # every layer's run of a batch, then the next batch: the bar counts samples ranked
+            def rank(progress):
+                analysis.progress = progress
+                return analysis.rank(mode)
+
+            result = run_with_progress(rank, analysis.held_samples, quiet, label="ranking")
     finally:
         if close is not None:  # the keep-set steps run here, one after the other
             close()
