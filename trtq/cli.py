@@ -19,17 +19,17 @@ from trtq import __version__
 from trtq.errors import TrtqError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    # name: (import path, one-line help shown by `trtq --help`)
-    "build": ("trtq.commands.build:build", "Build a TensorRT engine (10.x calibrators or 11.x Q/DQ)."),
-    "export": ("trtq.commands.export:export", "Write an INT8 Q/DQ or FP16 ONNX model for TensorRT 11."),
+    # name: (import path, one-line help shown by `trtq --help`), in the order a user meets them
+    "quantize": ("trtq.commands.quantize:quantize",
+                 "FP32 ONNX -> a verified INT8 Q/DQ model (auto ranges, layers kept in float only where needed)."),
     "calibrate": ("trtq.commands.calibrate:calibrate", "Compute INT8 ranges on the CPU; write a TensorRT cache."),
-    "report": ("trtq.commands.report:report", "Per-layer precision, latency and lints of an engine (works on CPU)."),
-    "bench": ("trtq.commands.bench:bench", "Time an engine on the GPU like trtexec; compare with trtexec or its log."),
     "evaluate": ("trtq.commands.evaluate:evaluate", "Simulated INT8 vs FP32 accuracy on held-out data (no GPU)."),
     "sensitivity": ("trtq.commands.sensitivity:sensitivity",
                     "Rank layers by INT8 error (clipping or rounding); find the few to keep in FP16."),
-    "quantize": ("trtq.commands.quantize:quantize",
-                 "FP32 ONNX -> a verified INT8 Q/DQ model (auto ranges, layers kept in float only where needed)."),
+    "export": ("trtq.commands.export:export", "Write an INT8 Q/DQ or FP16 ONNX model for TensorRT 11."),
+    "build": ("trtq.commands.build:build", "Build a TensorRT engine (10.x calibrators or 11.x Q/DQ)."),
+    "bench": ("trtq.commands.bench:bench", "Time an engine on the GPU like trtexec; compare with trtexec or its log."),
+    "report": ("trtq.commands.report:report", "Per-layer precision, latency and lints of an engine (works on CPU)."),
     "run": ("trtq.commands.run:run", "The whole job from trtq.toml: calibrate, export, evaluate, build; a manifest."),
 }
 
@@ -38,7 +38,7 @@ class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
@@ -65,6 +65,8 @@ class LazyGroup(click.Group):
         except TrtqError as exc:
             click.echo(f"trtq: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except click.exceptions.UsageError as exc:  # one error style: one line naming the option, exit 2
+            _usage_error(exc)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
@@ -81,6 +83,15 @@ class LazyGroup(click.Group):
             ctx.exit(1)
 
 
+def _usage_error(exc: click.exceptions.UsageError) -> None:
+    """A usage mistake as trtq's own errors look: ``trtq: error: <what> (see: trtq CMD --help)``, exit 2 (click's
+    default is a three-line usage block)."""
+    command = exc.ctx.command_path if exc.ctx is not None else "trtq"
+    message = " ".join(exc.format_message().split())
+    click.echo(f"trtq: error: {message} (see: {command} --help)", err=True)
+    sys.exit(exc.exit_code)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Library warnings (``warnings.warn``) reach the user as one line, like trtq's own."""
     from trtq.messages import warn
@@ -95,7 +106,7 @@ def cli() -> None:
 
     \b
     Start here (runs on any machine, no GPU needed):
-      trtq calibrate calib_data/mnist-8.onnx --data calib_data/mnist --cache mnist-8.cache
+      trtq quantize calib_data/mnist-8.onnx --data calib_data/mnist -o mnist-8.int8.onnx
     """
 
 

@@ -1,0 +1,31 @@
+"""One error style and one starting point: a usage mistake is one line naming the option and the help to read,
+exit 2, like every other error trtq reports; ``trtq --help`` starts where the README starts (``trtq quantize``)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from trtq.cli import COMMANDS, cli
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["quantize", "m.onnx"], "Missing option '-o' / '--output'. (see: trtq quantize --help)"),
+    (["quantize", "m.onnx", "-o", "x.onnx", "--calibrator", "foo"], "Invalid value for '--calibrator': 'foo'"),
+    (["calibrate", "--nope"], "No such option '--nope'"),
+    (["export", "m.onnx", "--fp16", "--cache", "x.cache", "-o", "x.onnx"], "--fp16 takes no ranges"),
+    (["nosuch"], "No such command 'nosuch'. (see: trtq --help)"),
+])
+def test_a_usage_mistake_is_one_line_and_exit_2(args, message):
+    result = CliRunner().invoke(cli, args, prog_name="trtq")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trtq: error: ") and message in lines[0], result.stderr
+
+
+def test_help_starts_with_the_main_job():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert "trtq quantize calib_data/mnist-8.onnx --data calib_data/mnist -o mnist-8.int8.onnx" in result.output
+    listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert listed[0] == "quantize" and sorted(listed) == sorted(COMMANDS)
