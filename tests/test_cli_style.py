@@ -29,3 +29,23 @@ def test_help_starts_with_the_main_job():
     listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines()
               if line.startswith("  ") and not line.startswith("   ")]
     assert listed[0] == "quantize" and sorted(listed) == sorted(COMMANDS)
+
+
+def test_the_names_users_bring_from_other_tools_mean_the_same(tmp_path, mnist_model_path):
+    """ModelOpt's ``max``, Polygraphy's ``--calibration-cache``, the SQNR target named as quantize names it."""
+    data = str(mnist_model_path.parent / "mnist")
+    ours, theirs = tmp_path / "minmax.cache", tmp_path / "max.cache"
+    for args in (["--calibrator", "minmax", "--cache", ours], ["--calibrator", "max", "--calibration-cache", theirs]):
+        result = CliRunner().invoke(cli, ["calibrate", str(mnist_model_path), "--data", data, "-q",
+                                          *map(str, args)])
+        assert result.exit_code == 0, result.output
+    assert theirs.read_bytes() == ours.read_bytes() and b"MinMaxCalibration" in ours.read_bytes()
+    keeps = []
+    for flag in ("--target-sqnr", "--min-sqnr"):
+        keep = tmp_path / f"{flag[2:]}.txt"
+        result = CliRunner().invoke(cli, ["sensitivity", str(mnist_model_path), "--cache",
+                                          str(ours), "--data", data, "--max-samples", "64", flag, "45",
+                                          "--keep-out", str(keep), "-q"])
+        assert result.exit_code == 0, result.output
+        keeps.append([line for line in keep.read_text().splitlines() if not line.startswith("#")])
+    assert keeps[0] == keeps[1]

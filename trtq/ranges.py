@@ -21,6 +21,9 @@ START_BIN = 128  # the smallest candidate keeps 128 bins (as TensorRT's search)
 DEFAULT_PERCENTILE = 99.99
 
 METHODS = ("entropy2", "entropy", "minmax", "percentile", "mse")
+# the names users bring from other tools, accepted for trtq's own: ModelOpt's ``max`` is minmax (its docs: "with
+# ActivationSymmetric ... equivalent to max"), onnxruntime's ``MinMax`` / ``Entropy`` / ``Percentile`` calibrators
+METHOD_ALIASES = {"max": "minmax", "MinMax": "minmax", "Entropy": "entropy", "Percentile": "percentile"}
 
 
 def minmax_amax(stats: TensorStats) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from trtq.commands.options.common import MethodChoice
 from trtq.commands.options.data import batches_from_options, data_given, data_options
 from trtq.ranges import DEFAULT_PERCENTILE
 from trtq.trt.cuda import BACKENDS
@@ -28,7 +29,7 @@ def _echo(message: str) -> None:
               help="INT8: trtq quantize on the CPU (needs --data), then 10.x: its ranges as a cache + its kept layers "
                    "as precision constraints; 11.x: its Q/DQ model. With --calibrator: as that calibrator says.")
 @click.option("--best", is_flag=True, help="Both --int8 and --fp16.")
-@click.option("--calibrator", type=click.Choice(BUILD_CALIBRATORS), default=None,
+@click.option("--calibrator", type=MethodChoice(BUILD_CALIBRATORS), default=None,
               help="INT8 range method. auto: trtq quantize (auto ranges, layers kept in float where the target needs "
                    "it, verified). entropy2/entropy/minmax/legacy are TensorRT 10.x calibrators; percentile and mse "
                    "(and all of them on TensorRT 11) are computed by trtq, unverified. [default: auto via trtq "
@@ -41,7 +42,7 @@ def _echo(message: str) -> None:
 @click.option("--calibration-source", type=click.Choice(SOURCES), default=None,
               help="Who computes INT8 ranges: TensorRT's calibrator fed with --data (10.x default), or trtq on "
                    "the CPU (11.x, percentile, mse), served to 10.x as a cache and to 11.x as Q/DQ.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+@click.option("--cache", "--calibration-cache", "--calib", "cache_path", type=click.Path(dir_okay=False),
               help="Calibration cache: reused when it holds this calibrator's ranges (when TensorRT calibrates: "
                    "written by this TensorRT version; percentile/mse, whose header is entropy2's: only without "
                    "--data), otherwise computed from --data and written here.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from trtq.commands.options.common import memory_budget_option, quiet_option
+from trtq.commands.options.common import MethodChoice, memory_budget_option, quiet_option
 from trtq.commands.options.data import batches_from_options, data_given, data_options
 from trtq.commands.progress import run_with_progress
 from trtq.errors import TrtqError
@@ -23,14 +23,14 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
               help="all: every float tensor (what a TensorRT 10 cache needs); qdq: only those a Q/DQ export "
                    "quantizes (all a TensorRT 11 Q/DQ model uses) -- onnxruntime then optimises the graph "
                    "between them, typically 1.5-2.5x faster.")
-@click.option("--calibrator", type=click.Choice(("auto", *METHODS)), default="auto", show_default=True,
+@click.option("--calibrator", type=MethodChoice(("auto", *METHODS)), default="auto", show_default=True,
               help="Range method: auto (every method below, guarded against degenerate tensors, measured as "
                    "simulated INT8 vs FP32 on held-out data; the closest kept), entropy2 (TensorRT's KL search), "
                    "entropy (same search, legacy header), minmax (absmax), percentile (--percentile of |x|), "
-                   "mse (least squared error).")
+                   "mse (least squared error). ModelOpt's and onnxruntime's names work too (max = minmax).")
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
               help="Percentile of |x| used by --calibrator percentile, in (0, 100].")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+@click.option("--cache", "--calibration-cache", "cache_path", type=click.Path(dir_okay=False),
               help="Write TensorRT's native calibration cache here "
                    "[default: MODEL-CALIBRATOR.cache in the current directory when --json is not given].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
@@ -60,7 +60,7 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.option("--eval-data", type=click.Path(),
               help="Held-out data for --calibrator auto and --compare-methods (the other data options apply) "
                    "[default: auto holds out 1 calibration batch in 5 for its choice].")
-@click.option("--eval-labels", type=click.Path(dir_okay=False),
+@click.option("--eval-labels", "--labels", "eval_labels", type=click.Path(dir_okay=False),
               help="Labels of the --eval-data (.npy in data order, or a file,label CSV): adds accuracy.")
 def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_version, save_stats, from_stats,
               device, quiet, ray_address, compare_methods, eval_data, eval_labels, memory_budget, tensor_set,

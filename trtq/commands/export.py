@@ -16,7 +16,7 @@ from trtq.messages import note
                    "scales from the weights.")
 @click.option("--fp16", "mode", flag_value="fp16",
               help="Write an FP16 model with float32 inputs/outputs; overflow-prone ops stay float32.")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+@click.option("--cache", "--calibration-cache", "cache_path", type=click.Path(dir_okay=False),
               help="TensorRT calibration cache with the activation ranges (--qdq).")
 @click.option("--ranges", "ranges_path", type=click.Path(dir_okay=False),
               help="Ranges JSON from trtq calibrate --json (--qdq).")

@@ -15,7 +15,7 @@ from trtq.accuracy.proxies import is_builtin_metric, parse_builtin_metrics
 from trtq.accuracy.quantize import CALIBRATORS
 from trtq.accuracy.sensitivity import MODES
 from trtq.commands.options.accuracy import label_options
-from trtq.commands.options.common import memory_budget_option
+from trtq.commands.options.common import MethodChoice, memory_budget_option
 from trtq.commands.options.data import data_options
 from trtq.commands.progress import run_with_progress
 from trtq.ranges import DEFAULT_PERCENTILE
@@ -60,8 +60,9 @@ OUTPUT_LABELS = {"model": "-o", "float": "OUT.float.onnx", "cache": "OUT.cache",
 @click.option("--folds", type=click.IntRange(min=2), default=DEFAULT_FOLDS, show_default=True,
               help="Without --eval-data: the judged calibration samples are cross-fitted in this many folds "
                    "(each judged by ranges from the others).")
-@click.option("--calibrator", type=click.Choice(CALIBRATORS), default="auto", show_default=True,
-              help="auto: every guarded method measured end to end, the closest to FP32 kept; or one method.")
+@click.option("--calibrator", type=MethodChoice(CALIBRATORS), default="auto", show_default=True,
+              help="auto: every guarded method measured end to end, the closest to FP32 kept; or one method "
+                   "(ModelOpt's max = minmax).")
 @click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True,
               help="Percentile of |x| for --calibrator percentile.")
 @click.option("--mode", type=click.Choice(MODES), default="alone", show_default=True,

@@ -25,7 +25,7 @@ TOP_HISTOGRAMS = 8
 @click.option("--mode", type=click.Choice(MODES), default="alone", show_default=True,
               help="alone: each layer the only one in INT8 (layers + 1 runs per batch); all-but-one: each layer the "
                    "only one kept in float (layers + 2 runs per batch).")
-@click.option("--target-sqnr", type=float, metavar="DB",
+@click.option("--min-sqnr", "--target-sqnr", "target_sqnr", type=float, metavar="DB",
               help="Find a small set of layers to keep in higher precision so that the worst output's SQNR "
                    "reaches DB (greedy down the ranking, each step verified).")
 @click.option("--max-drop", type=click.FloatRange(min=0), metavar="PCT",
@@ -124,7 +124,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
         if close is not None:
             result = analysis.rank(mode)
         else:  # every layer's run of a batch, then the next batch: the bar counts samples ranked
-            def rank(progress):
+            def rank(progress=None):
                 analysis.progress = progress
                 return analysis.rank(mode)
 

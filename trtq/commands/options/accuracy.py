@@ -22,7 +22,7 @@ def _apply(func: F, options: list) -> F:
 def ranges_options(func: F) -> F:
     """``--cache`` / ``--ranges`` (exactly one) and ``--exclude``."""
     return _apply(func, [
-        click.option("--cache", "cache_path", type=click.Path(dir_okay=False),
+        click.option("--cache", "--calibration-cache", "cache_path", type=click.Path(dir_okay=False),
                      help="TensorRT calibration cache with the activation ranges to evaluate."),
         click.option("--ranges", "ranges_path", type=click.Path(dir_okay=False),
                      help="Ranges JSON from trtq calibrate --json (instead of --cache)."),

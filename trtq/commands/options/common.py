@@ -34,3 +34,14 @@ def memory_budget_option() -> Callable[[F], F]:
         help="Most activation memory the model runs may hold (512M, 2G; a plain number is MiB). Batches are "
              "run in slices of samples and the graph in segments to stay within it; ranges do not change. "
              "[default: 128M, or a quarter of the available memory when less]")
+
+
+class MethodChoice(click.Choice):
+    """A range-method choice that also takes the names users bring from other tools (``max`` for ``minmax``:
+    :data:`trtq.ranges.METHOD_ALIASES`) and answers with trtq's own."""
+
+    def convert(self, value, param, ctx):
+        from trtq.ranges import METHOD_ALIASES
+
+        own = METHOD_ALIASES.get(value, value)
+        return super().convert(own if own in self.choices else value, param, ctx)
