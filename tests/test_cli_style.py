@@ -10,7 +10,7 @@ from trtq.cli import COMMANDS, cli
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["quantize", "m.onnx"], "Missing option '-o' / '--output'. (see: trtq quantize --help)"),
+    (["export", "m.onnx", "--qdq"], "Missing option '-o' / '--output'. (see: trtq export --help)"),
     (["quantize", "m.onnx", "-o", "x.onnx", "--calibrator", "foo"], "Invalid value for '--calibrator': 'foo'"),
     (["calibrate", "--nope"], "No such option '--nope'"),
     (["export", "m.onnx", "--fp16", "--cache", "x.cache", "-o", "x.onnx"], "--fp16 takes no ranges"),
@@ -49,3 +49,12 @@ def test_the_names_users_bring_from_other_tools_mean_the_same(tmp_path, mnist_mo
         assert result.exit_code == 0, result.output
         keeps.append([line for line in keep.read_text().splitlines() if not line.startswith("#")])
     assert keeps[0] == keeps[1]
+
+
+def test_quantize_without_o_writes_model_int8_onnx_here(tmp_path, monkeypatch, mnist_model_path):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["quantize", str(mnist_model_path), "--data",
+                                      str(mnist_model_path.parent / "mnist"), "--calibrator", "minmax", "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"mnist-8.int8.{suffix}" for suffix in ("cache", "keep.txt", "onnx", "report.html", "report.json")]

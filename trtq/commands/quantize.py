@@ -40,8 +40,9 @@ OUTPUT_LABELS = {"model": "-o", "float": "OUT.float.onnx", "cache": "OUT.cache",
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @data_options
 @memory_budget_option()
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="OUT.onnx",
-              help="The INT8 Q/DQ model; OUT.cache, OUT.keep.txt, OUT.report.json and OUT.report.html go beside it.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="OUT.onnx",
+              help="The INT8 Q/DQ model; OUT.cache, OUT.keep.txt, OUT.report.json and OUT.report.html go beside it "
+                   "[default: MODEL's name with .int8.onnx, in the current directory].")
 @click.option("--eval-data", type=click.Path(),
               help="Held-out evaluation data (the other data options apply) [default: 1 batch in 5 of the "
                    "calibration data is held out and not calibrated on].")
@@ -131,6 +132,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     metric = scripts[0] if scripts else None
     if ray_address is not None and metric:
         raise click.UsageError("--ray does not run a task metric yet; drop --metric or --ray")
+    if output is None:
+        output = f"{Path(model_path).stem}.int8.onnx"
     paths = output_paths(output)
     refuse_engine_suffix(output, "-o", "int8")
     check_outputs({OUTPUT_LABELS[key]: path for key, path in paths.items()},
