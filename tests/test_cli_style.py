@@ -15,6 +15,9 @@ from trtq.cli import COMMANDS, cli
     (["calibrate", "--nope"], "No such option '--nope'"),
     (["export", "m.onnx", "--fp16", "--cache", "x.cache", "-o", "x.onnx"], "--fp16 takes no ranges"),
     (["nosuch"], "No such command 'nosuch'. (see: trtq --help)"),
+    # checked before any calibration: a target no model can meet fails in a second, not after the data pass
+    (["quantize", "m.onnx", "--data", "d", "--max-drop", "-5"],
+     "Invalid value for '--max-drop': -5.0 is not in the range x>=0"),
 ])
 def test_a_usage_mistake_is_one_line_and_exit_2(args, message):
     result = CliRunner().invoke(cli, args, prog_name="trtq")

@@ -34,7 +34,7 @@ def _echo(message: str) -> None:
                    "it, verified). entropy2/entropy/minmax/legacy are TensorRT 10.x calibrators; percentile and mse "
                    "(and all of them on TensorRT 11) are computed by trtq, unverified. [default: auto via trtq "
                    "quantize; entropy2 with --ranges or --calibration-source tensorrt]")
-@click.option("--max-drop", type=float, metavar="PCT",
+@click.option("--max-drop", type=click.FloatRange(min=0), metavar="PCT",
               help="trtq quantize's target: at most PCT points of top-1 agreement lost against FP32 (a "
                    "[batch, classes] output) [default: 1 where that measure exists].")
 @click.option("--min-sqnr", type=float, metavar="DB",

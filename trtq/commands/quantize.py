@@ -53,7 +53,7 @@ OUTPUT_LABELS = {"model": "-o", "float": "OUT.float.onnx", "cache": "OUT.cache",
                    "from what it holds]. Or a task metric FUNC(fp32, int8, labels) -> a number per batch or per "
                    "sample, higher is better (default FUNC: metric); the drop is its FP32 score minus its INT8 "
                    "score, x 100.")
-@click.option("--max-drop", type=float, metavar="PCT",
+@click.option("--max-drop", type=click.FloatRange(min=0), metavar="PCT",
               help="Target: at most PCT points lost on the measure (--metric, else accuracy with --labels, else "
                    "each output's task proxy) [default: 1].")
 @click.option("--min-sqnr", type=float, metavar="DB",
