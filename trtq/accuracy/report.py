@@ -119,6 +119,17 @@ def histogram_figures(stats: StatsCollector, amax: dict[str, float], tensors: Se
     return figures
 
 
+def describe_keep_target(target: dict) -> str:
+    """The sensitivity keep-set target as a user reads it (``SQNR >= 30 dB and top-1 agreement drop <= 0.5
+    points``), not its JSON keys."""
+    parts = []
+    if target.get("sqnr_db") is not None:
+        parts.append(f"SQNR >= {target['sqnr_db']:g} dB")
+    if target.get("max_drop_points") is not None:
+        parts.append(f"{target.get('drop_measure') or 'top-1'} drop <= {target['max_drop_points']:g} points")
+    return " and ".join(parts) or "none"
+
+
 def ranking_figure(result: SensitivityResult, limit: int = 40) -> Figure:
     rows = []
     for entry in result.ranking[:limit]:
@@ -215,7 +226,7 @@ def sensitivity_html(result: SensitivityResult, *, model: str, data: str, ranges
             step_rows.append((", ".join(step.kept) or "(none: all INT8)", _db(step.sqnr_db),
                               _pct(step.top1_agreement), "-" if step.drop_points is None else f"{step.drop_points:.2f}",
                               "yes" if step.meets_target else "no", "yes" if step.accepted else "no"))
-        target = ", ".join(f"{k} {v}" for k, v in result.target.items() if v is not None)
+        target = describe_keep_target(result.target)
         body = (f'<p class="meta">target: {escape(target)}; keep in higher precision: '
                 f"<b>{escape(', '.join(result.keep) or 'nothing')}</b></p>"
                 + _table(["kept in float", "SQNR dB", "top-1 agreement", "drop (points)", "meets target", "kept"],
