@@ -384,3 +384,27 @@ def test_a_best_configuration_missing_the_target_only_inside_the_noise_is_writte
     shares = result.mac_shares
     page = quantize_html(result, quantize_figures(result, shares), model="m", data="d", mac_shares=shares)
     assert "undecided: it misses the target at the point estimate, only inside the noise" in page
+
+
+def test_excluded_layers_stay_float_in_every_configuration_and_in_the_keep_list(tmp_path, mnist_model_path,
+                                                                                digits_npz):
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(cli, ["quantize", str(mnist_model_path), "--data", str(digits_npz / "cal.npy"),
+                                      "--exclude", "Times212", "--exclude-op-types", "MaxPool", "--calibrator",
+                                      "minmax", "--max-drop", "0", "-o", str(out)])
+    assert result.exit_code in (0, 3), result.output
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["excluded"] == ["Pooling66", "Pooling160", "Times212"]
+    assert report["layers"] == 2  # the two convolutions: the excluded are never ranked, searched or counted
+    assert all(set(step["kept"]) <= {"Convolution28", "Convolution110"} for step in report["steps"])
+    keep = [line for line in (tmp_path / "m.keep.txt").read_text().splitlines() if not line.startswith("#")]
+    assert keep[:3] == report["excluded"]  # TensorRT 10 keeps them through --keep-precision @m.keep.txt
+    if out.exists():
+        qdq = onnx.load(str(out))
+        dequantized = {n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
+        for node in qdq.graph.node:
+            if node.name in report["excluded"]:
+                assert not dequantized & set(node.input), node.name
+    bad = CliRunner().invoke(cli, ["quantize", str(mnist_model_path), "--data", str(digits_npz / "cal.npy"),
+                                   "--exclude-op-types", "Softmax", "-o", str(tmp_path / "x.onnx")])
+    assert bad.exit_code == 2 and "the model has no Softmax node" in bad.stderr and not (tmp_path / "x.onnx").exists()

@@ -333,14 +333,14 @@ def fold_shifts(proto: onnx.ModelProto, sites: Sequence[BiasSite],
 
 
 def fit_bias_correction(model: Model, fold_ranges: Sequence[Mapping[str, float]], fit_sets: Sequence[Sequence[Feed]],
-                        ranges_source: str = "the ranges") -> BiasCorrection | None:
+                        ranges_source: str = "the ranges", exclude: Sequence[str] = ()) -> BiasCorrection | None:
     """Measure the shifts of ``model``'s quantized layers: fold ``j``'s Q/DQ model (``fold_ranges[j]``) on fold
     ``j``'s calibration batches (``fit_sets[j]``); each fold's correction is the mean over the other folds'
     samples (one fold: its own). None when no quantized layer has a bias site."""
     from trtq.export import export_qdq
     from trtq.export.compare import fake_quant_session, session_runner
 
-    exports = [export_qdq(model, amax, ranges_source=ranges_source) for amax in fold_ranges]
+    exports = [export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source) for amax in fold_ranges]
     search = find_sites(model, exports[0].plan.quantized_nodes)
     if not search.sites:
         return None

@@ -43,6 +43,7 @@ from trtq.calibrate import collect_statistics, compute_ranges
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import export_qdq
+from trtq.export.graph import node_key, resolve_nodes
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS, range_function
 from trtq.stats import StatsCollector
@@ -77,6 +78,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
              max_eval_samples: int = DEFAULT_EVAL_SAMPLES,
              folds: int = DEFAULT_FOLDS,
              steps: Sequence[str] = DEFAULT_STEPS,
+             exclude: Sequence[str] = (),
              progress: Callable[[int], None] | None = None,
              note: Callable[[str], None] | None = None,
              collect: Callable[..., StatsCollector] | None = None,
@@ -86,6 +88,8 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     ``max_eval_samples``) are cross-fitted in ``folds`` folds (:mod:`.crossfit`) and ``calibration_labels``
     (lined up by the calibration source) give their labels. ``proxies``: the outputs' proxies named by
     ``--metric NAME=OUTPUT`` (else inferred). ``steps``: the error-reducing steps to try (:mod:`.corrections`).
+    ``exclude``: nodes (names or output names) the user keeps in float: in float in every configuration, never
+    ranked, corrected or counted among the quantized layers; written first in the keep list.
 
     ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (``--ray``: the calibration
     shards); ``rank_backend(analysis, ranges_source)`` makes the sensitivity ranking evaluate elsewhere and
@@ -93,6 +97,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     if calibrator not in CALIBRATORS:
         raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(CALIBRATORS)})")
     say = note or (lambda _message: None)
+    excluded = [node_key(model.graph.node[i]) for i in sorted(resolve_nodes(model.graph, exclude))]
     timings: dict[str, float] = {}
     started = time.perf_counter()
     data = _evaluation_data(model, calibration, eval_batches, eval_labels, calibration_labels, max_eval_samples,
@@ -102,7 +107,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     timings["calibration"] = time.perf_counter() - started
     eval_samples = sum(batch_samples(b) for b in batches)
 
-    verifier = Verifier(model, batches, None, labels, plan)
+    verifier = Verifier(model, batches, None, labels, plan, excluded)
     verifier.measure = measure = default_measure(verifier, metric=metric, labels=labels, named=proxies,
                                                  logits=logits)
     target = resolve_target(min_sqnr, max_drop, measure.describe())
@@ -121,6 +126,8 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         amax = compute_ranges(stats, calibrator, percentile)
         fold_ranges = plan.ranges(lambda s: compute_ranges(s, calibrator, percentile), complete=amax)
         baseline = verifier.compare({key: verifier.qdq_runner(fold_ranges, ranges_source=f"the {method} ranges")})
+    if excluded:
+        say(f"kept in float as asked (--exclude): {len(excluded)} layers")
     first = verified(baseline, key, [], target.meets, time.perf_counter() - step_started)
     configurations = [Verification(f"all INT8 ({method})", [], first.sqnr_db, first.drop, first.meets_target,
                                    first.seconds)]
@@ -143,11 +150,12 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
                 configurations.append(Verification(f"all INT8, {outcome.adjective}", [], step.sqnr_db, step.drop,
                                                    step.meets_target, step.seconds))
     steps = configurations
-    quantized_nodes = list(export_qdq(model, amax, ranges_source=source).plan.quantized_nodes)
+    quantized_nodes = list(export_qdq(model, amax, exclude=excluded, ranges_source=source).plan.quantized_nodes)
     layers = len(quantized_nodes)
     result = QuantizeResult(target, calibrator, method, amax, stats, description, eval_samples, [], steps, None,
                             auto, seconds=timings, quantized_nodes=quantized_nodes,
-                            macs=layer_macs(model.proto, batches[0]), measure=measure, corrections=corrections)
+                            macs=layer_macs(model.proto, batches[0]), measure=measure, corrections=corrections,
+                            excluded=excluded)
 
     keep: list[str] | None = []
     if not steps[-1].meets_target:
@@ -172,7 +180,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
 
     step_started = time.perf_counter()
     written = verifier.float_model(None, keep)
-    export = export_qdq(written, amax, exclude=keep, ranges_source=source)
+    export = export_qdq(written, amax, exclude=[*excluded, *keep], ranges_source=source)
     if written is not model:  # smoothed or bias-corrected: TensorRT 10 builds this one with the cache
         result.float_model = written.proto
     comparison = verifier.compare({"int8": verifier.qdq_runner(fold_ranges, keep, source)})
@@ -305,8 +313,8 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     built = time.perf_counter()
     written = verifier.float_model(None)  # with the adopted correction; a layer switched to float reads its own bias
     values = verifier.correction.float_values(verifier.model, written) if verifier.correction is not None else None
-    analysis = SensitivityAnalysis(written, result.amax, verifier.batches, logits=None, ranges_source=source,
-                                   float_values=values, measure=verifier.measure)
+    analysis = SensitivityAnalysis(written, result.amax, verifier.batches, exclude=verifier.excluded, logits=None,
+                                   ranges_source=source, float_values=values, measure=verifier.measure)
     # each layer's run from its own Q/DQ on needs a session of its part of the switchable model: about half the
     # cost of the whole one's, which building the analysis just measured
     per_layer = 0.5 * (time.perf_counter() - built)

@@ -146,6 +146,8 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
             *_measure_lines(result),
             f"ranges: {result.method}" + (" (chosen by auto)" if result.auto is not None else ""),
             f"kept in float: {', '.join(result.keep) or 'nothing'}", verdict]
+    if result.excluded:
+        meta.insert(-1, f"kept in float as asked (--exclude): {', '.join(result.excluded)}")
     scores = result.describe_scores()
     if scores is not None:
         meta.insert(-1, scores)

@@ -69,6 +69,7 @@ class QuantizeResult:
     undecided: bool = False  # taken though beyond the target at the point estimate: only inside the noise
     corrections: list[StepOutcome] = field(default_factory=list)  # the error-reducing steps tried, in order
     float_model: onnx.ModelProto | None = None  # the corrected FP32 model (TensorRT 10 builds it with the cache)
+    excluded: list[str] = field(default_factory=list)  # kept in float as the user asked (--exclude), never searched
 
     @property
     def best_step(self) -> Verification:
@@ -100,7 +101,7 @@ class QuantizeResult:
 
     def mac_share(self, kept: Sequence[str]) -> float | None:
         """Share of the quantized layers' MACs still in INT8 with ``kept`` in float (None: unknown)."""
-        return int8_mac_share(self.macs, self.quantized_nodes, list(kept))
+        return int8_mac_share(self.macs, [*self.excluded, *self.quantized_nodes], [*self.excluded, *kept])
 
     @property
     def mac_shares(self) -> list[float | None]:
@@ -127,6 +128,8 @@ class QuantizeResult:
                  "# use: trtq export MODEL --qdq ... --exclude @FILE, or trtq build --keep-precision @FILE"]
         if last is not None:
             lines.append(f"# verified on {self.eval_samples} samples: {describe_step(last)}")
+        if self.excluded:
+            lines += ["# kept in float as asked (--exclude):", *self.excluded, "# kept in float by the search:"]
         return "\n".join([*lines, *self.keep]) + "\n"
 
     @property
@@ -174,6 +177,7 @@ class QuantizeResult:
             "corrections": [c.document() for c in self.corrections],
             "layers": self.layers,
             "keep": self.keep,
+            "excluded": self.excluded,
             "steps": [{**s.document(), "int8_mac_share": share} for s, share in zip(self.steps, self.mac_shares,
                                                                                      strict=True)],
             "seconds": self.seconds,

@@ -56,8 +56,9 @@ class Verifier:
     (a recogniser's ``[256, 40, 6625]`` scores do not: they are recomputed per pass)."""
 
     def __init__(self, model: Model, batches: Sequence[dict[str, np.ndarray]], measure: Measure,
-                 labels: np.ndarray | None, plan: FoldPlan):
+                 labels: np.ndarray | None, plan: FoldPlan, excluded: Sequence[str] = ()):
         self.model, self.batches, self.measure, self.labels, self.plan = model, list(batches), measure, labels, plan
+        self.excluded = tuple(excluded)  # the user's layers kept in float (``--exclude``): in every configuration
         self.names = list(model.output_names)
         self._fp32 = session_runner(fake_quant_session(model.proto), self.names)
         self._cache: dict[int, list[np.ndarray]] | None = {}
@@ -121,12 +122,14 @@ class Verifier:
         base = base if base is not None else self.base
         if correction is None:
             return base
-        return correction.corrected(base, fold, keep)
+        return correction.corrected(base, fold, [*self.excluded, *keep])
 
     def qdq_runner(self, fold_ranges: list[dict[str, float]], exclude: Sequence[str] = (),
                    ranges_source: str = "the ranges", correction: BiasCorrection | None | object = _CURRENT,
                    base: Model | None = None) -> Run:
-        """The Q/DQ model of each fold's ranges (``exclude`` in float), one runner dispatching by fold."""
+        """The Q/DQ model of each fold's ranges (``exclude`` and the user's exclusions in float), one runner
+        dispatching by fold."""
+        exclude = [*self.excluded, *exclude]
         runs = [session_runner(fake_quant_session(export_qdq(self.float_model(fold, exclude, correction, base),
                                                              amax, exclude=exclude,
                                                              ranges_source=ranges_source).model), self.names)
@@ -140,8 +143,8 @@ class Verifier:
         for fold, amax in enumerate(fold_ranges):
             corrected = self.float_model(fold)
             values = self.correction.float_values(self.base, corrected) if self.correction is not None else None
-            switchable = build_switchable(self.model.proto,
-                                          export_qdq(corrected, amax, ranges_source=ranges_source), values)
+            switchable = build_switchable(self.model.proto, export_qdq(corrected, amax, exclude=self.excluded,
+                                                                       ranges_source=ranges_source), values)
             built.append((switchable, fake_quant_session(switchable.proto)))
         self._switchable = built
         return built[0][0].nodes

@@ -70,6 +70,12 @@ OUTPUT_LABELS = {"model": "-o", "float": "OUT.float.onnx", "cache": "OUT.cache",
               help="Sensitivity ranking used when all-INT8 misses the target.")
 @click.option("--max-eval-samples", type=click.IntRange(min=1), default=DEFAULT_EVAL_SAMPLES, show_default=True,
               help="Samples judged (held in memory): of --eval-data, else the first calibration samples.")
+@click.option("--exclude", multiple=True, metavar="NODE|@FILE",
+              help="Keep this node (ONNX node name or its output tensor) in float in every configuration, as trtq "
+                   "export --exclude does (ModelOpt's nodes_to_exclude). Repeatable; @FILE reads one name per line.")
+@click.option("--exclude-op-types", metavar="OP[,OP...]",
+              help="Keep every node of these ONNX op types in float (ModelOpt's op_types_to_exclude), e.g. "
+                   "Add,MatMul.")
 @click.option("--no-bias-correction", "no_bias_correction", is_flag=True,
               help="Do not try bias correction (each INT8 layer's mean output shift folded into its bias; adopted "
                    "only when it beats the uncorrected model beyond the noise).")
@@ -89,7 +95,8 @@ OUTPUT_LABELS = {"model": "-o", "float": "OUT.float.onnx", "cache": "OUT.cache",
                    "results as one machine: local, auto, HOST:PORT or ray://HOST:PORT. Needs "
                    "pip install 'trtq[ray]'.")
 def quantize(model_path, output, eval_data, labels_path, labels_from_folders, logits, metrics, max_drop, min_sqnr,
-             folds, calibrator, percentile, mode, max_eval_samples, no_bias_correction, no_smoothing, output_ranges,
+             folds, calibrator, percentile, mode, max_eval_samples, exclude, exclude_op_types, no_bias_correction,
+             no_smoothing, output_ranges,
              trt_version, quiet, ray_address, memory_budget, **data_kwargs):
     """Quantize MODEL to INT8 and verify it: one command from FP32 ONNX to a Q/DQ model that meets
     an accuracy target.
@@ -116,7 +123,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.commands.options.data import batches_from_options
     from trtq.data.options import data_input_files
     from trtq.data.script import parse_script_spec
-    from trtq.export import save_model
+    from trtq.export import read_name_list, save_model
+    from trtq.export.graph import nodes_of_types, resolve_nodes
     from trtq.fileio import atomic_write, check_outputs, refuse_engine_suffix, write_json
     from trtq.messages import note, warn
     from trtq.model import load_model
@@ -147,6 +155,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
 
     refuse_quantized(model, "quantizing it again would put a second Q/DQ on its tensors",
                      "measure it with trtq evaluate and trtq sensitivity, or quantize its FP32 model instead")
+    excluded = [*read_name_list(exclude), *nodes_of_types(model, exclude_op_types)]
+    resolve_nodes(model.graph, excluded)  # a typo fails here, before the calibration pass
     calibration = batches_from_options(model, warn=warn, **data_kwargs)
     eval_batches = eval_labels = None
     calibration_labels = labels
@@ -164,7 +174,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         run_quantize, model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
         calibration_labels=calibration_labels, metric=task_metric, proxies=named, min_sqnr=min_sqnr,
         max_drop=max_drop, calibrator=calibrator, percentile=percentile, logits=logits, mode=mode,
-        max_eval_samples=max_eval_samples, folds=folds,
+        max_eval_samples=max_eval_samples, folds=folds, exclude=excluded,
         steps=tuple(step for step in STEPS if (step != "bias" or not no_bias_correction)
                     and (step != "smooth" or not no_smoothing) and (step != "ranges" or output_ranges)),
         note=None if quiet else (lambda line: click.echo(line, err=True)))
@@ -209,7 +219,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         if scores is not None:
             click.echo(scores)
         if shares[-1] is not None and result.ok:
-            click.echo(f"INT8 layers: {len(quantized) - len(result.keep)} of {len(quantized)} "
+            asked = f", {len(result.excluded)} more kept in float as asked" if result.excluded else ""
+            click.echo(f"INT8 layers: {len(quantized) - len(result.keep)} of {len(quantized)}{asked} "
                        f"({100 * shares[-1]:.1f} % of the MACs)")
         if result.ok and result.undecided:
             click.echo("undecided: no configuration measured met the target at its point estimate; the one written "
@@ -237,7 +248,7 @@ def _hand_off(result, paths: dict[str, Path], model_path: str) -> str:
     import shlex
 
     float_model = paths["float"] if result.float_model is not None else Path(model_path)
-    keep = f" --keep-precision @{shlex.quote(str(paths['keep']))}" if result.keep else ""
+    keep = f" --keep-precision @{shlex.quote(str(paths['keep']))}" if result.keep or result.excluded else ""
     return (f"build: TensorRT 11: trtq build {shlex.quote(str(paths['model']))} --int8; TensorRT 10: trtq build "
             f"{shlex.quote(str(float_model))} --int8 --calibrator entropy2 --cache {shlex.quote(str(paths['cache']))}"
             f"{keep}")

@@ -218,6 +218,26 @@ def brief_list(names: Iterable[str], limit: int = 6) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+def node_key(node: onnx.NodeProto) -> str:
+    """A name :func:`resolve_nodes` finds the node by again: its name, or its first output."""
+    return node.name or next((o for o in node.output if o), "")
+
+
+def nodes_of_types(model_or_graph, op_types: str | None) -> list[str]:
+    """The names (or first outputs) of the nodes whose op type is in the comma-separated ``op_types``
+    (``--exclude-op-types Add,MatMul``); an op type the model does not have is an error (a typo)."""
+    if not op_types:
+        return []
+    graph = getattr(model_or_graph, "graph", model_or_graph)
+    wanted = [t.strip() for t in op_types.split(",") if t.strip()]
+    present = {node.op_type for node in graph.node}
+    missing = [t for t in wanted if t not in present]
+    if missing:
+        raise TrtqError(f"--exclude-op-types: the model has no {', '.join(missing)} node (it has "
+                        f"{', '.join(sorted(present)[:12])}{', ...' if len(present) > 12 else ''})")
+    return [node_key(node) for node in graph.node if node.op_type in wanted]
+
+
 def resolve_nodes(graph: onnx.GraphProto, names: Iterable[str], option: str = "--exclude") -> set[int]:
     """Indices of the nodes that ``names`` designate: a node name, or the name of a node's output.
 
