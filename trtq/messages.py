@@ -7,6 +7,8 @@ modules warn through here too, and only the CLI layer imports click.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 
 
 def _say(line: str) -> None:
@@ -32,3 +34,24 @@ def warn(message: str) -> None:
 def note(message: str) -> None:
     """Something trtq did on the user's behalf (an opset upgrade, a default it chose)."""
     _say(f"trtq: note: {message}")
+
+
+def quarter_progress(label: str, total: int | None, say: Callable[[str], None]) -> Callable[[int], None]:
+    """``progress(samples)`` that says a line at each quarter of ``total`` samples, with the time so far and
+    left, through ``say``: what a long step without a terminal bar (a log, a pipeline step) shows. Without a
+    total it says nothing."""
+    started, done, said = time.perf_counter(), 0, 0
+
+    def progress(samples: int) -> None:
+        nonlocal done, said
+        done += samples
+        if not total:
+            return
+        quarter = min(4, 4 * done // total)
+        if quarter > said:
+            said = quarter
+            elapsed = time.perf_counter() - started
+            left = f", about {elapsed / done * (total - done):.0f} s left" if done < total else ""
+            say(f"{label}: {min(done, total)} of {total} samples, {elapsed:.0f} s{left}")
+
+    return progress

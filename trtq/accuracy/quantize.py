@@ -44,6 +44,7 @@ from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import export_qdq
 from trtq.export.graph import node_key, resolve_nodes
+from trtq.messages import quarter_progress
 from trtq.model import Model
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS, range_function
 from trtq.stats import StatsCollector
@@ -252,24 +253,6 @@ def rank_sample_count(layers: int, seconds_per_sample: float | None, available: 
     return max(1, min(available, RANK_SAMPLES, max(MIN_RANK_SAMPLES, fitting)))
 
 
-def _quarter_notes(label: str, total: int, say: Callable[[str], None]) -> Callable[[int], None]:
-    """``progress(samples)`` that says a line at each quarter of ``total`` samples with the time so far and left:
-    the ranking is the loop's longest silent step (8 minutes on a ViT on 2 cores)."""
-    started, done, said = time.perf_counter(), 0, 0
-
-    def progress(samples: int) -> None:
-        nonlocal done, said
-        done += samples
-        quarter = min(4, 4 * done // max(total, 1))
-        if quarter > said:
-            said = quarter
-            elapsed = time.perf_counter() - started
-            left = f", about {elapsed / done * (total - done):.0f} s left" if done < total else ""
-            say(f"{label}: {min(done, total)} of {total} samples, {elapsed:.0f} s{left}")
-
-    return progress
-
-
 def _within_the_noise(result: QuantizeResult) -> bool:
     """Whether the best configuration measured on every sample misses a drop target only inside the noise: its
     95 % interval reaches down to the target, and it keeps at most ``MAX_KEPT_SHARE`` of the layers in float."""
@@ -324,7 +307,7 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     say(f"all INT8 misses the target ({describe_step(result.steps[-1])}): ranking the {layers} quantized layers on "
         f"{rank_samples} samples")
     close = rank_backend(analysis, source) if rank_backend is not None else None
-    analysis.progress = _quarter_notes("  ranking", rank_samples, say)
+    analysis.progress = quarter_progress("  ranking", rank_samples, say)  # the loop's longest silent step
     try:
         sensitivity = analysis.rank(mode, max_samples=rank_samples)
     finally:

@@ -27,15 +27,17 @@ def ranges_digest(amax: dict[str, float]) -> str:
 
 
 def run_statistics(model, config: ModelConfig, staging: Path, layout: Layout, warn: Echo,
-                   ray: str | None = None) -> tuple[dict, dict]:
+                   ray: str | None = None, echo: Echo | None = None) -> tuple[dict, dict]:
     """One pass over the calibration data: per-tensor |x| statistics that every calibrator derives from
-    (``ray``: in shards, as Ray tasks; the same statistics)."""
+    (``ray``: in shards, as Ray tasks; the same statistics). ``echo`` gets a line at each quarter of the data."""
     from trtq.calibrate import collect_statistics
+    from trtq.messages import quarter_progress
 
     # The source warns about each file it skips; collect_statistics records its provenance in the statistics.
     source = open_data(model, config.data, config.shapes, warn=warn)
     if ray is None:
-        stats = collect_statistics(model, source)
+        progress = quarter_progress("calibration pass", source.total_samples, echo) if echo is not None else None
+        stats = collect_statistics(model, source, progress=progress)
     else:
         from trtq.distributed.calibrate import collect_statistics_ray
 
@@ -96,7 +98,7 @@ def quantize_target(model, config: ModelConfig) -> dict[str, Any]:
 
 
 def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str, staging: Path, layout: Layout,
-                 warn: Echo, ray: str | None = None) -> tuple[dict, dict]:
+                 warn: Echo, ray: str | None = None, echo: Echo | None = None) -> tuple[dict, dict]:
     """``trtq quantize`` with the gates as its target (:func:`quantize_target`): the report always; the
     cache of its ranges and its keep list only when the target is met, else the result blocks the
     variant's later steps (a failed gate of the run). ``ray``: as ``trtq quantize --ray`` (the ranking on
@@ -107,6 +109,7 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     from trtq.accuracy.quantize_report import quantize_figures, quantize_html
     from trtq.cache import write_cache
     from trtq.fileio import atomic_write
+    from trtq.messages import quarter_progress
     from trtq.trt.build import describe_quantize, quantize_record
 
     target = quantize_target(model, config)
@@ -126,7 +129,9 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
                     "rank_backend": lambda analysis, ranges: use_ray(analysis, model, ray, ranges_source=ranges)}
     result = quantize(model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
                       calibration_labels=calibration_labels, min_sqnr=target["min_sqnr"], max_drop=target["max_drop"],
-                      logits=config.eval.logits, **backends)
+                      logits=config.eval.logits, note=echo,
+                      progress=quarter_progress("calibration pass", calibration.total_samples, echo) if echo else None,
+                      **backends)
     record = quantize_record(result)
     report_rel, html_rel = layout.quantize_report(variant), layout.quantize_report(variant, "html")
     write_json(staged(staging, report_rel), {**result.document(), "model": model.name, "data": calibration.provenance(),
@@ -221,7 +226,7 @@ class StatisticsStep(Step):
 
     def produce(self, ctx: RunContext, staging: Path) -> Produced:
         return run_statistics(ctx.model(self.model), self.model, staging, self.layout, ctx.step_warn(self),
-                              ctx.ray())
+                              ctx.ray(), ctx.step_echo(self))
 
 
 class CalibrateStep(Step):
@@ -261,7 +266,7 @@ class QuantizeStep(Step):
 
     def produce(self, ctx: RunContext, staging: Path) -> Produced:
         return run_quantize(ctx.model(self.model), self.model, self.variant, cache_trt_version(ctx.machine),
-                            staging, self.layout, ctx.step_warn(self), ctx.ray())
+                            staging, self.layout, ctx.step_warn(self), ctx.ray(), ctx.step_echo(self))
 
 
 class ExportStep(Step):
