@@ -21,9 +21,10 @@ START_BIN = 128  # the smallest candidate keeps 128 bins (as TensorRT's search)
 DEFAULT_PERCENTILE = 99.99
 
 METHODS = ("entropy2", "entropy", "minmax", "percentile", "mse")
-# the names users bring from other tools, accepted for trtq's own: ModelOpt's ``max`` is minmax (its docs: "with
-# ActivationSymmetric ... equivalent to max"), onnxruntime's ``MinMax`` / ``Entropy`` / ``Percentile`` calibrators
-METHOD_ALIASES = {"max": "minmax", "MinMax": "minmax", "Entropy": "entropy", "Percentile": "percentile"}
+# the names users bring from other tools, accepted where they compute exactly trtq's method: ModelOpt's ``max`` and
+# onnxruntime's symmetric ``MinMax`` are minmax (ModelOpt: "with ActivationSymmetric ... equivalent to max").
+# onnxruntime's Entropy and Percentile are not aliased: other searches and defaults than TensorRT's and trtq's.
+METHOD_ALIASES = {"max": "minmax", "MinMax": "minmax"}
 
 
 def minmax_amax(stats: TensorStats) -> float:
