@@ -254,7 +254,7 @@ def test_compare_methods_options_need_the_flag(mnist_model_path, tmp_path):
     run = trtq("calibrate", mnist_model_path, "--data", MNIST_PNG, "--eval-data", MNIST_PNG,
                "--calibrator", "entropy2", "--cache", tmp_path / "m.cache")
     assert run.exit_code == 2
-    assert "--eval-data and --eval-labels belong to --calibrator auto and --compare-methods" in run.stderr
+    assert "--eval-data and --labels belong to --calibrator auto and --compare-methods" in run.stderr
     assert not (tmp_path / "m.cache").exists()
 
 

@@ -60,7 +60,7 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS
 @click.option("--eval-data", type=click.Path(),
               help="Held-out data for --calibrator auto and --compare-methods (the other data options apply) "
                    "[default: auto holds out 1 calibration batch in 5 for its choice].")
-@click.option("--eval-labels", "--labels", "eval_labels", type=click.Path(dir_okay=False),
+@click.option("--labels", "--eval-labels", "eval_labels", type=click.Path(dir_okay=False),
               help="Labels of the --eval-data (.npy in data order, or a file,label CSV): adds accuracy.")
 def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_version, save_stats, from_stats,
               device, quiet, ray_address, compare_methods, eval_data, eval_labels, memory_budget, tensor_set,
@@ -91,9 +91,9 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
     click.get_current_context().with_resource(memory_budget_scope(memory_budget))
     check_percentile(percentile)
     if (eval_data or eval_labels) and not (compare_methods or calibrator == "auto"):
-        raise click.UsageError("--eval-data and --eval-labels belong to --calibrator auto and --compare-methods")
+        raise click.UsageError("--eval-data and --labels belong to --calibrator auto and --compare-methods")
     if eval_labels and not eval_data:
-        raise click.UsageError("--eval-labels labels the --eval-data; give --eval-data PATH too")
+        raise click.UsageError("--labels labels the --eval-data; give --eval-data PATH too")
     if calibrator == "auto" and from_stats and not (model_path and eval_data):
         raise click.UsageError("--calibrator auto with --from-stats needs MODEL and --eval-data PATH to choose on")
     if compare_methods and from_stats and not (model_path and eval_data):
@@ -114,7 +114,7 @@ def calibrate(model_path, calibrator, percentile, cache_path, json_path, trt_ver
         cache_path = f"{stem}-{calibrator}.cache"
     check_outputs({"--cache": cache_path, "--json": json_path, "--save-stats": save_stats},
                   {"MODEL": model_path, "--from-stats": from_stats, **data_input_files(data_kwargs),
-                   "--eval-data": eval_data, "--eval-labels": eval_labels})
+                   "--eval-data": eval_data, "--labels": eval_labels})
     version = trt_version or installed_trt_version() or DEFAULT_TRT_VERSION
 
     model = None

@@ -33,7 +33,7 @@ TOP_HISTOGRAMS = 8
                    "samples whose top-1 class changes.")
 @click.option("--keep-out", type=click.Path(dir_okay=False),
               help="Write the layers to keep (one ONNX node name per line, # comments) for "
-                   "`trtq export --qdq --exclude @FILE`. Needs --target-sqnr or --max-drop.")
+                   "`trtq export --qdq --exclude @FILE`. Needs --min-sqnr or --max-drop.")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
               help="Evaluate the ranking's layers as Ray tasks (one onnxruntime session per worker; same ranking "
                    "and keep set): local (a Ray instance in this process, one worker per core), auto, HOST:PORT "
@@ -50,13 +50,13 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
     one onnxruntime session, on a small evaluation set (the first 500 samples unless --max-samples
     says otherwise, held in memory). The error type says whether the layer's INT8 inputs lose more
     to clipping (data beyond the range) or to rounding (8-bit steps too coarse where the data is),
-    from their |x| statistics on the same data. With --target-sqnr or --max-drop, layers are taken
+    from their |x| statistics on the same data. With --min-sqnr or --max-drop, layers are taken
     from the top of the ranking into a keep-in-float set until a real evaluation meets the target.
 
     \b
     Examples:
       trtq sensitivity calib_data/mnist-8.onnx --cache mnist-8.cache --data calib_data/mnist
-      trtq sensitivity model.onnx --ranges r.json --data val.npz --target-sqnr 30 --keep-out keep.txt
+      trtq sensitivity model.onnx --ranges r.json --data val.npz --min-sqnr 30 --keep-out keep.txt
       trtq export model.onnx --qdq --ranges r.json --exclude @keep.txt -o model.qdq.onnx
       trtq sensitivity qat.qdq.onnx --data val.npz --labels y.npy --max-drop 0.5 --keep-out drop.txt
     """
@@ -68,7 +68,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
     from trtq.messages import note, warn
 
     if keep_out and target_sqnr is None and max_drop is None:
-        raise click.UsageError("--keep-out needs a target: --target-sqnr DB and/or --max-drop PCT")
+        raise click.UsageError("--keep-out needs a target: --min-sqnr DB and/or --max-drop PCT")
     if plot_tensor and not (html_path or plot_dir):
         raise click.UsageError("--plot-tensor draws into --html or --plot-dir; give one of them")
     from trtq.model import load_model
