@@ -141,7 +141,8 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
     histograms = [f for f in figures if f.name.startswith("hist-")]
     if histograms:
         sections.append(("Tensors whose range mattered most", "".join(_figure_html(f) for f in histograms)))
-    meta = [f"model: {model}", f"calibration: {data} ({result.stats.samples} samples)",
+    counted = data.split(" ", 1)[0] == str(result.stats.samples)  # "300 images from ..." says it already
+    meta = [f"model: {model}", f"calibration: {data}" + ("" if counted else f" ({result.stats.samples} samples)"),
             f"judged on: {result.eval_description}", f"target: {result.target.describe()}",
             *_measure_lines(result),
             f"ranges: {result.method}" + (" (chosen by auto)" if result.auto is not None else ""),
