@@ -81,3 +81,21 @@ def test_an_onnx_output_named_like_an_engine_names_the_build_command(tmp_path, s
     with pytest.raises(TrtqError, match=r"names a TensorRT engine.*trtq build .*m\.int8\.onnx --int8 -o "):
         refuse_engine_suffix(tmp_path / f"m{suffix}", "-o", "int8")
     refuse_engine_suffix(tmp_path / "m.onnx", "-o", "int8")
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import os as real_os
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the old model")
+
+    def full(fd, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(real_os, "fsync", full)
+    with pytest.raises(TrtqError, match=r"^cannot write .*model\.onnx: no space left on its device \(\d+ MiB free\); "
+                                        r"nothing was written$"):
+        atomic_write(target, b"the new model")
+    assert target.read_bytes() == b"the old model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]

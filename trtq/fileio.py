@@ -6,10 +6,12 @@ A crash, an error or Ctrl-C never leaves a half-written cache, model or report b
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -86,6 +88,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, out)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is the user's to fix, not a bug
+            free = shutil.disk_usage(out.parent or ".").free
+            raise TrtqError(f"cannot write {out}: no space left on its device ({free / 2**20:.0f} MiB free); "
+                            "nothing was written") from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
