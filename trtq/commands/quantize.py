@@ -103,8 +103,9 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
 
     One calibration pass collects the statistics; --calibrator auto measures every guarded range
     method against FP32 on the evaluation data and keeps the closest; if the all-INT8 model still
-    misses the target, the layers that hurt most are kept in float, each step verified; the final
-    Q/DQ model is evaluated again. A target met only by keeping nearly every layer in float writes
+    misses the target, error-reducing steps are tried (SmoothQuant, bias correction), then the layers
+    with the most harm per MAC are kept in float, each step verified; the final Q/DQ model is
+    evaluated again. A target met only by keeping nearly every layer in float writes
     the report but no model, and exits with status 3.
 
     \b
