@@ -475,7 +475,7 @@ def test_engine_and_manifest_land_manifest_last(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", disk_full_for_the_engine)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(TrtqError, match="no space left on its device"):  # the user's to fix: one line, exit 2
         _write_outputs(engine, manifest, b"newer", {"engine": "newer"})
     assert engine.read_bytes() == b"new" and not manifest.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.engine"]
