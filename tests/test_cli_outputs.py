@@ -36,6 +36,8 @@ CASES = {
                                   "m.onnx"], "m.onnx (--html) is MODEL"),
     "sensitivity --keep-out CACHE": (["sensitivity", "m.onnx", "--cache", "m.cache", "--data", MNIST,
                                       "--max-drop", "1", "--keep-out", "m.cache"], "(--keep-out) is --cache"),
+    "quantize -o an --exclude list": (["quantize", "m.onnx", "--data", MNIST, "--exclude", "@labels.csv",
+                                       "-o", "labels.csv"], "(-o) is --exclude @labels.csv"),
     "export -o CACHE": (["export", "m.onnx", "--qdq", "--cache", "m.cache", "-o", "m.cache"], "(-o) is --cache"),
     "export -o .plan": (["export", "m.onnx", "--fp16", "-o", "m.plan"], "trtq build m.fp16.onnx --fp16 -o m.plan"),
     "build -o MODEL": (["build", "m.onnx", "--fp16", "-o", "m.onnx"], "m.onnx (-o) is MODEL"),

@@ -120,7 +120,7 @@ def test_demo_runs_the_cpu_steps_and_says_why_the_gpu_steps_are_skipped(demo):
     assert "skipped build, bench, report of mnist/int8-auto, mnist/int8-entropy2, mnist/fp16" in result.stdout
     assert "tensorrt" in result.stdout
     # no long step is silent in a CI log: the statistics pass and quantize's say how far they are
-    assert result.output.count("calibration pass: 300 of 300 samples") == 2
+    assert result.output.count("calibration pass: 300/300 samples (100 %)") == 2
     assert "measuring 5 range methods against FP32" in result.output
     versions = doc["versions"]
     assert versions["tensorrt"] is None and versions["gpu"] is None and versions["driver"] is None

@@ -37,5 +37,5 @@ def test_quantize_says_how_far_its_ranking_is(tmp_path, mnist_model_path):
                                       str(MNIST / "labels.csv"), "--max-drop", "0.01", "--min-sqnr", "60",
                                       "-o", str(tmp_path / "q.onnx")])
     assert result.exit_code == 3, result.output
-    lines = re.findall(r"^  ranking: (\d+) of (\d+) samples", result.stderr, re.MULTILINE)
+    lines = re.findall(r"^  ranking: (\d+)/(\d+) samples", result.stderr, re.MULTILINE)
     assert len(lines) == 4 and lines[-1][0] == lines[-1][1]

@@ -52,6 +52,7 @@ def quarter_progress(label: str, total: int | None, say: Callable[[str], None]) 
             said = quarter
             elapsed = time.perf_counter() - started
             left = f", about {elapsed / done * (total - done):.0f} s left" if done < total else ""
-            say(f"{label}: {min(done, total)} of {total} samples, {elapsed:.0f} s{left}")
+            say(f"{label}: {min(done, total)}/{total} samples ({100 * min(done, total) // total} %), "
+                f"{elapsed:.1f} s{left}")
 
     return progress

@@ -74,7 +74,7 @@ def evaluate(model_path, cache_path, ranges_path, exclude, labels_path, labels_f
     if plot_tensor and not figures_wanted:
         raise click.UsageError("--plot-tensor draws into --html or --plot-dir; give one of them")
     check_outputs(json_path, html_path, plot_dir,
-                  reads=files_read(model_path, data_kwargs, cache_path=cache_path, ranges_path=ranges_path,
+                  reads=files_read(model_path, data_kwargs, exclude, cache_path=cache_path, ranges_path=ranges_path,
                                    labels_path=labels_path))
     model, amax, names, labels = load_inputs(model_path, cache_path, ranges_path, exclude, labels_path,
                                              labels_from_folders)

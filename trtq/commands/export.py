@@ -61,6 +61,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized,
         export_qdq,
         format_agreement_table,
         load_amax,
+        name_list_files,
         read_name_list,
         save_model,
     )
@@ -86,9 +87,7 @@ def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized,
     output = check_outputs({"-o": output_path},
                            {"MODEL": model_path, "--cache": cache_path, "--ranges": ranges_path,
                             "--reference": reference_path, **data_input_files(data_kwargs),
-                            **{f"--exclude @{name[1:]}": name[1:] for name in exclude if name.startswith("@")},
-                            **{f"--remove-qdq @{name[1:]}": name[1:] for name in remove_qdq if name.startswith("@")}
-                            })["-o"]
+                            **name_list_files(exclude), **name_list_files(remove_qdq, "--remove-qdq")})["-o"]
     names = read_name_list(exclude)
 
     model = load_model(model_path)

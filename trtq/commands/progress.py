@@ -8,6 +8,8 @@ import time
 
 import click
 
+from trtq.messages import quarter_progress
+
 
 def run_with_progress(run, total: int | None, quiet: bool, label: str = "calibrating"):
     """``run(progress=...)`` (a partial of a library call that reports samples done) with a progress bar on stderr."""
@@ -35,18 +37,7 @@ def run_with_progress(run, total: int | None, quiet: bool, label: str = "calibra
         return result
 
     if not sys.stderr.isatty():  # a log (CI, a pipe): a line at each quarter, not a bar drawn over itself
-        quarters = 0
-
-        def log(samples: int) -> None:
-            nonlocal done, quarters
-            done += samples
-            reached = min(4, 4 * done // max(total, 1))
-            if reached > quarters:
-                quarters = reached
-                click.echo(f"{label}: {done}/{total} samples ({100 * done // max(total, 1)} %), "
-                           f"{time.perf_counter() - started:.1f} s  {rate()}", err=True)
-
-        return run(progress=log)
+        return run(progress=quarter_progress(label, total, lambda line: click.echo(line, err=True)))
 
     with click.progressbar(length=total, label=label, file=sys.stderr,
                            show_eta=True, show_pos=True, item_show_func=lambda _: rate()) as bar:

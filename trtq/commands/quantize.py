@@ -124,7 +124,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.commands.options.data import batches_from_options
     from trtq.data.options import data_input_files
     from trtq.data.script import parse_script_spec
-    from trtq.export import read_name_list, save_model
+    from trtq.export import name_list_files, read_name_list, save_model
     from trtq.export.graph import nodes_of_types, resolve_nodes
     from trtq.fileio import atomic_write, check_outputs, refuse_engine_suffix, write_json
     from trtq.messages import note, warn
@@ -147,7 +147,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     refuse_engine_suffix(output, "-o", "int8")
     check_outputs({OUTPUT_LABELS[key]: path for key, path in paths.items()},
                   {"MODEL": model_path, **data_input_files(data_kwargs), "--eval-data": eval_data,
-                   "--labels": labels_path, "--metric": metric and str(parse_script_spec(metric)[0])})
+                   "--labels": labels_path, "--metric": metric and str(parse_script_spec(metric)[0]),
+                   **name_list_files(exclude)})
     labels = read_labels(labels_path, labels_from_folders)
     task_metric = load_metric(metric) if metric else None
     model = load_model(model_path)

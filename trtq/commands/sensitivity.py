@@ -91,7 +91,7 @@ def sensitivity(model_path, cache_path, ranges_path, exclude, labels_path, label
     if reference_path:
         raise click.UsageError("--reference is for a MODEL that is already quantized (Q/DQ)")
     check_outputs(json_path, html_path, plot_dir, keep_out,
-                  reads=files_read(model_path, data_kwargs, cache_path=cache_path, ranges_path=ranges_path,
+                  reads=files_read(model_path, data_kwargs, exclude, cache_path=cache_path, ranges_path=ranges_path,
                                    labels_path=labels_path))
     model, amax, names, labels = load_inputs(model_path, cache_path, ranges_path, exclude, labels_path,
                                              labels_from_folders)

@@ -5,7 +5,7 @@ from trtq.export.compare import OutputAgreement, compare_outputs, format_agreeme
 from trtq.export.fp16 import FP32_OP_TYPES, Fp16Export, export_fp16
 from trtq.export.graph import save_model
 from trtq.export.qdq import QdqExport, QdqPlan, QdqPoint, export_qdq, plan_qdq, weight_scales
-from trtq.export.ranges import describe_ranges, load_amax, read_name_list
+from trtq.export.ranges import describe_ranges, load_amax, name_list_files, read_name_list
 
 __all__ = [
     "FP32_OP_TYPES",
@@ -21,6 +21,7 @@ __all__ = [
     "format_agreement_table",
     "load_amax",
     "plan_qdq",
+    "name_list_files",
     "read_name_list",
     "save_model",
     "weight_scales",

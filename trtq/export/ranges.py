@@ -39,6 +39,12 @@ def split_ranges(amax: dict[str, float]) -> tuple[dict[str, float], list[str]]:
     return usable, unusable
 
 
+def name_list_files(values: Iterable[str], option: str = "--exclude") -> dict[str, str]:
+    """The ``@FILE`` lists among ``--exclude``-style arguments, by how the user wrote them: files a command reads,
+    which none of its outputs may replace (:func:`trtq.fileio.check_outputs`)."""
+    return {f"{option} {value}": value[1:] for value in values if value.startswith("@")}
+
+
 def read_name_list(values: Iterable[str], what: str = "exclude list") -> list[str]:
     """Expand ``--exclude``-style arguments: a plain name, or ``@FILE`` with one name per line.
 

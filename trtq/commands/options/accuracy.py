@@ -3,7 +3,7 @@ an option means the same thing in both. The library side is :mod:`trtq.accuracy`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -70,12 +70,15 @@ def check_outputs(json_path: str | None, html_path: str | None, plot_dir: str | 
         check_plot_dir(plot_dir)
 
 
-def files_read(model_path: str | None, data_kwargs: Mapping[str, Any], **options: str | None) -> dict[str, str | None]:
-    """What an accuracy command reads, by option name (``cache_path="x"`` -> ``--cache``), for :func:`check_outputs`."""
+def files_read(model_path: str | None, data_kwargs: Mapping[str, Any], exclude: Sequence[str] = (),
+               **options: str | None) -> dict[str, str | None]:
+    """What an accuracy command reads, by option name (``cache_path="x"`` -> ``--cache``; ``--exclude @FILE``),
+    for :func:`check_outputs`."""
     from trtq.data.options import data_input_files
+    from trtq.export import name_list_files
 
     named = {"--" + key.removesuffix("_path").replace("_", "-"): value for key, value in options.items()}
-    return {"MODEL": model_path, **data_input_files(data_kwargs), **named}
+    return {"MODEL": model_path, **data_input_files(data_kwargs), **named, **name_list_files(exclude)}
 
 
 def load_inputs(model_path: str, cache_path: str | None, ranges_path: str | None, exclude: tuple[str, ...],
