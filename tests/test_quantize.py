@@ -116,6 +116,9 @@ def test_quantize_meets_the_default_target_and_its_outputs_agree(mnist):
     assert scores["fp32"] == pytest.approx(np.mean(fp32 == labels[500:700]))
     assert 100 * (scores["fp32"] - scores["int8"]) == pytest.approx(result.final_step.drop_points)
     assert result.describe_scores().startswith("top-1 accuracy on 200 judged samples: FP32 ")
+    for key in ("fp32", "int8"):  # each score with its 95 % interval, never alone
+        low, high = scores[f"{key}_ci95"]
+        assert 0 <= low <= scores[key] <= high <= 1 and high - low > 0
     # the Q/DQ model's activation scales are the ranges / 127
     scales = {init.name: numpy_helper.to_array(init) for init in result.export.model.graph.initializer}
     for node in result.export.model.graph.node:

@@ -152,7 +152,18 @@ class Judge:
                              if self.reference_scores else None),
             candidate_scores={key: float(np.average(join(parts), weights=join(self.weights)))
                               for key, parts in self.candidate_scores.items()},
+            score_estimates=self._score_estimates(join),
         )
+
+    def _score_estimates(self, join) -> dict[str, Estimate]:
+        """FP32's (``"fp32"``) and each candidate's task score as an estimate with its 95 % interval (in points:
+        100 x the mean score), so that a score is never shown without its uncertainty."""
+        if not self.reference_scores:
+            return {}
+        weights = join(self.weights)
+        unit = None if weights.size == 0 or np.all(weights == 1) else weights
+        parts = {"fp32": self.reference_scores, **self.candidate_scores}
+        return {key: estimate(join(values), unit) for key, values in parts.items()}
 
 
 def _samples_of(values: np.ndarray, proxy: Proxy) -> int:
@@ -186,6 +197,7 @@ class Judgement:
     noise: dict[str, np.ndarray]
     reference_score: float | None = None
     candidate_scores: dict[str, float] = field(default_factory=dict)
+    score_estimates: dict[str, Estimate] = field(default_factory=dict)  # "fp32" and each candidate, with intervals
 
     @property
     def unit_weights(self) -> np.ndarray | None:

@@ -135,23 +135,32 @@ class QuantizeResult:
     @property
     def task_scores(self) -> dict | None:
         """FP32's and the written INT8 model's score on the judged samples (top-1 accuracy with labels, else the
-        ``--metric``), from the final check; None for the task proxies (FP32 agrees with itself: only a drop)."""
+        ``--metric``), from the final check, each with its 95 % interval; None for the task proxies (FP32 agrees
+        with itself: only a drop)."""
         judgement = self.final.judgement if self.final is not None else None
-        if judgement is None or judgement.reference_score is None or "int8" not in judgement.candidate_scores:
+        if judgement is None or "fp32" not in judgement.score_estimates or "int8" not in judgement.score_estimates:
             return None
-        return {"measure": judgement.measure.describe(), "fp32": judgement.reference_score,
-                "int8": judgement.candidate_scores["int8"], "samples": self.eval_samples}
+        fp32, int8 = judgement.score_estimates["fp32"], judgement.score_estimates["int8"]
+        return {"measure": judgement.measure.describe(), "samples": fp32.samples,
+                "fp32": fp32.points / 100, "fp32_ci95": [fp32.low / 100, fp32.high / 100],
+                "int8": int8.points / 100, "int8_ci95": [int8.low / 100, int8.high / 100]}
 
     def describe_scores(self) -> str | None:
-        """``top-1 accuracy on 256 judged samples: FP32 98.83 %, INT8 98.44 %`` (None: no task score)."""
+        """``top-1 accuracy on 256 judged samples: FP32 98.83 % (97.4-99.6), INT8 98.44 % (96.9-99.4)``, the 95 %
+        intervals in brackets (None: no task score)."""
         scores = self.task_scores
         if scores is None:
             return None
-        if self.measure is not None and self.measure.labelled:
-            fp32, int8 = f"{100 * scores['fp32']:.2f} %", f"{100 * scores['int8']:.2f} %"
-        else:
-            fp32, int8 = f"{scores['fp32']:.4g}", f"{scores['int8']:.4g}"
-        return f"{scores['measure']} on {scores['samples']} judged samples: FP32 {fp32}, INT8 {int8}"
+        labelled = self.measure is not None and self.measure.labelled
+
+        def shown(key: str) -> str:
+            low, high = scores[f"{key}_ci95"]
+            if labelled:
+                return f"{100 * scores[key]:.2f} % ({100 * low:.1f}-{100 * high:.1f})"
+            return f"{scores[key]:.4g} ({low:.4g}-{high:.4g})"
+
+        return (f"{scores['measure']} on {scores['samples']} judged samples: FP32 {shown('fp32')}, "
+                f"INT8 {shown('int8')} (95 % intervals)")
 
     @property
     def ok(self) -> bool:
