@@ -125,7 +125,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.data.options import data_input_files
     from trtq.data.script import parse_script_spec
     from trtq.export import name_list_files, read_name_list, save_model
-    from trtq.export.graph import nodes_of_types, resolve_nodes
+    from trtq.export.graph import nodes_of_types
     from trtq.fileio import atomic_write, check_outputs, refuse_engine_suffix, write_json
     from trtq.messages import note, warn
     from trtq.model import load_model
@@ -157,8 +157,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
 
     refuse_quantized(model, "quantizing it again would put a second Q/DQ on its tensors",
                      "measure it with trtq evaluate and trtq sensitivity, or quantize its FP32 model instead")
-    excluded = [*read_name_list(exclude), *nodes_of_types(model, exclude_op_types)]
-    resolve_nodes(model.graph, excluded)  # a typo fails here, before the calibration pass
+    excluded = [*read_name_list(exclude), *nodes_of_types(model.graph, exclude_op_types)]  # checked by quantize() first
     calibration = batches_from_options(model, warn=warn, **data_kwargs)
     eval_batches = eval_labels = None
     calibration_labels = labels

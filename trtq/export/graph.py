@@ -223,12 +223,11 @@ def node_key(node: onnx.NodeProto) -> str:
     return node.name or next((o for o in node.output if o), "")
 
 
-def nodes_of_types(model_or_graph, op_types: str | None) -> list[str]:
+def nodes_of_types(graph: onnx.GraphProto, op_types: str | None) -> list[str]:
     """The names (or first outputs) of the nodes whose op type is in the comma-separated ``op_types``
     (``--exclude-op-types Add,MatMul``); an op type the model does not have is an error (a typo)."""
     if not op_types:
         return []
-    graph = getattr(model_or_graph, "graph", model_or_graph)
     wanted = [t.strip() for t in op_types.split(",") if t.strip()]
     present = {node.op_type for node in graph.node}
     missing = [t for t in wanted if t not in present]
