@@ -160,10 +160,14 @@ class Judge:
         100 x the mean score), so that a score is never shown without its uncertainty."""
         if not self.reference_scores:
             return {}
-        weights = join(self.weights)
-        unit = None if weights.size == 0 or np.all(weights == 1) else weights
+        unit = unit_weights(join(self.weights))
         parts = {"fp32": self.reference_scores, **self.candidate_scores}
         return {key: estimate(join(values), unit) for key, values in parts.items()}
+
+
+def unit_weights(weights: np.ndarray) -> np.ndarray | None:
+    """None for plain per-sample losses (each unit counts once), else each unit's samples."""
+    return None if weights.size == 0 or np.all(weights == 1) else weights
 
 
 def _samples_of(values: np.ndarray, proxy: Proxy) -> int:
@@ -201,8 +205,7 @@ class Judgement:
 
     @property
     def unit_weights(self) -> np.ndarray | None:
-        """None for plain per-sample losses (each unit counts once), else each unit's samples."""
-        return None if self.weights.size == 0 or np.all(self.weights == 1) else self.weights
+        return unit_weights(self.weights)
 
     def drop(self, key: str) -> Estimate:
         return estimate(self.losses[key], self.unit_weights)
