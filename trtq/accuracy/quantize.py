@@ -35,7 +35,7 @@ from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples
 from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.macs import layer_macs
 from trtq.accuracy.proxies import Proxy
-from trtq.accuracy.quantize_result import QuantizeResult, Verification, describe_step, format_steps  # noqa: F401 (format_steps: the CLI)
+from trtq.accuracy.quantize_result import QuantizeResult, Verification, describe_step
 from trtq.accuracy.search import Verifier, cost_ordered, search_keep, verified
 from trtq.accuracy.sensitivity import SensitivityAnalysis
 from trtq.accuracy.targets import Target, TaskMetric, resolve_target

@@ -116,9 +116,9 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     """
     from trtq.accuracy.holdout import read_eval_set
     from trtq.accuracy.labels import read_labels
-    from trtq.accuracy.quantize import format_steps
     from trtq.accuracy.quantize import quantize as run_quantize
     from trtq.accuracy.quantize_report import quantize_figures, quantize_html
+    from trtq.accuracy.quantize_result import format_steps
     from trtq.accuracy.targets import load_metric
     from trtq.cache import DEFAULT_TRT_VERSION, write_cache
     from trtq.commands.options.data import batches_from_options
