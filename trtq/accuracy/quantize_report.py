@@ -17,7 +17,16 @@ from collections.abc import Sequence
 from trtq.accuracy.auto import tied_within_noise
 from trtq.accuracy.figures import FrontierPoint, frontier_chart, tradeoff_chart
 from trtq.accuracy.quantize_result import QuantizeResult
-from trtq.accuracy.report import Figure, _db, _figure_html, _page, _table, histogram_figures, ranking_figure
+from trtq.accuracy.report import (
+    Figure,
+    _db,
+    _figure_html,
+    _page,
+    _table,
+    histogram_figures,
+    ranking_figure,
+    with_samples,
+)
 from trtq.ranges import range_function
 
 MAX_HISTOGRAMS = 8
@@ -141,8 +150,7 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
     histograms = [f for f in figures if f.name.startswith("hist-")]
     if histograms:
         sections.append(("Tensors whose range mattered most", "".join(_figure_html(f) for f in histograms)))
-    counted = data.split(" ", 1)[0] == str(result.stats.samples)  # "300 images from ..." says it already
-    meta = [f"model: {model}", f"calibration: {data}" + ("" if counted else f" ({result.stats.samples} samples)"),
+    meta = [f"model: {model}", f"calibration: {with_samples(data, result.stats.samples)}",
             f"judged on: {result.eval_description}", f"target: {result.target.describe()}",
             *_measure_lines(result),
             f"ranges: {result.method}" + (" (chosen by auto)" if result.auto is not None else ""),

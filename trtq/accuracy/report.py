@@ -119,6 +119,11 @@ def histogram_figures(stats: StatsCollector, amax: dict[str, float], tensors: Se
     return figures
 
 
+def with_samples(data: str, samples: int) -> str:
+    """A data description with the samples used, unless it already starts with that count ("300 images from ...")."""
+    return data if data.split(" ", 1)[0] == str(samples) else f"{data} ({samples} samples)"
+
+
 def describe_keep_target(target: dict) -> str:
     """The sensitivity keep-set target as a user reads it (``SQNR >= 30 dB and top-1 agreement drop <= 0.5
     points``), not its JSON keys."""
@@ -203,7 +208,7 @@ def evaluation_html(evaluation: Evaluation, *, model: str, data: str, ranges: st
                 'method would choose on these statistics; dashed black: the range being evaluated.</p>')
         sections.append(("Activation histograms", note + "".join(_figure_html(f) for f in figures)))
     quantized = ", ".join(evaluation.export.plan.quantized_nodes)
-    meta = [f"model: {model}", f"ranges: {ranges}", f"data: {data} ({evaluation.samples} samples)",
+    meta = [f"model: {model}", f"ranges: {ranges}", f"data: {with_samples(data, evaluation.samples)}",
             f"INT8 layers ({len(evaluation.export.plan.quantized_nodes)}): {quantized}"]
     return _page("trtq evaluate: simulated INT8 vs FP32", meta, sections)
 
@@ -235,6 +240,6 @@ def sensitivity_html(result: SensitivityResult, *, model: str, data: str, ranges
     histograms = [f for f in figures if f.name != "ranking"]
     if histograms:
         sections.append(("INT8 inputs of the top layers", "".join(_figure_html(f) for f in histograms)))
-    meta = [f"model: {model}", f"ranges: {ranges}", f"data: {data} ({result.samples} samples)",
+    meta = [f"model: {model}", f"ranges: {ranges}", f"data: {with_samples(data, result.samples)}",
             f"mode: {result.mode}"]
     return _page("trtq sensitivity: which layers INT8 hurts", meta, sections)
