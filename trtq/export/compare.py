@@ -133,10 +133,11 @@ def _cosine(dot: np.ndarray, ref_sq: np.ndarray, out_sq: np.ndarray) -> np.ndarr
     return np.where(both_zero, 1.0, value)
 
 
-# Fusions that fold a constant into a weight (or a scalar into a MatMul) only where the weight is a constant: the
-# switchable model's weights come through a Where, so with them on a layer kept in float there computes in another
-# order than the same layer in the exported model. Off, as is weight prepacking (another summation order for
-# constant weights only), so that every configuration computes bit for bit as its exported model does.
+# Fusions that rewrite a layer only when its weight (or a neighbour's operand) is a constant: the switchable model's
+# weights come through a Where, so with them on, a layer kept in float there computes in another order than the
+# same layer in the exported model. Off, as is weight prepacking (another summation order for constant weights
+# only), so that every configuration computes bit for bit as its exported model does. The set is the one that made
+# the ViT's two models agree exactly (with these off: max difference 0.0; with only prepacking off: 0.001).
 WEIGHT_FOLDING_FUSIONS = ("ConvAddFusion", "ConvMulFusion", "ConvBNFusion", "DivMulFusion", "MatMulScaleFusion",
                           "MatmulTransposeFusion", "GemmTransposeFusion")
 
