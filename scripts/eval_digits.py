@@ -6,7 +6,7 @@ Q/DQ model of every method on the 500 held-out digits, and ranks the entropy2 mo
 
     python scripts/eval_digits.py
 
-The numbers in the README's accuracy section come from this script.
+The numbers in docs/evaluate.md ("Real accuracy") come from this script.
 """
 
 from __future__ import annotations

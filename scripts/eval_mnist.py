@@ -7,7 +7,7 @@ layers to keep in float for a target SQNR.
 
     python scripts/eval_mnist.py /path/to/mnist-test   # t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz
 
-The numbers in the README's accuracy section come from this script.
+The numbers in docs/evaluate.md ("Real accuracy") come from this script.
 """
 
 from __future__ import annotations

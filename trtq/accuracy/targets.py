@@ -98,7 +98,7 @@ MetricFunction = Callable[[dict, dict, "np.ndarray | None"], float]
 class TaskMetric:
     """The user's task metric: ``FUNC(fp32, int8, labels) -> float``, higher is better.
 
-    Contract (documented in the README): called once per evaluation batch with ``fp32`` and
+    Contract (documented in docs/quantize.md): called once per evaluation batch with ``fp32`` and
     ``int8`` dicts of output name -> numpy array (the batch dimension first) and ``labels`` (the
     batch's integer labels, or None without ``--labels``); returns one finite number for the batch,
     or one per sample (then the drop's interval is per sample, tighter than per batch).
