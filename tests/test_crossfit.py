@@ -111,3 +111,52 @@ def test_the_keep_order_is_harm_per_share_of_the_macs():
     # add: no MACs, charged half an average layer's share (0.1); pool barely matters, so it goes last though free
     assert cost_ordered(ranking, macs) == ["add", "proj", "qkv", "fc2", "pool"]
     assert cost_ordered(ranking, {}) == ["fc2", "add", "qkv", "proj", "pool"]  # MACs unknown: the ranking's order
+
+
+class _TableVerifier:
+    """A verifier whose configuration ``keep k`` loses the samples ``lost(k)`` names (0/1 losses on 48 samples):
+    the search's decisions, without a model."""
+
+    def __init__(self, lost):
+        self.lost, self.sizes = lost, []
+
+    def keep_runner(self, kept):
+        return len(kept)
+
+    def compare(self, candidates, stop=None):
+        from types import SimpleNamespace
+
+        from trtq.accuracy.uncertainty import estimate
+
+        size = candidates["step"]
+        self.sizes.append(size)
+        losses = np.zeros(48)
+        losses[:self.lost(size)] = 1.0
+        noise = np.full(48, 1.0 / (1 + size))
+        judgement = SimpleNamespace(losses={"step": losses}, noise={"step": noise}, unit_weights=None,
+                                    drop=lambda key: estimate(losses), noise_db=lambda key: 0.0)
+        return SimpleNamespace(judgement=judgement, outcomes={"step": SimpleNamespace(sqnr_db=30.0)})
+
+
+def _all_int8(lost: int):
+    from types import SimpleNamespace
+
+    losses = np.zeros(48)
+    losses[:lost] = 1.0
+    return SimpleNamespace(losses={"int8": losses}, noise={"int8": np.ones(48)}, unit_weights=None)
+
+
+@pytest.mark.parametrize("middle_lost, expected", [(1, 120), (10, 100)])
+def test_the_bisection_stops_where_its_bracket_cannot_be_told_apart(middle_lost, expected):
+    # keep < 64: 10 of 48 samples lost (as all INT8); 64..99: middle_lost; 100 and more: none
+    layers = [f"layer{i}" for i in range(126)]
+    verifier = _TableVerifier(lambda k: 10 if k < 64 else middle_lost if k < 100 else 0)
+    notes = []
+    steps, size = search_keep(verifier, layers, lambda sqnr, drop: drop is not None and drop <= 1.0, 120,
+                              _all_int8(10), "int8", note=notes.append, max_drop=1.0)
+    assert size == expected
+    if middle_lost == 1:  # one sample of 48 between keep 64 and keep 120: no prefix between them can be resolved
+        assert verifier.sizes == [1, 2, 4, 8, 16, 32, 64, 120]
+        assert "keep 64 and keep 120 in float do not differ beyond the noise on 48 samples" in notes[-1]
+    else:  # 10 samples: beyond the noise, bisected down to the first prefix that loses none
+        assert verifier.sizes[-1] in (99, 100) and len(verifier.sizes) > 8

@@ -32,10 +32,13 @@ def test_evaluate_and_sensitivity_report_each_quarter_in_a_log(tmp_path, mnist_m
     assert "ranking:" not in quiet.stderr
 
 
-def test_quantize_says_how_far_its_ranking_is(tmp_path, mnist_model_path):
+def test_quantize_says_how_far_its_range_choice_and_ranking_are(tmp_path, mnist_model_path):
     result = CliRunner().invoke(cli, ["quantize", str(mnist_model_path), "--data", str(MNIST), "--labels",
                                       str(MNIST / "labels.csv"), "--max-drop", "0.01", "--min-sqnr", "60",
                                       "-o", str(tmp_path / "q.onnx")])
     assert result.exit_code == 3, result.output
-    lines = re.findall(r"^  ranking: (\d+)/(\d+) samples", result.stderr, re.MULTILINE)
+    lines = re.findall(r"^  ranking: (\d+)/(\d+) layer runs", result.stderr, re.MULTILINE)
     assert len(lines) == 4 and lines[-1][0] == lines[-1][1]
+    # so does the range choice's pass (every candidate method on every judged sample)
+    methods = re.findall(r"^  range methods: (\d+)/(\d+) samples", result.stderr, re.MULTILINE)
+    assert len(methods) == 4 and methods[-1][0] == methods[-1][1]

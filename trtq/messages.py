@@ -36,8 +36,9 @@ def note(message: str) -> None:
     _say(f"trtq: note: {message}")
 
 
-def quarter_progress(label: str, total: int | None, say: Callable[[str], None]) -> Callable[[int], None]:
-    """``progress(samples)`` that says a line at each quarter of ``total`` samples, with the time so far and
+def quarter_progress(label: str, total: int | None, say: Callable[[str], None],
+                     unit: str = "samples") -> Callable[[int], None]:
+    """``progress(done)`` that says a line at each quarter of ``total`` ``unit``, with the time so far and
     left, through ``say``: what a long step without a terminal bar (a log, a pipeline step) shows. Without a
     total it says nothing."""
     started, done, said = time.perf_counter(), 0, 0
@@ -52,7 +53,7 @@ def quarter_progress(label: str, total: int | None, say: Callable[[str], None]) 
             said = quarter
             elapsed = time.perf_counter() - started
             left = f", about {elapsed / done * (total - done):.0f} s left" if done < total else ""
-            say(f"{label}: {min(done, total)}/{total} samples ({100 * min(done, total) // total} %), "
+            say(f"{label}: {min(done, total)}/{total} {unit} ({100 * min(done, total) // total} %), "
                 f"{elapsed:.1f} s{left}")
 
     return progress

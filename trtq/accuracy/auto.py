@@ -134,9 +134,11 @@ def drop_of(comparison: Comparison, key: str) -> float | None:
 
 
 def choose_ranges(verifier: Verifier, stats: StatsCollector, target: Target, *, exclude: Iterable[str] = (),
-                  candidates: Sequence[tuple[str, float | None]] = AUTO_CANDIDATES) -> AutoChoice:
+                  candidates: Sequence[tuple[str, float | None]] = AUTO_CANDIDATES,
+                  progress: Callable[[int], None] | None = None) -> AutoChoice:
     """Evaluate every guarded candidate on the verifier's batches (one pass; each feed judged by its fold's
-    ranges) and pick one (module docstring). ``stats``: all the statistics, which the chosen ranges come from."""
+    ranges) and pick one (module docstring). ``stats``: all the statistics, which the chosen ranges come from.
+    ``progress(samples)``: after each batch of the pass."""
     if not verifier.batches:
         raise TrtqError("auto ranges need evaluation data: the evaluation set is empty")
     exclude = list(exclude)
@@ -156,10 +158,10 @@ def choose_ranges(verifier: Verifier, stats: StatsCollector, target: Target, *, 
         per_fold = verifier.plan.ranges(
             lambda fold, _m=method, _p=pct: guarded_ranges(fold, _m, _p, fold_diagnoses[id(fold)]), complete=amax)
         source = f"the auto ({label}) ranges"
-        export_qdq(model, amax, exclude=exclude, ranges_source=source)  # the ranges written must export
+        export_qdq(model, amax, exclude=exclude, ranges_source=source, check=False)  # the ranges written must export
         runners[label] = verifier.qdq_runner(per_fold, exclude, ranges_source=source)
         ranges[label], fold_ranges[label] = amax, per_fold
-    comparison = verifier.compare(runners)
+    comparison = verifier.compare(runners, progress=progress)
     scores = []
     for method, percentile in candidates:
         label = candidate_label(method, percentile)

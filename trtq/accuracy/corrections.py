@@ -159,8 +159,8 @@ def try_smoothing(verifier: Verifier, amax: dict[str, float], fold_ranges: list[
     held = [feed for batches in fit_sets for feed in batches]
     if not held:
         return skipped(NOTHING_HELD), None, unchanged
-    groups = find_groups(base, export_qdq(base, amax, exclude=verifier.excluded,
-                                          ranges_source=ranges_source).plan.quantized_nodes)
+    groups = find_groups(base, export_qdq(base, amax, exclude=verifier.excluded, ranges_source=ranges_source,
+                                          check=False).plan.quantized_nodes)
     if not groups:
         return skipped("no quantized MatMul / Gemm with a constant weight reads an activation"), None, unchanged
     smoothing = smooth(base, groups, channel_maxima(base, groups, held))
@@ -202,7 +202,7 @@ def try_output_ranges(verifier: Verifier, stats: StatsCollector, amax: dict[str,
     if not any(fit_sets):
         return StepOutcome("ranges", False, NOTHING_HELD, before, None, sqnr_before, math.nan, 0.0, {}), None, unchanged
     chosen = fit_output_ranges(verifier.base, export_qdq(verifier.base, amax, exclude=verifier.excluded,
-                                                         ranges_source=ranges_source), amax,
+                                                         ranges_source=ranges_source, check=False), amax,
                                compute_ranges(stats, "minmax"), fit_sets)
     if chosen is None:
         return StepOutcome("ranges", False, "no activation read by a quantized layer with a weight", before, None,

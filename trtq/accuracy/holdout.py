@@ -82,14 +82,17 @@ class HoldoutSplit:
 
 
 def take_samples(batches: Iterable[Mapping[str, np.ndarray]], max_samples: int | None,
-                 max_bytes: int | None = MAX_EVAL_BYTES) -> list[Mapping[str, np.ndarray]]:
+                 max_bytes: int | None = MAX_EVAL_BYTES, cut: bool = False) -> list[Mapping[str, np.ndarray]]:
     """The first whole batches of ``batches`` in memory, up to ``max_samples`` samples (all for None) and
     ``max_bytes`` of input data (no cap for None), read once. The feeds themselves, not copies: the
-    sensitivity analysis keys its FP32 outputs by feed."""
+    sensitivity analysis keys its FP32 outputs by feed. ``cut``: the last feed cut to exactly ``max_samples``
+    (a new feed) where a whole one would pass it."""
     held, samples, size = [], 0, 0
     for feed in batches:
         if max_samples is not None and samples >= max_samples or max_bytes is not None and size >= max_bytes:
             break
+        if cut and max_samples is not None and samples + batch_samples(feed) > max_samples:
+            feed = {name: np.asarray(value)[:max_samples - samples] for name, value in feed.items()}
         held.append(feed)
         samples += batch_samples(feed)
         size += feed_bytes(feed)

@@ -31,7 +31,7 @@ from trtq.accuracy.auto import AUTO_CANDIDATES, choose_ranges, default_measure
 from trtq.accuracy.corrections import DEFAULT_STEPS, StepOutcome, StepState, fit_sets_of, run_steps
 from trtq.accuracy.crossfit import DEFAULT_FOLDS, FoldPlan, HeldHead, cross_fit
 from trtq.accuracy.evaluate import Comparison
-from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples
+from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES, batch_samples, take_samples
 from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.macs import layer_macs
 from trtq.accuracy.proxies import Proxy
@@ -111,6 +111,9 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     eval_samples = sum(batch_samples(b) for b in batches)
 
     verifier = Verifier(model, batches, None, labels, plan, excluded)
+    if metric is None:  # the built-in measures judge each sample alone; a user's metric sees the batches it was given
+        verifier.merge_feeds()
+    batches = verifier.batches
     verifier.measure = measure = default_measure(verifier, metric=metric, labels=labels, named=proxies,
                                                  logits=logits)
     target = resolve_target(min_sqnr, max_drop, measure.describe())
@@ -122,7 +125,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     step_started = time.perf_counter()
     if calibrator == "auto":
         say(f"measuring {len(AUTO_CANDIDATES)} range methods against FP32 on {eval_samples} samples (one pass)")
-        auto = choose_ranges(verifier, stats, target)
+        auto = choose_ranges(verifier, stats, target, progress=quarter_progress("  range methods", eval_samples, say))
         amax, method, fold_ranges, baseline, key = auto.amax, auto.label, auto.fold_ranges, auto.comparison, auto.label
     else:
         auto, method, key = None, calibrator, "int8"
@@ -153,7 +156,8 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
                 configurations.append(Verification(f"all INT8, {outcome.adjective}", [], step.sqnr_db, step.drop,
                                                    step.meets_target, step.seconds))
     steps = configurations
-    quantized_nodes = list(export_qdq(model, amax, exclude=excluded, ranges_source=source).plan.quantized_nodes)
+    quantized_nodes = list(export_qdq(model, amax, exclude=excluded, ranges_source=source,
+                                      check=False).plan.quantized_nodes)
     layers = len(quantized_nodes)
     result = QuantizeResult(target, calibrator, method, amax, stats, description, eval_samples, [], steps, None,
                             auto, seconds=timings, quantized_nodes=quantized_nodes,
@@ -307,7 +311,10 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     say(f"all INT8 misses the target ({describe_step(result.steps[-1])}): ranking the {layers} quantized layers on "
         f"{rank_samples} samples")
     close = rank_backend(analysis, source) if rank_backend is not None else None
-    analysis.progress = quarter_progress("  ranking", rank_samples, say)  # the loop's longest silent step
+    # the loop's longest silent step: said by configuration runs (a few large feeds would leave long silences)
+    feeds = len(take_samples(analysis.batches, rank_samples, max_bytes=None, cut=True))
+    configurations = len(analysis.switchable.nodes) + (mode != "alone")
+    analysis.run_progress = quarter_progress("  ranking", configurations * feeds, say, unit="layer runs")
     try:
         sensitivity = analysis.rank(mode, max_samples=rank_samples)
     finally:

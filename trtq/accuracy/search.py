@@ -16,7 +16,10 @@ harmful layers, and keeping them costs nothing that a count of layers would char
 measured gain), so an Add that barely matters does not go before a MatMul that matters much.
 
 A configuration meets the target when its drop is within it *and* it is better than all-INT8 beyond the noise
-(on the drop, or on the output noise that every kept layer lowers): a step inside the noise is no step.
+(on the drop, or on the output noise that every kept layer lowers): a step inside the noise is no step. For the same
+reason the bisection stops when its last hit's drop is not lower than its last miss's beyond the noise (paired, on
+every sample): each prefix between them could only be told from either by chance, and the hit is kept. On the ViT
+this saved the last four of six bisection steps, each a pass over every sample (``docs/accuracy.md``).
 
 Every configuration is verified by :class:`Verifier`: one pass over the evaluation batches, FP32 once per batch,
 the candidate on the switchable model of each feed's fold (:mod:`.crossfit`), judged by :mod:`.judge`.
@@ -27,16 +30,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from trtq.accuracy.bias import BiasCorrection
 from trtq.accuracy.crossfit import FoldPlan
 from trtq.accuracy.evaluate import Comparison, compare_candidates
+from trtq.accuracy.feeds import merge_feeds, same_outputs
 from trtq.accuracy.judge import Judge, Judgement, Measure
+from trtq.accuracy.scale_feed import ScaledModel, scales_as_inputs
 from trtq.accuracy.switch import SwitchableModel, build_switchable
-from trtq.accuracy.uncertainty import Estimate, estimate, improves
+from trtq.accuracy.uncertainty import Estimate, better_beyond_noise, estimate, improves
 from trtq.export import export_qdq
 from trtq.export.compare import Run, fake_quant_session, session_runner
 from trtq.model import Model
@@ -44,6 +49,7 @@ from trtq.segments import batch_samples
 
 ZERO_MAC_COST = 0.5  # a MAC-less layer's cost in the keep order, as a share of an average layer's MACs
 EARLY_STOP_Z = 3.0  # standard errors beyond the target before a keep step's pass stops early
+SCALED_SESSIONS = 2  # scale-fed Q/DQ sessions kept for later candidates (the range choice's, a correction's)
 MAX_CACHED_OUTPUT_BYTES = 64 << 20  # FP32 outputs of the evaluation set kept between passes up to this much
 Feed = Mapping[str, np.ndarray]
 _CURRENT = object()  # "the verifier's adopted correction"
@@ -63,7 +69,8 @@ class Verifier:
         self._fp32 = session_runner(fake_quant_session(model.proto), self.names)
         self._cache: dict[int, list[np.ndarray]] | None = {}
         self._cached_bytes = 0
-        self._switchable: list[tuple[SwitchableModel, object]] | None = None
+        self._switchable: list[tuple[SwitchableModel, object, dict[str, np.ndarray]]] | None = None
+        self._scaled_sessions: dict[tuple, tuple[Model, tuple[ScaledModel, object] | None]] = {}
         self.correction: BiasCorrection | None = None  # adopted by the loop: every later export starts from it
         self.base: Model = model  # what the Q/DQ exports start from: the FP32 model, or its smoothed equivalent
         self.passes = 0
@@ -78,6 +85,27 @@ class Verifier:
         if self._runs:
             return self._run_seconds / self._runs
         return self._fp32_seconds / self._fp32_samples if self._fp32_samples else None
+
+    def merge_feeds(self) -> bool:
+        """Feed the judged samples several at a time (:mod:`.feeds`), before any pass: the batches, their folds
+        and the labels are replaced by the merged ones when the model gives the same outputs for a merged feed as
+        for its parts. Returns whether they were merged."""
+        merged = merge_feeds(self.batches, lambda feed: self.plan.fold_of_feed.get(id(feed), 0))
+        if merged is None:
+            return False
+        try:
+            together = self._fp32(merged.feeds[0])
+            apart = [self._fp32(self.batches[i]) for i in merged.parts[0]]
+        except Exception:  # noqa: BLE001 - onnxruntime's own errors: the model does not take a larger batch
+            return False
+        if not same_outputs(together, apart):
+            return False
+        self.batches = merged.feeds
+        self.plan = FoldPlan(self.plan.training, merged.fold_of_feed())
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels)[merged.order]
+        self._cache, self._cached_bytes = {}, 0
+        return True
 
     def reference(self, feed: Feed) -> list[np.ndarray]:
         if self._cache is not None and id(feed) in self._cache:
@@ -94,10 +122,12 @@ class Verifier:
                 self._cache[id(feed)] = outputs
         return outputs
 
-    def compare(self, candidates: Mapping[str, Run], stop: Callable[[Judge], bool] | None = None) -> Comparison:
+    def compare(self, candidates: Mapping[str, Run], stop: Callable[[Judge], bool] | None = None,
+                progress: Callable[[int], None] | None = None) -> Comparison:
         """One pass: every candidate (already dispatching feeds to their fold's model) against FP32. ``stop(judge)``
         is asked before each batch after the first: True ends the pass there (a sequential test that has seen
-        enough), and the comparison holds the batches judged so far, in order."""
+        enough), and the comparison holds the batches judged so far, in order. ``progress(samples)`` after each
+        batch."""
         self.passes += 1
         judge = self.measure.judge(self.names, self.labels)
         started, runs = time.perf_counter(), len(candidates) + 1
@@ -107,6 +137,8 @@ class Verifier:
                 if index and stop is not None and stop(judge):
                     return
                 yield feed
+                if progress is not None:
+                    progress(batch_samples(feed))
 
         comparison = compare_candidates(self.reference, candidates, self.names, batches(), judge=judge)
         self._run_seconds += time.perf_counter() - started
@@ -128,24 +160,59 @@ class Verifier:
                    ranges_source: str = "the ranges", correction: BiasCorrection | None | object = _CURRENT,
                    base: Model | None = None) -> Run:
         """The Q/DQ model of each fold's ranges (``exclude`` and the user's exclusions in float), one runner
-        dispatching by fold."""
+        dispatching by fold. Without a bias correction every fold's model is the same but for its activation
+        scales: one session fed each fold's scales (:mod:`.scale_feed`) serves them all."""
         exclude = [*self.excluded, *exclude]
+        if (self.correction if correction is _CURRENT else correction) is None:
+            float_model = base if base is not None else self.base
+            scaled = self._scaled(float_model, exclude, fold_ranges[0], ranges_source)
+            if scaled is not None and all(scaled[0].fits(amax) for amax in fold_ranges):
+                model, session = scaled
+                return self.plan.dispatch([session_runner(session, self.names, model.feed(amax))
+                                           for amax in fold_ranges])
         runs = [session_runner(fake_quant_session(export_qdq(self.float_model(fold, exclude, correction, base),
-                                                             amax, exclude=exclude,
-                                                             ranges_source=ranges_source).model), self.names)
+                                                             amax, exclude=exclude, ranges_source=ranges_source,
+                                                             check=False).model), self.names)
                 for fold, amax in enumerate(fold_ranges)]
         return self.plan.dispatch(runs)
 
+    def _scaled(self, model: Model, exclude: Sequence[str], amax: Mapping[str, float],
+                ranges_source: str) -> tuple[ScaledModel, object] | None:
+        """The Q/DQ model of ``model`` with its activation scales fed (:mod:`.scale_feed`) and its session, made
+        once per (model, exclusions) and kept for the next candidates (the last ``SCALED_SESSIONS``)."""
+        key = (id(model), tuple(exclude))
+        if key in self._scaled_sessions:
+            kept = self._scaled_sessions.pop(key)
+            self._scaled_sessions[key] = kept
+            return kept[1]
+        scaled = scales_as_inputs(export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source, check=False))
+        made = (scaled, fake_quant_session(scaled.proto)) if scaled is not None else None
+        self._scaled_sessions[key] = (model, made)  # the model held: its id stays its own
+        while len(self._scaled_sessions) > SCALED_SESSIONS:
+            self._scaled_sessions.pop(next(iter(self._scaled_sessions)))
+        return made
+
     def use_switchable(self, fold_ranges: list[dict[str, float]], ranges_source: str) -> list[str]:
-        """Build one switchable model per fold (same layers: the folds quantize the same tensors); returns the
-        quantized layers' node names. A layer switched to float reads its original bias."""
+        """Build the switchable model (:mod:`.switch`) of each fold (same layers: the folds quantize the same
+        tensors); returns the quantized layers' node names. A layer switched to float reads its original bias.
+        Without a bias correction the folds differ only in their activation scales: one model, fed each fold's."""
+        if self.correction is None:
+            export = export_qdq(self.base, fold_ranges[0], exclude=self.excluded, ranges_source=ranges_source,
+                                check=False)
+            scaled = scales_as_inputs(export)
+            if scaled is not None and all(scaled.fits(amax) for amax in fold_ranges):
+                switchable = build_switchable(self.model.proto, replace(export, model=scaled.proto))
+                session = fake_quant_session(switchable.proto)
+                self._switchable = [(switchable, session, scaled.feed(amax)) for amax in fold_ranges]
+                return switchable.nodes
         built = []
         for fold, amax in enumerate(fold_ranges):
             corrected = self.float_model(fold)
             values = self.correction.float_values(self.base, corrected) if self.correction is not None else None
             switchable = build_switchable(self.model.proto, export_qdq(corrected, amax, exclude=self.excluded,
-                                                                       ranges_source=ranges_source), values)
-            built.append((switchable, fake_quant_session(switchable.proto)))
+                                                                       ranges_source=ranges_source, check=False),
+                                          values)
+            built.append((switchable, fake_quant_session(switchable.proto), {}))
         self._switchable = built
         return built[0][0].nodes
 
@@ -153,9 +220,9 @@ class Verifier:
         """The configuration with ``keep`` in float and every other quantized layer in INT8."""
         assert self._switchable is not None, "use_switchable first"
         kept = set(keep)
-        runs = [session_runner(session, self.names, switchable.switches([n for n in switchable.nodes
-                                                                           if n not in kept]))
-                for switchable, session in self._switchable]
+        runs = [session_runner(session, self.names, {**switchable.switches([n for n in switchable.nodes
+                                                                              if n not in kept]), **scales})
+                for switchable, session, scales in self._switchable]
         return self.plan.dispatch(runs)
 
 
@@ -230,6 +297,14 @@ def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[flo
         looked.add(quarter)
         return estimate(np.concatenate(parts), z=EARLY_STOP_Z).low > max_drop
 
+    sizes: dict[int, tuple[np.ndarray, bool]] = {0: (np.asarray(reference_losses), False)}  # losses, partial
+
+    def separable(low: int, high: int) -> bool:
+        """Whether prefix ``high`` has a lower drop than prefix ``low`` beyond the noise (a pass stopped early as
+        hopeless counts as beyond)."""
+        (low_losses, low_partial), (high_losses, _) = sizes[low], sizes[high]
+        return low_partial or better_beyond_noise(high_losses, low_losses, weights)
+
     def measure(size: int) -> bool:
         looked.clear()
         started = time.perf_counter()
@@ -243,6 +318,7 @@ def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[flo
             partial = len(losses) < total
             beyond = improves(losses, noise, reference_losses, reference_noise, weights)
             step.meets_target = step.meets_target and beyond and not partial
+            sizes[size] = (np.asarray(losses), partial)
         steps.append(step)
         drop = f"drop {step.drop.short()} points" if step.drop is not None else f"SQNR {step.sqnr_db:.2f} dB"
         stopped = f", stopped after {len(judgement.losses['step'])} of {total} samples" if partial else ""
@@ -261,6 +337,10 @@ def search_keep(verifier: Verifier, ranking: Sequence[str], meets: Callable[[flo
     if high is None:
         return steps, None
     while high - low > 1:
+        if low in sizes and not separable(low, high):
+            note(f"  keep {low} and keep {high} in float do not differ beyond the noise on {total} samples: no prefix "
+                 f"between them can be told from either; keeping {high}")
+            break
         middle = (low + high) // 2
         if measure(middle):
             high = middle

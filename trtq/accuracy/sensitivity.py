@@ -189,7 +189,8 @@ class SensitivityAnalysis:
         self.measure = measure if measure is not None and measure.kind == "proxies" and any(
             p.channels for p in measure.proxies.values()) else None
         self.amax = dict(amax)
-        self.export: QdqExport = export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source)
+        self.export: QdqExport = export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source,
+                                            check=False)  # only onnxruntime reads it
         self.switchable: SwitchableModel = build_switchable(model.proto, self.export, float_values)
         self.names = list(model.output_names)
         self.logits = logits
@@ -215,6 +216,7 @@ class SensitivityAnalysis:
         # the ranking's evaluations elsewhere (``--ray``: trtq.distributed.sensitivity); same signature as evaluate
         self.rank_evaluator: Callable[..., Comparison] | None = None
         self.progress: Callable[[int], None] | None = None  # called with the samples of each batch a pass is done with
+        self.run_progress: Callable[[int], None] | None = None  # called with 1 after each configuration's run
 
     @property
     def layers(self) -> list[Layer]:
@@ -252,7 +254,9 @@ class SensitivityAnalysis:
         if self._metric is not None:
             truth = self._labels.by_index if self._labels is not None else None
             tracker = MetricTracker(self._metric, self.names, truth)
-        batches = counted(take_samples(self.batches, max_samples, max_bytes=None), self.progress)
+        if self.run_progress is not None:  # each configuration's run of a feed, for a pass of few, large feeds
+            runners = {key: _counted_run(run, self.run_progress) for key, run in runners.items()}
+        batches = counted(take_samples(self.batches, max_samples, max_bytes=None, cut=True), self.progress)
         judge = self.measure.judge(self.names, None) if self.measure is not None else None
         comparison = compare_candidates(reference, runners, self.names, batches,
                                         labels=self._labels, source=self._source, logits=self.logits,
@@ -436,3 +440,13 @@ def keep_file_text(result: SensitivityResult, model_name: str) -> str:
                      + (f", drop {last.drop_points:.2f} points" if last.drop_points is not None else ""))
     lines.extend(result.keep or [])
     return "\n".join(lines) + "\n"
+
+
+def _counted_run(run: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]],
+                 progress: Callable[[int], None]) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+    def counted_run(feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        outputs = run(feed)
+        progress(1)
+        return outputs
+
+    return counted_run
