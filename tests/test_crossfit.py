@@ -141,9 +141,12 @@ class _TableVerifier:
 def _all_int8(lost: int):
     from types import SimpleNamespace
 
+    from trtq.accuracy.uncertainty import estimate
+
     losses = np.zeros(48)
     losses[:lost] = 1.0
-    return SimpleNamespace(losses={"int8": losses}, noise={"int8": np.ones(48)}, unit_weights=None)
+    return SimpleNamespace(losses={"int8": losses}, noise={"int8": np.ones(48)}, unit_weights=None,
+                           drop=lambda key: estimate(losses))
 
 
 @pytest.mark.parametrize("middle_lost, expected", [(1, 120), (10, 100)])
@@ -160,3 +163,21 @@ def test_the_bisection_stops_where_its_bracket_cannot_be_told_apart(middle_lost,
         assert "keep 64 and keep 120 in float do not differ beyond the noise on 48 samples" in notes[-1]
     else:  # 10 samples: beyond the noise, bisected down to the first prefix that loses none
         assert verifier.sizes[-1] in (99, 100) and len(verifier.sizes) > 8
+
+
+def test_the_gallop_starts_where_the_rankings_noise_shares_say_the_target_could_first_be_met():
+    from trtq.accuracy.search import first_probe
+
+    # all INT8 loses 20 points, the target is 1: 95 % of the ranked noise must go; the first 3 layers hold 96 %
+    assert first_probe([0.5, 0.3, 0.16, 0.02, 0.02], 20.0, 1.0, 5) == 3
+    assert first_probe([0.5, 0.3, 0.16, 0.02, 0.02], 1.5, 1.0, 5) == 1  # a third of the noise: the top layer holds it
+    assert first_probe([0.2] * 5, 20.0, 1.0, 3) == 3  # capped at the most a model may keep
+    assert first_probe(None, 20.0, 1.0, 5) == first_probe([0.5, 0.5], None, 1.0, 5) == 1
+    assert first_probe([0.0, 0.0], 20.0, 1.0, 5) == first_probe([0.5, 0.5], 0.5, 1.0, 5) == 1
+    # the search from there finds what a gallop from 1 finds: keep 3 loses nothing, keep 2 loses all-INT8's 10
+    layers = [f"layer{i}" for i in range(5)]
+    for shares, first in (([0.5, 0.3, 0.16, 0.02, 0.02], 3), (None, 1)):
+        verifier = _TableVerifier(lambda k: 10 if k < 3 else 0)
+        _steps, size = search_keep(verifier, layers, lambda sqnr, drop: drop is not None and drop <= 1.0, 4,
+                                   _all_int8(10), "int8", max_drop=1.0, shares=shares)
+        assert size == 3 and verifier.sizes[0] == first

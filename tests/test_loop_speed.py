@@ -131,3 +131,14 @@ def test_feeds_are_not_merged_where_the_model_takes_no_larger_batch(mnist_model_
     fit, plan = _fitted(fixed, images)
     verifier = _verifier(fixed, fit, plan)
     assert not verifier.merge_feeds() and verifier.batches == fit.held
+
+
+def test_the_ranking_takes_the_samples_its_time_budget_allows_within_its_floor_and_cap():
+    from trtq.accuracy.quantize import MIN_RANK_SAMPLES, RANK_SAMPLES, RANK_SECONDS, rank_sample_count
+
+    # a ViT-S on 2 cores: 126 layers, 0.16 s a judged sample, 0.05 s a layer's session: 3 fit in the minute
+    chosen = rank_sample_count(126, 0.16, 48, 0.05)
+    assert chosen == 3 and chosen * 127 * 0.85 * 0.16 + 126 * 0.05 <= RANK_SECONDS
+    assert rank_sample_count(126, 5.0, 48) == MIN_RANK_SAMPLES  # too slow for any: the floor
+    assert rank_sample_count(10, 0.001, 300) == RANK_SAMPLES and rank_sample_count(10, 0.001, 5) == 5
+    assert rank_sample_count(10, None, 300) == RANK_SAMPLES

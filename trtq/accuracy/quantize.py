@@ -50,9 +50,13 @@ from trtq.ranges import DEFAULT_PERCENTILE, METHODS, range_function
 from trtq.stats import StatsCollector
 
 RANK_SAMPLES = 64  # the sensitivity ranking's samples at most: it orders layers; every keep step is verified on all
-# the fewest samples the ranking takes, budget or not: on the ViT (126 layers, 25 s a sample) 2 samples ordered
-# the layers as 8 did (Spearman 0.93, 29 of the top 32 and 57 of the top 64 the same; docs/error-reduction.md)
-MIN_RANK_SAMPLES = 4
+# the fewest samples the ranking takes, budget or not: on the ViT (126 layers, 18 s a sample) 2 samples ordered
+# the layers as 8 did (Spearman 0.93, 29 of the top 32 and 57 of the top 64 the same; docs/error-reduction.md); with
+# 4 its ranking alone took 85 of the 328 s the whole run took
+MIN_RANK_SAMPLES = 2
+# a ranking run from its layer on, per sample, against a judged pass's full Q/DQ run: on the ViT 0.142 s against
+# 0.164 s (its switches' Where and every Q/DQ pair run whatever the switch; the ranking runs one sample at a time)
+DOWNSTREAM_COST = 0.85
 RANK_SECONDS = 60.0  # the ranking's time budget: its samples are cut to fit it (it costs layers + 1 runs a sample)
 # (analysis, ranges source) -> close: runs the ranking's evaluations elsewhere (trtq.distributed.sensitivity.use_ray)
 RankBackend = Callable[[SensitivityAnalysis, str], Callable[[], None]]
@@ -246,14 +250,14 @@ def _evaluation_data(model: Model, calibration: Iterable[Mapping[str, np.ndarray
 def rank_sample_count(layers: int, seconds_per_sample: float | None, available: int,
                       seconds_per_layer: float = 0.0) -> int:
     """Samples for the ranking: as many as fit ``RANK_SECONDS`` at ``layers + 1`` runs a sample (a run from the
-    layer under test on costs about half a full one) after each layer's fixed cost (its sub-model's session:
-    ``seconds_per_layer``), within ``MIN_RANK_SAMPLES`` and ``RANK_SAMPLES``. The ranking only orders the layers
-    by a continuous measure (output noise), which few samples already order; every configuration taken is
+    layer under test on costs ``DOWNSTREAM_COST`` of a full one) after each layer's fixed cost (its sub-model's
+    session: ``seconds_per_layer``), within ``MIN_RANK_SAMPLES`` and ``RANK_SAMPLES``. The ranking only orders the
+    layers by a continuous measure (output noise), which few samples already order; every configuration taken is
     verified on all the samples."""
     if not seconds_per_sample or seconds_per_sample <= 0:
         return min(RANK_SAMPLES, available)
     left = RANK_SECONDS - layers * seconds_per_layer
-    fitting = int(left / ((layers + 1) * 0.6 * seconds_per_sample)) if left > 0 else 0
+    fitting = int(left / ((layers + 1) * DOWNSTREAM_COST * seconds_per_sample)) if left > 0 else 0
     return max(1, min(available, RANK_SAMPLES, max(MIN_RANK_SAMPLES, fitting)))
 
 
@@ -330,8 +334,9 @@ def _keep_search(result: QuantizeResult, verifier: Verifier, fold_ranges: list[d
     max_keep = max(1, int(math.floor(MAX_KEPT_SHARE * layers)))
     say(f"searching the layers to keep in float, most harm per MAC first (at most {max_keep}), each step on "
         f"{result.eval_samples} samples:")
+    share_of = {entry.layer.node: entry.score for entry in sensitivity.ranking}
     measured, size = search_keep(verifier, ranking, target.meets, max_keep, baseline.judgement, key, note=say,
-                                 max_drop=target.max_drop)
+                                 max_drop=target.max_drop, shares=[share_of[node] for node in ranking])
     for step in measured:
         result.steps.append(Verification(f"keep {len(step.kept)} in float", step.kept, step.sqnr_db, step.drop,
                                          step.meets_target, step.seconds))
