@@ -350,6 +350,26 @@ def test_a_file_where_an_artifact_folder_goes_fails_the_step_in_one_line(tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "mnist", "summary.md"]  # no staging left
 
 
+def test_a_run_never_writes_over_what_it_reads(tmp_path):
+    # the calibration data lies where the run's statistics go (the output folder is where the user keeps data)
+    out = tmp_path / "out"
+    (out / "mnist").mkdir(parents=True)
+    data = out / "mnist" / "statistics.npz"
+    with np.load(REPO / "tests" / "data" / "mnist-test-first1000.npz") as digits:
+        np.savez(data, Input3=digits["images"][:32, None].astype(np.float32))
+    (tmp_path / "trtq.toml").write_text(f'precisions = ["int8", "fp16"]\ncalibrators = ["minmax"]\n[[models]]\n'
+                                        f'name = "mnist"\npath = "{MODEL}"\n[models.data]\npath = "{data}"\n')
+    before = sha256_file(data)
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "trtq.toml"), "--output", str(out), "--steps", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "models[0].data.path, which this command reads" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert sha256_file(data) == before and sorted(p.name for p in out.rglob("*")) == ["mnist", "statistics.npz"]
+    # nor appends its summary to one of them
+    summary = CliRunner().invoke(cli, ["run", str(demo_config(tmp_path)), "--output", str(tmp_path / "o2"),
+                                       "--check", "--step-summary", str(tmp_path / "trtq.toml")])
+    assert summary.exit_code == 2 and "(--step-summary) is the config" in summary.stderr
+
+
 # -- int8 without an explicit calibrator: trtq quantize, with the gates as its target -----------------------
 
 

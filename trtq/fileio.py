@@ -49,12 +49,7 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike | None],
     ``outputs`` and ``inputs`` map what the user calls each file (``"-o"``, ``"--cache"``, ``"MODEL"``) to its
     path; ``None`` entries are skipped. A folder input (``--data images/``) only conflicts with itself."""
     given = {label: check_output_path(path) for label, path in outputs.items() if path is not None}
-    read = {label: Path(path) for label, path in (inputs or {}).items() if path is not None}
-    for label, out in given.items():
-        for source_label, source in read.items():
-            if _same_file(out, source):
-                raise TrtqError(f"the output {out} ({label}) is {source_label}, which this command reads: writing "
-                                f"it would destroy it; choose another output name")
+    refuse_inputs(given, inputs)
     seen: dict[Path, str] = {}
     for label, out in given.items():
         key = out.resolve()
@@ -62,6 +57,20 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike | None],
             raise TrtqError(f"the outputs {seen[key]} and {label} are one file ({out}); give each its own name")
         seen[key] = label
     return given
+
+
+def refuse_inputs(outputs: Mapping[str, str | os.PathLike | None],
+                  inputs: Mapping[str, str | os.PathLike | None] | None) -> None:
+    """Fail when an output names a file the command reads (by any path, hard link or symbolic link)."""
+    read = {label: Path(path) for label, path in (inputs or {}).items() if path is not None}
+    for label, path in outputs.items():
+        if path is None:
+            continue
+        out = Path(path)
+        for source_label, source in read.items():
+            if _same_file(out, source):
+                raise TrtqError(f"the output {out} ({label}) is {source_label}, which this command reads: writing "
+                                f"it would destroy it; choose another output name")
 
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")

@@ -57,6 +57,31 @@ class Layout:
     def report(self, variant: Variant, suffix: str) -> str:
         return f"{self.variant_dir(variant)}/report.{suffix}"
 
+    def files(self) -> list[str]:
+        """Every artifact a run can write for this model, whichever steps run."""
+        files = [self.statistics()]
+        for variant in self.model.variants:
+            files += [self.cache(variant), self.ranges(variant), self.quantize_report(variant),
+                      self.quantize_report(variant, "html"), self.keep(variant), self.onnx(variant),
+                      self.evaluation(variant), self.engine(variant), self.engine_manifest(variant),
+                      self.bench(variant), self.profile(variant),
+                      *(self.report(variant, suffix) for suffix in ("json", "md", "html"))]
+        return files
+
+
+def input_files(model: ModelConfig) -> dict[str, Path]:
+    """What a run reads for ``model``, by its config key: the model, the data (a folder conflicts only with
+    itself), the labels and loader scripts."""
+    read: dict[str, Path] = {f"{model.key}.path": model.path}
+    for data in (model.data, model.eval):
+        if data.path is not None:
+            read[f"{data.key}.path"] = data.path
+        if data.labels is not None:
+            read[f"{data.key}.labels"] = data.labels
+        if data.loader_script:
+            read[f"{data.key}.loader_script"] = Path(data.loader_script.split(":", 1)[0])
+    return read
+
 
 def staged(staging: Path, rel: str) -> Path:
     """The staging path of artifact ``rel`` (flat: one step's files never share a name)."""
