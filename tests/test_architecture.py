@@ -1,4 +1,4 @@
-"""Two layout rules of trtq, read from the source with ``ast`` (nothing is imported or run).
+"""Layout rules of trtq, read from the source with ``ast`` (nothing is imported or run).
 
 1. ``trtq/trt/`` is the only package that touches TensorRT or a CUDA binding: no other module imports
    ``tensorrt``, ``cuda`` (``cuda.bindings``, ``cuda.cudart``) or ``pycuda``, or imports or calls the
@@ -8,6 +8,8 @@
    inside functions, so ``import trtq`` never loads it: only a run given ``--ray`` does.
 3. No import cycle among trtq's modules, counting imports deferred into function bodies too: a cycle
    kept alive by a deferred import breaks as soon as someone moves that import to the top.
+4. The range methods live in one table (``trtq/range_methods.py``): the other modules' lists are views of it
+   (this one imports them).
 """
 
 from __future__ import annotations
@@ -199,3 +201,26 @@ def test_only_distributed_imports_ray_and_only_lazily() -> None:
     assert outside == {}, "only trtq/distributed/ may import ray"
     assert eager == {}, "ray is imported inside functions only (import trtq must not load it)"
     assert ray_imports("import ray\ndef f():\n    from ray import util\n") == [(1, True), (3, False)]
+
+
+def test_range_methods_live_in_one_table() -> None:
+    """Every command's list of calibrators, the cache headers and the TensorRT classes are views of
+    trtq.range_methods: a method known to one command is known to all, and no other module spells a header word
+    or a TensorRT calibrator class."""
+    from trtq.accuracy.quantize import CALIBRATORS
+    from trtq.cache import HEADER_ALGORITHM
+    from trtq.range_methods import AUTO, RANGE_METHODS, TRTQ_METHODS
+    from trtq.trt import CALIBRATOR_CLASSES
+    from trtq.trt.plan import BUILD_CALIBRATORS
+
+    names = {m.name for m in RANGE_METHODS}
+    assert set(CALIBRATORS) == {AUTO, *TRTQ_METHODS} and set(BUILD_CALIBRATORS) == {AUTO, *names}
+    assert set(HEADER_ALGORITHM) == {AUTO, *names}
+    assert set(CALIBRATOR_CLASSES.values()) == {m.tensorrt_class for m in RANGE_METHODS} - {None}
+    words = {m.cache_header for m in RANGE_METHODS} | {m.tensorrt_class for m in RANGE_METHODS} - {None}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "range_methods.py":
+            continue
+        text = path.read_text()
+        spelled = sorted(w for w in words if f'"{w}"' in text or f"'{w}'" in text)
+        assert not spelled, f"{path.relative_to(PACKAGE.parent)} spells {spelled}: read trtq.range_methods"

@@ -16,22 +16,14 @@ from pathlib import Path
 
 from trtq.errors import TrtqError
 from trtq.fileio import atomic_write, read_input_bytes
+from trtq.range_methods import CACHE_HEADERS, TENSORRT_CACHE_HEADERS
 
 DEFAULT_TRT_VERSION = "10.16.1"
 
-# trtq calibrator name -> algorithm word in the cache header (TensorRT's CalibrationAlgoType).
-ALGORITHM_NAMES = {
-    "entropy2": "EntropyCalibration2",
-    "entropy": "EntropyCalibration",
-    "minmax": "MinMaxCalibration",
-    "legacy": "LegacyCalibration",
-}
-
-# Ranges from trtq-only methods (percentile, mse) reach TensorRT 10.x by being served through an
-# EntropyCalibrator2 that never sees a batch, so their cache carries that header (as trtexec --calib
-# also requires: it reads caches through an IInt8EntropyCalibrator2).
-HEADER_ALGORITHM = {**ALGORITHM_NAMES, "percentile": "EntropyCalibration2", "mse": "EntropyCalibration2",
-                    "auto": "EntropyCalibration2"}
+# calibrator name -> algorithm word in the cache header (TensorRT's CalibrationAlgoType): views of
+# :data:`trtq.range_methods.RANGE_METHODS`, the methods TensorRT computes, then every cache trtq writes
+ALGORITHM_NAMES = TENSORRT_CACHE_HEADERS
+HEADER_ALGORITHM = CACHE_HEADERS
 
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
 
@@ -74,7 +66,7 @@ class CalibrationCache:
     """The contents of a cache file. ``scales`` maps tensor name -> scale (= amax/127)."""
 
     version: str  # numeric code as in the header, e.g. "101601"
-    algorithm: str  # e.g. "EntropyCalibration2"
+    algorithm: str  # the header word, e.g. EntropyCalibration2
     scales: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -14,17 +14,15 @@ from collections.abc import Callable
 import numpy as np
 
 from trtq.errors import TrtqError
+from trtq.range_methods import ALIASES, TRTQ_METHODS
 from trtq.stats import FINE_BINS, HIST_BINS, TensorStats
 
 QUANT_LEVELS = 128  # int8 symmetric: 128 non-negative levels 0..127
 START_BIN = 128  # the smallest candidate keeps 128 bins (as TensorRT's search)
 DEFAULT_PERCENTILE = 99.99
 
-METHODS = ("entropy2", "entropy", "minmax", "percentile", "mse")
-# the names users bring from other tools, accepted where they compute exactly trtq's method: ModelOpt's ``max`` and
-# onnxruntime's symmetric ``MinMax`` are minmax (ModelOpt: "with ActivationSymmetric ... equivalent to max").
-# onnxruntime's Entropy and Percentile are not aliased: other searches and defaults than TensorRT's and trtq's.
-METHOD_ALIASES = {"max": "minmax", "MinMax": "minmax"}
+METHODS = TRTQ_METHODS  # the methods of trtq.range_methods trtq computes, each a function below
+METHOD_ALIASES = ALIASES  # the names users bring from other tools for exactly one of them (trtq.range_methods)
 
 
 def minmax_amax(stats: TensorStats) -> float:

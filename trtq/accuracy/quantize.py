@@ -46,6 +46,7 @@ from trtq.export import export_qdq
 from trtq.export.graph import node_key, resolve_nodes
 from trtq.messages import quarter_progress
 from trtq.model import Model
+from trtq.range_methods import AUTO
 from trtq.ranges import DEFAULT_PERCENTILE, METHODS, range_function
 from trtq.stats import StatsCollector
 
@@ -61,7 +62,7 @@ RANK_SECONDS = 60.0  # the ranking's time budget: its samples are cut to fit it 
 # (analysis, ranges source) -> close: runs the ranking's evaluations elsewhere (trtq.distributed.sensitivity.use_ray)
 RankBackend = Callable[[SensitivityAnalysis, str], Callable[[], None]]
 MAX_KEPT_SHARE = 0.9  # keeping more than this share of the quantized layers in float is not INT8
-CALIBRATORS = ("auto", *METHODS)
+CALIBRATORS = (AUTO, *METHODS)
 
 
 def check_inputs_finite(model: Model, stats: StatsCollector) -> None:

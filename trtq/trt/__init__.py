@@ -16,14 +16,11 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 
 from trtq.errors import MissingDependencyError, TrtqError, first_line
+from trtq.range_methods import TENSORRT_CLASSES
 
-# trtq calibrator name -> the TensorRT 10.x class implementing it (all removed in TensorRT 11).
-CALIBRATOR_CLASSES = {
-    "entropy2": "IInt8EntropyCalibrator2",
-    "entropy": "IInt8EntropyCalibrator",
-    "minmax": "IInt8MinMaxCalibrator",
-    "legacy": "IInt8LegacyCalibrator",
-}
+# calibrator name -> the TensorRT 10.x class implementing it (all removed in TensorRT 11): a view of
+# :data:`trtq.range_methods.RANGE_METHODS`
+CALIBRATOR_CLASSES = TENSORRT_CLASSES
 
 NO_GPU_HINT = "`trtq calibrate` and `trtq export` work without TensorRT and without a GPU"
 

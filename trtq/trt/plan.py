@@ -12,15 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from trtq.errors import TrtqError
+from trtq.range_methods import AUTO, TRTQ_ONLY
 from trtq.trt import CALIBRATOR_CLASSES, TensorRTInfo
 
 IMPLICIT = "implicit-quantization"  # TensorRT 10.x: flags + calibrator / served cache
 STRONGLY_TYPED = "strongly-typed"  # TensorRT 11.x: precision lives in the ONNX model
 
 TRT_CALIBRATORS = tuple(CALIBRATOR_CLASSES)  # entropy2, entropy, minmax, legacy
-TRTQ_ONLY_CALIBRATORS = ("percentile", "mse")  # no TensorRT class: always computed by trtq
+TRTQ_ONLY_CALIBRATORS = TRTQ_ONLY  # no TensorRT class: always computed by trtq (percentile, mse)
 ALL_CALIBRATORS = TRT_CALIBRATORS + TRTQ_ONLY_CALIBRATORS
-QUANTIZE = "auto"  # `trtq quantize`: auto ranges + keep-in-float search, verified on the CPU
+QUANTIZE = AUTO  # `trtq quantize`: auto ranges + keep-in-float search, verified on the CPU
 BUILD_CALIBRATORS = (QUANTIZE, *ALL_CALIBRATORS)
 SOURCES = ("tensorrt", "trtq")
 QUANTIZE_PENDING = "auto ranges + keep-in-float search"  # in a plan's message until quantize has run
