@@ -399,9 +399,11 @@ def test_a_variant_without_calibrator_runs_quantize_and_exports_what_it_chose(qu
     steps = ("mnist/int8-auto/quantize", "mnist/int8-auto/export", "mnist/int8-auto/evaluate")
     assert [doc["actions"][s]["action"] for s in steps] == ["ran"] * 3
     assert "mnist/statistics" not in doc["steps"]  # quantize makes its own calibration pass
+    # MNIST at 44 dB adopts bias correction: the ranges are for the corrected float model, written beside them
     assert doc["models"]["mnist"]["variants"]["int8-auto"]["files"] == sorted(
-        f"mnist/int8-auto/{name}" for name in ("evaluate.json", "mnist-8.cache", "mnist-8.int8-auto.onnx",
-                                              "mnist-8.keep.txt", "mnist-8.quantize.html", "mnist-8.quantize.json"))
+        f"mnist/int8-auto/{name}" for name in ("evaluate.json", "mnist-8.cache", "mnist-8.float.onnx",
+                                              "mnist-8.int8-auto.onnx", "mnist-8.keep.txt", "mnist-8.quantize.html",
+                                              "mnist-8.quantize.json"))
     report = json.loads((out / "mnist/int8-auto/mnist-8.quantize.json").read_text())
     assert report["ok"] and report["target"] == {"min_sqnr_db": 44.0, "max_drop_points": 1.0,
                                                  "drop_measure": "top-1 accuracy", "default": False}
@@ -414,9 +416,10 @@ def test_a_variant_without_calibrator_runs_quantize_and_exports_what_it_chose(qu
     assert cache.header.endswith("-EntropyCalibration2")
     assert cache.amax() == pytest.approx({n: t["amax"] for n, t in report["tensors"].items() if t["amax"] > 0},
                                          rel=1e-6)
-    # the exported model is the Q/DQ model of the cached ranges with the kept layers in float (what the
-    # build step hands `trtq build`: the same ranges and the same kept layers)
-    model = load_model(MODEL)
+    assert report["corrections"] and any(step["adopted"] for step in report["corrections"])
+    # the exported model is the Q/DQ model of the cached ranges with the kept layers in float, from the corrected
+    # float model (what the build step hands `trtq build`: the same model, ranges and kept layers)
+    model = load_model(out / "mnist/int8-auto/mnist-8.float.onnx")
     expected = strongly_typed_model(model, int8=True, fp16=False, amax=cache.amax(),
                                     keep_precision=dict.fromkeys(keep, "fp32"))
     exported = onnx.load(str(out / "mnist/int8-auto/mnist-8.int8-auto.onnx"))
@@ -466,3 +469,40 @@ def test_an_explicit_calibrator_keeps_the_former_steps(demo):
     assert "mnist/int8-auto/quantize" in steps  # the bundled default also runs trtq quantize, side by side
     assert [g["gate"] for g in manifest(out)["models"]["mnist"]["variants"]["int8-entropy2"]["gates"]] == [
         "max_top1_drop", "min_top1_agreement"]
+
+
+def test_a_corrected_float_model_is_what_the_variant_exports(tmp_path, monkeypatch):
+    """When quantize adopts a correction (bias correction, SmoothQuant) its ranges are for the corrected float model:
+    the run writes that model and exports the Q/DQ model from it, as `trtq quantize` writes OUT.float.onnx. (The
+    correction is made here by hand, a shift the test can see, whatever the loop adopts.)"""
+    from onnx import numpy_helper
+
+    import trtq.accuracy.quantize as loop
+
+    real = loop.quantize
+    shifted = np.full((1, 10), 0.25, dtype=np.float32)
+
+    def corrected(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+        index = next(i for i, t in enumerate(proto.graph.initializer) if t.name == "Parameter194")
+        proto.graph.initializer[index].CopyFrom(numpy_helper.from_array(shifted, "Parameter194"))
+        result.float_model = proto
+        return result
+
+    monkeypatch.setattr(loop, "quantize", corrected)
+    config = quantize_config(tmp_path, "max_top1_drop = 1.0")
+    out = tmp_path / "artifacts"
+    result = run_trtq(str(config), "--output", str(out), "--steps", "cpu")
+    assert result.exit_code == 0, result.output
+    written = onnx.load(str(out / "mnist/int8-auto/mnist-8.float.onnx"))
+    exported = onnx.load(str(out / "mnist/int8-auto/mnist-8.int8-auto.onnx"))
+    for model in (written, exported):
+        bias = next(t for t in model.graph.initializer if t.name == "Parameter194")
+        assert np.array_equal(numpy_helper.to_array(bias), shifted)
+    doc = manifest(out)
+    assert doc["steps"]["mnist/int8-auto/quantize"]["result"]["float_model"] == "mnist/int8-auto/mnist-8.float.onnx"
+    fp16 = onnx.load(str(out / "mnist/fp16/mnist-8.fp16.onnx"))  # other variants start from the config's model
+    assert not np.array_equal(numpy_helper.to_array(next(t for t in fp16.graph.initializer
+                                                         if t.name == "Parameter194")).astype(np.float32), shifted)

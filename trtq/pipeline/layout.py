@@ -33,6 +33,10 @@ class Layout:
     def quantize_report(self, variant: Variant, suffix: str = "json") -> str:
         return f"{self.variant_dir(variant)}/{self.stem}.quantize.{suffix}"
 
+    def float_model(self, variant: Variant) -> str:
+        """The float model quantize's ranges are for when a correction changed it (bias correction, SmoothQuant)."""
+        return f"{self.variant_dir(variant)}/{self.stem}.float.onnx"
+
     def keep(self, variant: Variant) -> str:
         return f"{self.variant_dir(variant)}/{self.stem}.keep.txt"
 
@@ -61,8 +65,9 @@ class Layout:
         """Every artifact a run can write for this model, whichever steps run."""
         files = [self.statistics()]
         for variant in self.model.variants:
-            files += [self.cache(variant), self.ranges(variant), self.quantize_report(variant),
-                      self.quantize_report(variant, "html"), self.keep(variant), self.onnx(variant),
+            files += [self.cache(variant), self.ranges(variant), self.float_model(variant),
+                      self.quantize_report(variant), self.quantize_report(variant, "html"), self.keep(variant),
+                      self.onnx(variant),
                       self.evaluation(variant), self.engine(variant), self.engine_manifest(variant),
                       self.bench(variant), self.profile(variant),
                       *(self.report(variant, suffix) for suffix in ("json", "md", "html"))]

@@ -84,6 +84,21 @@ class Step:
         """What the variant's quantize step chose and verified (None for the other calibrators)."""
         return self.variant_result(ctx, "quantize")["record"] if self.variant.quantize else None
 
+    def source_model(self, ctx: RunContext):
+        """The float model the variant's export and build start from: the config's, or the one quantize corrected
+        (bias correction, SmoothQuant), whose tensors and biases its ranges are for."""
+        corrected = self.variant_result(ctx, "quantize").get("float_model") if self.variant.quantize else None
+        if corrected is None:
+            return ctx.model(self.model)
+        from trtq.model import load_model
+
+        return load_model(ctx.out / corrected)
+
+    def source_sha(self, ctx: RunContext) -> str:
+        """The digest of :meth:`source_model` (a fingerprint input of the steps that read it)."""
+        corrected = self.variant_result(ctx, "quantize").get("float_model_sha256") if self.variant.quantize else None
+        return corrected or ctx.fingerprints.sha(self.model.path)
+
     def kept_by_quantize(self, ctx: RunContext) -> list[str]:
         record = self.quantize_record(ctx)
         return list(record["keep"]) if record else []

@@ -108,7 +108,8 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     from trtq.accuracy.quantize import quantize
     from trtq.accuracy.quantize_report import quantize_figures, quantize_html
     from trtq.cache import write_cache
-    from trtq.fileio import atomic_write
+    from trtq.export import save_model
+    from trtq.fileio import atomic_write, sha256_file
     from trtq.messages import quarter_progress
     from trtq.trt.build import describe_quantize, quantize_record
 
@@ -149,6 +150,11 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     write_cache(staged(staging, cache_rel), cache)
     atomic_write(staged(staging, keep_rel), result.keep_text(model.name))
     files.update({cache_rel: staged(staging, cache_rel), keep_rel: staged(staging, keep_rel)})
+    if result.float_model is not None:  # corrected (bias correction, SmoothQuant): the ranges are for this model
+        float_rel = layout.float_model(variant)
+        save_model(result.float_model, staged(staging, float_rel))
+        files[float_rel] = staged(staging, float_rel)
+        summary.update({"float_model": float_rel, "float_model_sha256": sha256_file(staged(staging, float_rel))})
     amax = cache.amax()  # as the cache holds them: what export and build read back
     summary.update({"ranges_sha256": ranges_digest(amax), "tensors": len(amax), "samples": result.stats.samples,
                     "cache_header": cache.header, "verified": describe_quantize(record)})
@@ -274,14 +280,14 @@ class ExportStep(Step):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         rules, _ = keep_rules(self.model, self.variant)
-        return {"model": ctx.fingerprints.sha(self.model.path), "precision": self.variant.precision,
+        return {"model": self.source_sha(ctx), "precision": self.variant.precision,
                 "ranges": self.ranges_sha(ctx), "keep_precision": rules, "kept_by_quantize": self.kept_by_quantize(ctx)}
 
     def env(self, ctx: RunContext) -> dict[str, Any]:
         return {k: ctx.machine.versions[k] for k in ("trtq", "onnx")}
 
     def produce(self, ctx: RunContext, staging: Path) -> Produced:
-        return run_export(ctx.model(self.model), self.model, self.variant, self.cache_path(ctx), staging,
+        return run_export(self.source_model(ctx), self.model, self.variant, self.cache_path(ctx), staging,
                           self.layout, ctx.step_warn(self), self.kept_by_quantize(ctx))
 
 

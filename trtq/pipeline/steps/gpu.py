@@ -125,13 +125,13 @@ class BuildStep(Step):
         m, v = self.model, self.variant
         rules, _ = keep_rules(m, v)
         dynamic = any(not spec.is_static for spec in ctx.model(m).inputs) and "opt" not in m.profile
-        return {"model": ctx.fingerprints.sha(m.path), "precision": v.precision, "calibrator": v.calibrator,
+        return {"model": self.source_sha(ctx), "precision": v.precision, "calibrator": v.calibrator,
                 "ranges": self.ranges_sha(ctx), "keep_precision": rules,
                 "kept_by_quantize": self.kept_by_quantize(ctx), "profile": m.profile,
                 "build": engine_options(m), "data_shapes": ctx.fingerprints.data_inputs(m.data) if dynamic else None}
 
     def produce(self, ctx: RunContext, staging: Path) -> Produced:
-        return run_build(ctx.model(self.model), self.model, self.variant, self.cache_path(ctx), staging,
+        return run_build(self.source_model(ctx), self.model, self.variant, self.cache_path(ctx), staging,
                          self.layout, ctx.step_echo(self), ctx.step_warn(self), self.quantize_record(ctx))
 
 
