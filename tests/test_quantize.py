@@ -411,3 +411,30 @@ def test_excluded_layers_stay_float_in_every_configuration_and_in_the_keep_list(
     bad = CliRunner().invoke(cli, ["quantize", str(mnist_model_path), "--data", str(digits_npz / "cal.npy"),
                                    "--exclude-op-types", "Softmax", "-o", str(tmp_path / "x.onnx")])
     assert bad.exit_code == 2 and "the model has no Softmax node" in bad.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_float_precision_fp16_writes_and_judges_the_float_part_in_fp16(mnist, mnist_digits, tmp_path):
+    """Issue 25 / 23: --float-precision fp16 writes the float part, kept layers included, in FP16 behind Q/DQ at
+    opset 19 (as TensorRT builds --best), and the final check judges that model, not the FP32 one."""
+    model, images, _ = mnist
+    result = quantize(model, _feeds(images[:256]), min_sqnr=44.0, float_precision="fp16")
+    assert result.ok and result.keep and result.float_precision == "fp16"
+    written = result.export.model
+    assert written.opset_import[0].version == 19
+    types = {v.name: v.type.tensor_type.elem_type for v in [*written.graph.value_info, *written.graph.input]}
+    types.update({t.name: t.data_type for t in written.graph.initializer})
+    for node in written.graph.node:
+        if node.op_type in ("Conv", "MatMul"):  # every layer, INT8 (behind a DQ to FP16) or kept in float, in FP16
+            assert types[node.input[0]] == TensorProto.FLOAT16, node.name
+    assert [i.type.tensor_type.elem_type for i in written.graph.input] == [TensorProto.FLOAT]
+    final = result.steps[-1]
+    assert final.step == "final Q/DQ model (float part in FP16)"
+    # the final check's SQNR is the written FP16 model's against FP32, here recomputed on the judged digits
+    fp32 = fake_quant_session(model.proto)
+    half = fake_quant_session(written)
+    reference = np.concatenate([fp32.run(None, f)[0] for f in _feeds(images[:64])])
+    got = np.concatenate([half.run(None, f)[0] for f in _feeds(images[:64])])
+    sqnr = 10 * np.log10(np.sum(reference ** 2) / np.sum((reference - got) ** 2))
+    assert abs(sqnr - final.sqnr_db) < 3.0
+    plain = quantize(model, _feeds(images[:256]), min_sqnr=44.0)
+    assert plain.keep == result.keep and plain.steps[-1].sqnr_db != final.sqnr_db  # same search, its own check

@@ -341,20 +341,23 @@ def test_cli_build_reports_the_path_then_the_missing_gpu_and_exits_2(trt_api_env
     assert list(out_dir.iterdir()) == []
 
 
-def test_the_tensorrt_handoff_quantize_prints_runs_as_printed(trt_api_env: TrtApiEnv, tmp_path):
+@pytest.mark.parametrize("float_precision", ["fp32", "fp16"])
+def test_the_tensorrt_handoff_quantize_prints_runs_as_printed(trt_api_env: TrtApiEnv, tmp_path, float_precision):
     """Issue 24: ``trtq quantize`` ends with the build commands for both TensorRT generations. Each, run exactly
     as printed against the real bindings, is accepted (options, files, path) and gets as far as the builder,
-    which is what a machine without a GPU cannot create."""
+    which is what a machine without a GPU cannot create. With ``--float-precision fp16`` TensorRT 10 builds ``--best``
+    (the kept layers in FP16); TensorRT 11 builds the model as it is typed."""
     digits = tmp_path / "digits.npy"
     with np.load(REPO / "tests" / "data" / "mnist-test-first1000.npz") as data:
         np.save(digits, data["images"][:64, None].astype(np.float32))
     quantized = trt_api_env.run(["-m", "trtq", "quantize", str(REPO / "calib_data" / "mnist-8.onnx"), "--data",
-                                 str(digits), "--exclude", "Times212", "--calibrator", "minmax", "-o", "q.onnx"],
-                                cwd=tmp_path)
+                                 str(digits), "--exclude", "Times212", "--calibrator", "minmax", "-o", "q.onnx",
+                                 "--float-precision", float_precision], cwd=tmp_path)
     assert quantized.returncode == 0, quantized.stdout + quantized.stderr
     handoff = next(line for line in quantized.stdout.splitlines() if line.startswith("build: "))
     eleven, ten = (part.split(": ", 1)[1] for part in handoff.removeprefix("build: ").split("; "))
     assert ten.endswith("--keep-precision @q.keep.txt")  # the excluded layer stays float on TensorRT 10 too
+    assert (" --best " if float_precision == "fp16" else " --int8 ") in ten and eleven.endswith(" --int8")
     command = ten if trt_api_env.version.startswith("10.") else eleven
     assert command.startswith("trtq build ")
     result = trt_api_env.run(["-m", "trtq", *shlex.split(command)[1:]], cwd=tmp_path)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from trtq.accuracy.labels import Labels, labels_for_fed
 from trtq.accuracy.macs import layer_macs
 from trtq.accuracy.proxies import Proxy
 from trtq.accuracy.quantize_result import QuantizeResult, Verification, describe_step
-from trtq.accuracy.search import Verifier, cost_ordered, search_keep, verified
+from trtq.accuracy.search import Verifier, cost_ordered, fp16_qdq_model, search_keep, verified
 from trtq.accuracy.sensitivity import SensitivityAnalysis
 from trtq.accuracy.targets import Target, TaskMetric, resolve_target
 from trtq.calibrate import collect_statistics, compute_ranges
@@ -63,6 +64,7 @@ RANK_SECONDS = 60.0  # the ranking's time budget: its samples are cut to fit it 
 RankBackend = Callable[[SensitivityAnalysis, str], Callable[[], None]]
 MAX_KEPT_SHARE = 0.9  # keeping more than this share of the quantized layers in float is not INT8
 CALIBRATORS = (AUTO, *METHODS)
+FLOAT_PRECISIONS = ("fp32", "fp16")
 
 
 def check_inputs_finite(model: Model, stats: StatsCollector) -> None:
@@ -87,6 +89,7 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
              folds: int = DEFAULT_FOLDS,
              steps: Sequence[str] = DEFAULT_STEPS,
              exclude: Sequence[str] = (),
+             float_precision: str = "fp32",
              progress: Callable[[int], None] | None = None,
              note: Callable[[str], None] | None = None,
              collect: Callable[..., StatsCollector] | None = None,
@@ -98,12 +101,16 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     ``--metric NAME=OUTPUT`` (else inferred). ``steps``: the error-reducing steps to try (:mod:`.corrections`).
     ``exclude``: nodes (names or output names) the user keeps in float: in float in every configuration, never
     ranked, corrected or counted among the quantized layers; written first in the keep list.
+    ``float_precision``: ``fp16`` writes the model's float part (the kept layers too) in FP16, as TensorRT 11 builds
+    ``--best``, and the final check judges that model; every earlier decision is made with the float part in FP32.
 
     ``collect`` replaces :func:`collect_statistics` when ``eval_batches`` are given (``--ray``: the calibration
     shards); ``rank_backend(analysis, ranges_source)`` makes the sensitivity ranking evaluate elsewhere and
     returns the function that closes it (``--ray``: both give the local results)."""
     if calibrator not in CALIBRATORS:
         raise TrtqError(f"unknown calibrator '{calibrator}' (choose from {', '.join(CALIBRATORS)})")
+    if float_precision not in FLOAT_PRECISIONS:
+        raise TrtqError(f"unknown float precision '{float_precision}' (choose from {', '.join(FLOAT_PRECISIONS)})")
     say = note or (lambda _message: None)
     excluded = [node_key(model.graph.node[i]) for i in sorted(resolve_nodes(model.graph, exclude))]
     timings: dict[str, float] = {}
@@ -195,13 +202,21 @@ def quantize(model: Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     export = export_qdq(written, amax, exclude=[*excluded, *keep], ranges_source=source)
     if written is not model:  # smoothed or bias-corrected: TensorRT 10 builds this one with the cache
         result.float_model = written.proto
-    comparison = verifier.compare({"int8": verifier.qdq_runner(fold_ranges, keep, source)})
+    result.float_precision = float_precision
+    if float_precision == "fp16":
+        typed = fp16_qdq_model(written, export.model, [*excluded, *keep])
+        export = replace(export, model=typed.proto, notes=[*export.notes, *typed.notes],
+                         warnings=[*export.warnings, *typed.warnings])
+        runner = verifier.fp16_runner(fold_ranges, keep, source)
+    else:
+        runner = verifier.qdq_runner(fold_ranges, keep, source)
+    comparison = verifier.compare({"int8": runner})
     final = verified(comparison, "int8", keep, target.meets, time.perf_counter() - step_started)
     if undecided and final.drop is not None and target.max_drop is not None and target.min_sqnr is None:
         final.meets_target = final.drop.low <= target.max_drop  # not beyond the target beyond the noise
     result.undecided = undecided
-    steps.append(Verification("final Q/DQ model", keep, final.sqnr_db, final.drop, final.meets_target,
-                              final.seconds))
+    title = "final Q/DQ model" + (" (float part in FP16)" if float_precision == "fp16" else "")
+    steps.append(Verification(title, keep, final.sqnr_db, final.drop, final.meets_target, final.seconds))
     timings["final check"] = time.perf_counter() - step_started
     result.export, result.final = export, comparison
     if not steps[-1].meets_target:

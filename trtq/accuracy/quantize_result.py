@@ -70,6 +70,7 @@ class QuantizeResult:
     corrections: list[StepOutcome] = field(default_factory=list)  # the error-reducing steps tried, in order
     float_model: onnx.ModelProto | None = None  # the corrected FP32 model (TensorRT 10 builds it with the cache)
     excluded: list[str] = field(default_factory=list)  # kept in float as the user asked (--exclude), never searched
+    float_precision: str = "fp32"  # of the written model's float part (its kept layers included): fp32 or fp16
 
     @property
     def best_step(self) -> Verification:
@@ -187,6 +188,7 @@ class QuantizeResult:
             "layers": self.layers,
             "keep": self.keep,
             "excluded": self.excluded,
+            "float_precision": self.float_precision,
             "steps": [{**s.document(), "int8_mac_share": share} for s, share in zip(self.steps, self.mac_shares,
                                                                                      strict=True)],
             "seconds": self.seconds,

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import onnx
 
 from trtq.accuracy.bias import BiasCorrection
 from trtq.accuracy.crossfit import FoldPlan
@@ -194,6 +195,17 @@ class Verifier:
             self._scaled_sessions.pop(next(iter(self._scaled_sessions)))
         return made
 
+    def fp16_runner(self, fold_ranges: list[dict[str, float]], keep: Sequence[str], ranges_source: str) -> Run:
+        """Each fold's Q/DQ model (``keep`` and the user's exclusions out of INT8) with its float part in FP16, as
+        ``--float-precision fp16`` writes it (:func:`fp16_qdq_model`), one runner dispatching by fold."""
+        exclude = [*self.excluded, *keep]
+        runs = []
+        for fold, amax in enumerate(fold_ranges):
+            model = self.float_model(fold, exclude)
+            qdq = export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source, check=False).model
+            runs.append(session_runner(fake_quant_session(fp16_qdq_model(model, qdq, exclude).proto), self.names))
+        return self.plan.dispatch(runs)
+
     def use_switchable(self, fold_ranges: list[dict[str, float]], ranges_source: str) -> list[str]:
         """Build the switchable model (:mod:`.switch`) of each fold (same layers: the folds quantize the same
         tensors); returns the quantized layers' node names. A layer switched to float reads its original bias.
@@ -226,6 +238,15 @@ class Verifier:
                                                                               if n not in kept]), **scales})
                 for switchable, session, scales in self._switchable]
         return self.plan.dispatch(runs)
+
+
+def fp16_qdq_model(model: Model, qdq: onnx.ModelProto, kept: Sequence[str]):
+    """``qdq`` (a Q/DQ model of ``model``) with its float part in FP16, its Q/DQ at opset 19 and float32 inputs and
+    outputs: what TensorRT 11 builds for ``--best`` (:func:`trtq.trt.explicit.strongly_typed_model`, pure onnx), the
+    ``kept`` layers in FP16 too. Returns the typed model (``.proto``, ``.notes``, ``.warnings``)."""
+    from trtq.trt.explicit import strongly_typed_model
+
+    return strongly_typed_model(model, int8=True, fp16=True, keep_precision=dict.fromkeys(kept, "fp16"), qdq=qdq)
 
 
 @dataclass

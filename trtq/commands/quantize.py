@@ -12,7 +12,7 @@ from trtq.accuracy.corrections import STEPS
 from trtq.accuracy.crossfit import DEFAULT_FOLDS
 from trtq.accuracy.holdout import DEFAULT_EVAL_SAMPLES
 from trtq.accuracy.proxies import is_builtin_metric, parse_builtin_metrics
-from trtq.accuracy.quantize import CALIBRATORS
+from trtq.accuracy.quantize import CALIBRATORS, FLOAT_PRECISIONS
 from trtq.accuracy.sensitivity import MODES
 from trtq.commands.options.accuracy import label_options
 from trtq.commands.options.common import MethodChoice, memory_budget_option
@@ -87,6 +87,10 @@ OUTPUT_LABELS = {"model": "-o", "float": "OUT.float.onnx", "cache": "OUT.cache",
               help="Also try layer-output ranges: each activation's amax chosen by the error of the layers reading it "
                    "(adopted only when it beats the method's ranges beyond the noise; about a pass of the model per "
                    "candidate on 32 samples).")
+@click.option("--float-precision", type=click.Choice(FLOAT_PRECISIONS), default="fp32", show_default=True,
+              help="Of the written model's float part, the kept layers included: fp16 writes them in FP16 (Q/DQ at "
+                   "opset 19), as TensorRT builds --best, and the final check judges that model (onnxruntime's CPU "
+                   "runs some FP16 ops in FP32: the check is optimistic there).")
 @click.option("--trt-version", help="TensorRT version for the cache header [default: installed, else 10.16.1].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary; errors and warnings only.")
 @click.option("--ray", "ray_address", metavar="ADDRESS",
@@ -96,7 +100,7 @@ OUTPUT_LABELS = {"model": "-o", "float": "OUT.float.onnx", "cache": "OUT.cache",
                    "pip install 'trtq[ray]'.")
 def quantize(model_path, output, eval_data, labels_path, labels_from_folders, logits, metrics, max_drop, min_sqnr,
              folds, calibrator, percentile, mode, max_eval_samples, exclude, exclude_op_types, no_bias_correction,
-             no_smoothing, output_ranges,
+             no_smoothing, output_ranges, float_precision,
              trt_version, quiet, ray_address, memory_budget, **data_kwargs):
     """Quantize MODEL to INT8 and verify it: one command from FP32 ONNX to a Q/DQ model that meets
     an accuracy target.
@@ -175,7 +179,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         run_quantize, model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
         calibration_labels=calibration_labels, metric=task_metric, proxies=named, min_sqnr=min_sqnr,
         max_drop=max_drop, calibrator=calibrator, percentile=percentile, logits=logits, mode=mode,
-        max_eval_samples=max_eval_samples, folds=folds, exclude=excluded,
+        max_eval_samples=max_eval_samples, folds=folds, exclude=excluded, float_precision=float_precision,
         steps=tuple(step for step in STEPS if (step != "bias" or not no_bias_correction)
                     and (step != "smooth" or not no_smoothing) and (step != "ranges" or output_ranges)),
         note=None if quiet else (lambda line: click.echo(line, err=True)))
@@ -250,8 +254,10 @@ def _hand_off(result, paths: dict[str, Path], model_path: str) -> str:
 
     float_model = paths["float"] if result.float_model is not None else Path(model_path)
     keep = f" --keep-precision @{shlex.quote(str(paths['keep']))}" if result.keep or result.excluded else ""
+    # 11.x builds the model as it is typed (its FP16 part included); 10.x: --best keeps the listed layers in FP16
+    flag = "--best" if result.float_precision == "fp16" else "--int8"
     return (f"build: TensorRT 11: trtq build {shlex.quote(str(paths['model']))} --int8; TensorRT 10: trtq build "
-            f"{shlex.quote(str(float_model))} --int8 --calibrator entropy2 --cache {shlex.quote(str(paths['cache']))}"
+            f"{shlex.quote(str(float_model))} {flag} --calibrator entropy2 --cache {shlex.quote(str(paths['cache']))}"
             f"{keep}")
 
 
