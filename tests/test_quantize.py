@@ -438,3 +438,19 @@ def test_float_precision_fp16_writes_and_judges_the_float_part_in_fp16(mnist, mn
     assert abs(sqnr - final.sqnr_db) < 3.0
     plain = quantize(model, _feeds(images[:256]), min_sqnr=44.0)
     assert plain.keep == result.keep and plain.steps[-1].sqnr_db != final.sqnr_db  # same search, its own check
+
+
+def test_a_long_keep_list_goes_to_its_own_section_not_the_pages_header(mnist):
+    from trtq.accuracy.quantize_report import INLINE_NAMES, quantize_figures, quantize_html
+
+    model, images, _ = mnist
+    result = quantize(model, _feeds(images[:64]), min_sqnr=44.0)
+    few = quantize_html(result, [], model="mnist", data="digits", mac_shares=result.mac_shares)
+    assert f"kept in float: {', '.join(result.keep)}" in few and "Layers kept in float" not in few
+    result.keep = [f"/encoder/layer.{i}/mlp/fc2/MatMul" for i in range(INLINE_NAMES + 12)]
+    many = quantize_html(result, quantize_figures(result, result.mac_shares), model="mnist", data="digits",
+                         mac_shares=result.mac_shares)
+    header = many[:many.index("<h2")]
+    assert f"kept in float: {INLINE_NAMES + 12} of 5 layers (/encoder/layer.0/mlp/fc2/MatMul," in header
+    assert "/encoder/layer.19/" not in header and "Layers kept in float</h2>" in many
+    assert all(name in many[many.index("Layers kept in float</h2>"):] for name in result.keep)

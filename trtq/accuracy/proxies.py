@@ -259,41 +259,42 @@ def infer_proxy(values: np.ndarray, producer: str | None = None, producer_axis: 
     if not np.issubdtype(values.dtype, np.floating):
         return Proxy("equal", reason=f"{values.dtype} output")
     shape = list(values.shape)
+    dims = "[" + ", ".join(["N", *map(str, shape[1:])]) + "]"  # N: the samples (the batch fed varies)
     axis, how = _softmax_axis(values, producer, producer_axis)
     if axis is not None:
         if values.ndim == 3 and axis == 2:
             blank = _blank(values, axis)
             if blank is not None:
                 return Proxy("ctc", axis=axis, blank=blank,
-                             reason=f"a sequence {shape} of class scores ({how}), class {blank} dominant: "
+                             reason=f"a sequence {dims} of class scores ({how}), class {blank} dominant: "
                                     "a CTC blank")
-        return Proxy("top1", axis=axis, reason=f"class scores along axis {axis} of {shape}: {how}")
+        return Proxy("top1", axis=axis, reason=f"class scores along axis {axis} of {dims}: {how}")
     finite = values[np.isfinite(values)]
     if values.ndim >= 2 and finite.size and finite.min() >= 0 and finite.max() <= 1:
         return Proxy("iou", threshold=DEFAULT_IOU_THRESHOLD,
-                     reason=f"values of {shape} within [0, 1]" + (f" after {producer}" if producer else "")
+                     reason=f"values of {dims} within [0, 1]" + (f" after {producer}" if producer else "")
                      + ": a probability map")
     if values.ndim == 2 and shape[1] > 1:
         norms = np.linalg.norm(values.astype(np.float64), axis=1)
         if norms.size and np.allclose(norms, 1.0, atol=1e-3):
-            return Proxy("cosine", threshold=DEFAULT_COSINE, reason=f"rows of {shape} of unit length: an embedding")
+            return Proxy("cosine", threshold=DEFAULT_COSINE, reason=f"rows of {dims} of unit length: an embedding")
         if producer is None or producer in CLASSIFIER_OPS:
-            return Proxy("top1", axis=1, reason=f"a [batch, classes] output {shape}"
+            return Proxy("top1", axis=1, reason=f"a [batch, classes] output {dims}"
                          + (f" made by {producer}" if producer else "") + ": class scores (logits)")
         return Proxy("cosine", threshold=DEFAULT_COSINE,
-                     reason=f"a [batch, C] output {shape} made by {producer}, not a classifier's layer: an embedding")
+                     reason=f"a [batch, C] output {dims} made by {producer}, not a classifier's layer: an embedding")
     head = _probability_channels(values) if producer == "Concat" else ()
     if head:
         return Proxy("iou", threshold=DEFAULT_IOU_THRESHOLD, channels=head,
-                     reason=f"a Concat of {shape} whose channels {_span(head)} lie within [0, 1] and the others not: "
+                     reason=f"a Concat of {dims} whose channels {_span(head)} lie within [0, 1] and the others not: "
                             "a detection head (probabilities thresholded, boxes by cosine)")
     if values.ndim == 3 and shape[2] > 2:
         blank = _blank(values, 2)
         if blank is not None:
             return Proxy("ctc", axis=2, blank=blank,
-                         reason=f"a sequence {shape} whose argmax is class {blank} at most positions: CTC logits")
+                         reason=f"a sequence {dims} whose argmax is class {blank} at most positions: CTC logits")
     return Proxy("cosine", threshold=DEFAULT_COSINE,
-                 reason=f"{shape}: not class scores nor a probability map (boxes, embeddings, regression)")
+                 reason=f"{dims}: not class scores nor a probability map (boxes, embeddings, regression)")
 
 
 def _probability_channels(values: np.ndarray) -> tuple[int, ...]:

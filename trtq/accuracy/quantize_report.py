@@ -50,6 +50,19 @@ def _steps_figure(result: QuantizeResult, mac_shares: Sequence[float | None]) ->
     return Figure("steps", canvas, "each point is a configuration the loop measured; the last one is the model written")
 
 
+INLINE_NAMES = 8  # layer names listed in the page's header; more go to their own section at the end
+
+
+def _names(names: Sequence[str], of: int | None = None) -> str:
+    """A list of layer names for the page's header: all of a few, else how many and the first ones."""
+    if not names:
+        return "nothing"
+    if len(names) <= INLINE_NAMES:
+        return ", ".join(names)
+    total = f" of {of}" if of else ""
+    return f"{len(names)}{total} layers ({', '.join(names[:3])}, ...: all in the last section and the keep list)"
+
+
 def _measure_lines(result: QuantizeResult) -> list[str]:
     """What each output was judged by, and why."""
     if result.measure is None:
@@ -154,9 +167,13 @@ def quantize_html(result: QuantizeResult, figures: Sequence[Figure], *, model: s
             f"judged on: {result.eval_description}", f"target: {result.target.describe()}",
             *_measure_lines(result),
             f"ranges: {result.method}" + (" (chosen by auto)" if result.auto is not None else ""),
-            f"kept in float: {', '.join(result.keep) or 'nothing'}", verdict]
+            f"kept in float: {_names(result.keep, result.layers)}", verdict]
     if result.excluded:
-        meta.insert(-1, f"kept in float as asked (--exclude): {', '.join(result.excluded)}")
+        meta.insert(-1, f"kept in float as asked (--exclude): {_names(result.excluded)}")
+    if len(result.keep) + len(result.excluded) > INLINE_NAMES:
+        rows = [*((name, "asked (--exclude)") for name in result.excluded),
+                *((name, "the search") for name in result.keep)]
+        sections.append(("Layers kept in float", _table(["layer", "kept by"], rows)))
     scores = result.describe_scores()
     if scores is not None:
         meta.insert(-1, scores)
