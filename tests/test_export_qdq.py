@@ -494,3 +494,42 @@ def test_agreement_numbers_over_batches_match_numpy_on_the_whole_data():
     assert row.max_abs_error == pytest.approx(np.abs(diff).max())
     assert row.mean_abs_error == pytest.approx(np.abs(diff).mean())
     assert row.top1_agreement == pytest.approx(np.mean(reference.argmax(1) == exported.argmax(1)))
+
+
+# --- weights stored as int8 behind DequantizeLinear (trtq/export/int8_weights.py) ----------------------------
+
+
+def test_int8_weights_compute_the_fake_quant_model_bit_for_bit_in_a_quarter_of_the_bytes(mnist, mnist_feeds, mnist_qdq,
+                                                                                            digits, digits_ranges):
+    from trtq.export.int8_weights import store_int8_weights
+
+    model, split = digits
+    digits_qdq = export_qdq(model, digits_ranges).model
+    for qdq, feeds in ((mnist_qdq.model, mnist_feeds[1][:64]),
+                       (digits_qdq, [{"pixels": split["x_test"][:64].astype(np.float32)}])):
+        stored = store_int8_weights(qdq)
+        onnx.checker.check_model(stored.model, full_check=True)
+        quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+        weights = [t for t in qdq.graph.initializer if t.name in quantized]
+        assert stored.weights == len(weights) and ops(stored.model)["QuantizeLinear"] == ops(qdq)["QuantizeLinear"] - \
+            len(weights)
+        float_bytes = sum(numpy_helper.to_array(t).nbytes for t in weights)
+        assert stored.saved_bytes == float_bytes - float_bytes // 4  # 4 bytes a weight become 1
+        assert qdq.ByteSize() - stored.model.ByteSize() >= 0.7 * stored.saved_bytes
+        for feed in feeds:  # the DequantizeLinear sees the same int8 values: outputs identical to the last bit
+            assert all(a.tobytes() == b.tobytes() for a, b in zip(run(qdq, feed), run(stored.model, feed),
+                                                                     strict=True))
+        int8 = [t for t in stored.model.graph.initializer if t.name.endswith("_int8")]
+        assert len(int8) == len(weights) and all(t.data_type == TensorProto.INT8 for t in int8)
+
+
+def test_quantize_values_is_onnx_quantize_linear():
+    from trtq.export.int8_weights import quantize_values
+
+    weight = np.array([[0.5, -0.5, 1.5, 2.5], [127.4, -200.0, 0.49, -0.51]], dtype=np.float32)
+    per_tensor = quantize_values(weight, np.array(1.0, np.float32), np.array(0, np.int8), 1)
+    assert per_tensor.tolist() == [[0, 0, 2, 2], [127, -128, 0, -1]]  # half to even, saturated
+    per_row = quantize_values(weight, np.array([0.5, 2.0], np.float32), np.array([0, 0], np.int8), 0)
+    assert per_row.tolist() == [[1, -1, 3, 5], [64, -100, 0, 0]]
+    unsigned = quantize_values(weight, np.array(1.0, np.float32), np.array(128, np.uint8), 1)
+    assert unsigned.dtype == np.uint8 and unsigned[1].tolist() == [255, 0, 128, 127]

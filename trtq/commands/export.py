@@ -116,14 +116,20 @@ def export(model_path, mode, cache_path, ranges_path, exclude, only_unquantized,
         batches = batches_from_options(model, warn=warn, **data_kwargs)
 
     if mode == "qdq":
+        from dataclasses import replace
+
+        from trtq.export.int8_weights import store_int8_weights
+
         result = export_qdq(model, amax, exclude=names, ranges_source=describe_ranges(cache_path, ranges_path),
                             only_unquantized=only_unquantized)
+        stored = store_int8_weights(result.model)
+        result = replace(result, model=stored.model)
         pairs = len(result.plan.points)
         weights = result.weight_tensors
         per_channel = sum(1 for _, axis in weights if axis is not None)
-        summary = (f"{pairs} Q/DQ pairs ({pairs - len(weights)} activations, {len(weights)} weights, "
-                   f"{per_channel} of them per-channel) on {len(result.plan.quantized_nodes)} nodes, "
-                   f"opset {result.opset_after}")
+        summary = (f"{pairs - len(weights)} activation Q/DQ pairs, {len(weights)} weights ({per_channel} per-channel, "
+                   f"{stored.weights} stored as int8 behind DequantizeLinear) on {len(result.plan.quantized_nodes)} "
+                   f"nodes, opset {result.opset_after}")
     else:
         result = export_fp16(model, keep_fp32=names)
         summary = (f"{len(result.fp16_nodes)} nodes in float16, {len(result.fp32_nodes)} kept in float32, "
