@@ -121,16 +121,16 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.accuracy.holdout import read_eval_set
     from trtq.accuracy.labels import read_labels
     from trtq.accuracy.quantize import quantize as run_quantize
-    from trtq.accuracy.quantize_report import quantize_figures, quantize_html
+    from trtq.accuracy.quantize_files import QuantizeFiles, write_quantize_files
     from trtq.accuracy.quantize_result import format_steps
     from trtq.accuracy.targets import load_metric
-    from trtq.cache import DEFAULT_TRT_VERSION, write_cache
+    from trtq.cache import DEFAULT_TRT_VERSION
     from trtq.commands.options.data import batches_from_options
     from trtq.data.options import data_input_files
     from trtq.data.script import parse_script_spec
-    from trtq.export import name_list_files, read_name_list, save_model
+    from trtq.export import name_list_files, read_name_list
     from trtq.export.graph import nodes_of_types
-    from trtq.fileio import atomic_write, check_outputs, refuse_engine_suffix, write_json
+    from trtq.fileio import check_outputs, refuse_engine_suffix
     from trtq.messages import note, warn
     from trtq.model import load_model
     from trtq.ranges import check_percentile
@@ -195,24 +195,15 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     shares = result.mac_shares
 
     # everything is computed: write the outputs (the report always, the model only when it is verified)
-    figures = quantize_figures(result, shares)
-    document = {**result.document(), "model": model.name, "data": calibration.provenance(),
-                "int8_mac_share": shares[-1], "outputs": {k: str(v) for k, v in paths.items()}}
-    if result.ok:
-        save_model(result.export.model, paths["model"])
-        version = trt_version or installed_trt_version() or DEFAULT_TRT_VERSION
-        missing = sorted(set(result.amax) - set(result.usable_amax))
-        if missing:
-            note(f"{len(missing)} tensors without a usable range (all zero or no finite value) are left out of the "
-                 f"cache, TensorRT keeps them in higher precision: {', '.join(missing[:8])}"
-                 + (" ..." if len(missing) > 8 else ""))
-        if result.float_model is not None:  # the cache's ranges are for the corrected float model
-            save_model(result.float_model, paths["float"])
-        write_cache(paths["cache"], result.cache(version))
-        atomic_write(paths["keep"], result.keep_text(model.name))
-    write_json(paths["json"], document)
-    atomic_write(paths["html"], quantize_html(result, figures, model=model.name, data=calibration.description,
-                                              mac_shares=shares))
+    missing = sorted(set(result.amax) - set(result.usable_amax))
+    if result.ok and missing:
+        note(f"{len(missing)} tensors without a usable range (all zero or no finite value) are left out of the "
+             f"cache, TensorRT keeps them in higher precision: {', '.join(missing[:8])}"
+             + (" ..." if len(missing) > 8 else ""))
+    write_quantize_files(result, QuantizeFiles(**paths), model_name=model.name, data=calibration.description,
+                         provenance=calibration.provenance(),
+                         trt_version=trt_version or installed_trt_version() or DEFAULT_TRT_VERSION,
+                         document={"outputs": {k: str(v) for k, v in paths.items()}})
     if not quiet:
         if result.auto is not None:
             click.echo(f"range methods (guarded), simulated INT8 vs FP32 on the {result.eval_samples} judged samples:")

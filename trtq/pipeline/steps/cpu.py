@@ -106,10 +106,9 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     from trtq.accuracy.holdout import read_eval_set
     from trtq.accuracy.labels import read_labels
     from trtq.accuracy.quantize import quantize
-    from trtq.accuracy.quantize_report import quantize_figures, quantize_html
-    from trtq.cache import write_cache
-    from trtq.export import save_model
-    from trtq.fileio import atomic_write, sha256_file
+    from trtq.accuracy.quantize_files import QuantizeFiles, write_quantize_files
+    from trtq.cache import read_cache
+    from trtq.fileio import sha256_file
     from trtq.messages import quarter_progress
     from trtq.trt.build import describe_quantize, quantize_record
 
@@ -134,27 +133,20 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
                       progress=quarter_progress("calibration pass", calibration.total_samples, echo) if echo else None,
                       **backends)
     record = quantize_record(result)
-    report_rel, html_rel = layout.quantize_report(variant), layout.quantize_report(variant, "html")
-    write_json(staged(staging, report_rel), {**result.document(), "model": model.name, "data": calibration.provenance(),
-                                             "target_from_gates": target}, indent=1)
-    shares = result.mac_shares
-    atomic_write(staged(staging, html_rel), quantize_html(result, quantize_figures(result, shares), model=model.name,
-                                                          data=calibration.description, mac_shares=shares))
-    files = {report_rel: staged(staging, report_rel), html_rel: staged(staging, html_rel)}
+    rels = {"json": layout.quantize_report(variant), "html": layout.quantize_report(variant, "html"),
+            "cache": layout.cache(variant), "keep": layout.keep(variant), "float": layout.float_model(variant)}
+    paths = {key: staged(staging, rel) for key, rel in rels.items()}  # the Q/DQ model: the export step's
+    written = write_quantize_files(result, QuantizeFiles(**paths), model_name=model.name,
+                                   data=calibration.description, provenance=calibration.provenance(),
+                                   trt_version=trt_version, document={"target_from_gates": target}, indent=1)
+    files = {rels[key]: path for key, path in paths.items() if path in written}
     summary: dict[str, Any] = {"ok": result.ok, "record": record, "target_from_gates": target["gates"]}
     if not result.ok:
         summary["blocks"] = f"trtq quantize missed its target: {result.failure}"
         return files, summary
-    cache_rel, keep_rel = layout.cache(variant), layout.keep(variant)
-    cache = result.cache(trt_version)
-    write_cache(staged(staging, cache_rel), cache)
-    atomic_write(staged(staging, keep_rel), result.keep_text(model.name))
-    files.update({cache_rel: staged(staging, cache_rel), keep_rel: staged(staging, keep_rel)})
-    if result.float_model is not None:  # corrected (bias correction, SmoothQuant): the ranges are for this model
-        float_rel = layout.float_model(variant)
-        save_model(result.float_model, staged(staging, float_rel))
-        files[float_rel] = staged(staging, float_rel)
-        summary.update({"float_model": float_rel, "float_model_sha256": sha256_file(staged(staging, float_rel))})
+    if paths["float"] in written:  # corrected (bias correction, SmoothQuant): the ranges are for this model
+        summary.update({"float_model": rels["float"], "float_model_sha256": sha256_file(paths["float"])})
+    cache = read_cache(paths["cache"])
     amax = cache.amax()  # as the cache holds them: what export and build read back
     summary.update({"ranges_sha256": ranges_digest(amax), "tensors": len(amax), "samples": result.stats.samples,
                     "cache_header": cache.header, "verified": describe_quantize(record)})
