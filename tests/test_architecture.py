@@ -10,6 +10,8 @@
    kept alive by a deferred import breaks as soon as someone moves that import to the top.
 4. The range methods live in one table (``trtq/range_methods.py``): the other modules' lists are views of it
    (this one imports them).
+5. ``trtq/trt/`` imports nothing above it (the accuracy loop, the jobs, the pipeline, the commands): an INT8 build by
+   ``trtq quantize`` is handed its quantizer by ``trtq.jobs.build``.
 """
 
 from __future__ import annotations
@@ -224,3 +226,16 @@ def test_range_methods_live_in_one_table() -> None:
         text = path.read_text()
         spelled = sorted(w for w in words if f'"{w}"' in text or f"'{w}'" in text)
         assert not spelled, f"{path.relative_to(PACKAGE.parent)} spells {spelled}: read trtq.range_methods"
+
+
+# packages trtq/trt/ may not import from, at module level or inside a function: it is handed ranges, a keep set and,
+# for an INT8 build by trtq quantize, a quantizer (trtq.jobs.build); it never calls up into them
+ABOVE_TRT = ("trtq.accuracy", "trtq.jobs", "trtq.pipeline", "trtq.commands", "trtq.distributed", "trtq.cli")
+
+
+def test_trt_never_imports_the_accuracy_loop_jobs_or_commands() -> None:
+    graph = import_graph()
+    upward = {module: sorted(d for d in deps if d.startswith(ABOVE_TRT))
+              for module, deps in graph.items() if module.startswith("trtq.trt")}
+    assert {m: d for m, d in upward.items() if d} == {}
+    assert "trtq.trt.build" in graph["trtq.jobs.build"]  # the job calls down into the TensorRT layer

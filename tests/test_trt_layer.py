@@ -628,8 +628,9 @@ def _digit_feeds(images: np.ndarray) -> list[dict[str, np.ndarray]]:
 @pytest.fixture(scope="module")
 def quantized_mnist(mnist_model_path, mnist_digits, tmp_path_factory):
     """quantize as build runs it, on 200 real digits, with a target (44 dB) all-INT8 misses: layers are kept."""
+    from trtq.jobs.build import quantize_ranges
     from trtq.trt import probe
-    from trtq.trt.build import BuildOptions, quantize_ranges
+    from trtq.trt.build import BuildOptions
 
     images, _ = mnist_digits
     folder = tmp_path_factory.mktemp("quantize-build")
@@ -770,8 +771,9 @@ def test_quantize_for_11x_hands_the_builder_quantizes_own_qdq_model(quantized_mn
 
 def test_a_missed_quantize_target_is_exit_3_and_writes_nothing(tmp_path, mnist_model_path, mnist_digits):
     from trtq.errors import TargetMissed
+    from trtq.jobs.build import quantize_ranges
     from trtq.trt import probe
-    from trtq.trt.build import BuildOptions, quantize_ranges
+    from trtq.trt.build import BuildOptions
 
     images, _ = mnist_digits
     options = BuildOptions(engine_path=tmp_path / "m.engine", int8=True, calibrator="auto", min_sqnr=90.0,

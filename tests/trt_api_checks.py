@@ -289,9 +289,10 @@ def check_served_quantize(trt, model_path: Path, workdir: Path) -> dict:
     """The default INT8 path on 10.x: ``trtq quantize`` runs (real MNIST digits) and its ranges are served
     through trtq's calibrator on the real IInt8EntropyCalibrator2 (what TensorRT reads instead of calibrating)."""
     from trtq.cache import parse_cache
+    from trtq.jobs.build import quantize_ranges
     from trtq.model import load_model
     from trtq.trt import probe
-    from trtq.trt.build import BuildOptions, quantize_ranges, served_cache
+    from trtq.trt.build import BuildOptions, served_cache
     from trtq.trt.calibrators import make_calibrator
 
     with np.load(REPO / "tests" / "data" / "mnist-test-first1000.npz") as data:
@@ -386,9 +387,10 @@ def check_builder(trt, model_path: Path, workdir: Path) -> dict:
     """``trt.Builder`` fails here (no library, as without a GPU): trtq must turn that into one clean
     line and leave no file behind, on every path that gets that far."""
     from trtq.errors import TrtqError
+    from trtq.jobs.build import build
     from trtq.model import load_model
     from trtq.trt import probe
-    from trtq.trt.build import BuildOptions, build_engine
+    from trtq.trt.build import BuildOptions
     from trtq.trt.engine import create_builder, logger_class
 
     out: dict = {}
@@ -428,7 +430,7 @@ def check_builder(trt, model_path: Path, workdir: Path) -> dict:
         result: dict = {}
         try:
             with_data = name.startswith("int8") and not name.endswith("no_data")
-            build_engine(model, options, digits if with_data else None, trt=trt, echo=lines.append)
+            build(model, options, digits if with_data else None, trt=trt, echo=lines.append)
             result["error"] = None
         except TrtqError as exc:
             result["error"] = str(exc)

@@ -122,6 +122,16 @@ class QuantizeResult:
         through an entropy calibrator that gets no batches)."""
         return cache_from_amax(self.usable_amax, "auto", trt_version)
 
+    def record(self) -> dict:
+        """What ENGINE.json (and ``trtq run``) keep of the result: JSON (read back by
+        :func:`trtq.trt.build.describe_quantize`)."""
+        return {"ok": self.ok, "failure": self.failure, "method": self.method,
+                "chosen_by_auto": self.auto is not None, "keep": list(self.keep), "layers": self.layers,
+                "target": {**self.target.document(), "text": self.target.describe()},
+                "verification": self.final_step.document(),
+                "evaluation": {"data": self.eval_description, "samples": self.eval_samples},
+                "calibration_samples": self.stats.samples}
+
     def keep_text(self, model_name: str) -> str:
         """The keep list: one ONNX node name per line, `#` comments (`--exclude @FILE`, `--keep-precision @FILE`)."""
         last = self.steps[-1] if self.steps else None

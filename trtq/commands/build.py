@@ -93,9 +93,10 @@ def build(model_path, engine_path, fp16, int8, best, calibrator, max_drop, min_s
       trtq build model.onnx --int8 --calibrator percentile --percentile 99.9 --data calib.npz
       trtq build model.onnx --fp16 --keep-precision /head/Softmax=fp32 -o model-fp16.engine
     """
+    from trtq.jobs.build import build
     from trtq.model import load_model
     from trtq.shapes import parse_shape_spec
-    from trtq.trt.build import BuildOptions, build_engine, parse_keep_precision, parse_size
+    from trtq.trt.build import BuildOptions, parse_keep_precision, parse_size
 
     fp16, int8 = fp16 or best, int8 or best
     if calibrator is None:  # stored ranges and TensorRT's own calibrator keep their former default
@@ -126,6 +127,6 @@ def build(model_path, engine_path, fp16, int8, best, calibrator, max_drop, min_s
     batches = None
     if data_given(data_kwargs):
         batches = batches_from_options(model, warn=lambda text: _echo(f"trtq: warning: {text}"), **data_kwargs)
-    result = build_engine(model, options, batches, echo=_echo)
+    result = build(model, options, batches, echo=_echo)
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2))

@@ -27,7 +27,7 @@ import numpy as np
 
 from trtq import __version__
 from trtq.cache import HEADER_ALGORITHM, cache_from_amax, parse_cache, write_cache
-from trtq.errors import TargetMissed, TrtqError
+from trtq.errors import TrtqError
 from trtq.fileio import atomic_path, check_output_path, check_outputs, json_text, read_input_bytes, sha256_file
 from trtq.model import Model, resolve_shape
 from trtq.ranges import DEFAULT_PERCENTILE
@@ -224,6 +224,10 @@ NEEDS_RANGES = ("INT8 needs ranges: give --data (trtq calibrates on it), --range
                 "(from trtq calibrate --json) or an existing --cache")
 
 
+# (model, options, data, TensorRT's version, echo) -> (trtq quantize's ranges, its result): handed in by the job layer
+Quantizer = Callable[[Model, "BuildOptions", Iterable, TensorRTInfo, Echo], tuple[TrtqRanges, object]]
+
+
 def stored_ranges(options: BuildOptions, have_data: bool, echo: Echo) -> TrtqRanges | None:
     """trtq's ranges from ``--ranges`` or a reusable ``--cache``; ``None`` when they are to be computed
     from the data (an error when there is none). It reads one file, so it runs before TensorRT does anything."""
@@ -277,16 +281,6 @@ def calibrate_ranges(model: Model, options: BuildOptions, batches: Iterable, inf
     return TrtqRanges(result.all_amax(), f"trtq {options.calibrator} on {result.samples} samples", True)
 
 
-def quantize_record(result) -> dict:
-    """What ENGINE.json (and ``trtq run``) keep of a :class:`~trtq.accuracy.quantize.QuantizeResult`: JSON."""
-    return {"ok": result.ok, "failure": result.failure, "method": result.method,
-            "chosen_by_auto": result.auto is not None, "keep": list(result.keep), "layers": result.layers,
-            "target": {**result.target.document(), "text": result.target.describe()},
-            "verification": result.final_step.document(),
-            "evaluation": {"data": result.eval_description, "samples": result.eval_samples},
-            "calibration_samples": result.stats.samples}
-
-
 def describe_quantize(record: dict) -> str:
     """One line: the ranges chosen, the layers kept and the verified score against the target."""
     final = record["verification"]
@@ -310,28 +304,6 @@ def with_kept_layers(rules: Mapping[str, str], kept: Iterable[str], *, fp16: boo
     return merged
 
 
-def quantize_ranges(model: Model, options: BuildOptions, batches: Iterable, info: TensorRTInfo,
-                    echo: Echo) -> tuple[TrtqRanges, object]:
-    """``trtq quantize`` on the data now (auto ranges, keep-in-float search, final Q/DQ model verified);
-    its ranges are written to ``--cache`` at once. A missed target raises :class:`TargetMissed`."""
-    from trtq.accuracy.quantize import quantize
-
-    echo(f"trtq: {quantize_label(None)} on the CPU: one calibration pass, every guarded range method measured "
-         "against FP32, layers kept in float only where the target needs them ...")
-    result = quantize(model, batches, calibrator=QUANTIZE, min_sqnr=options.min_sqnr, max_drop=options.max_drop,
-                      note=lambda line: echo(f"trtq: quantize: {line}"))
-    record = quantize_record(result)
-    if not result.ok:
-        raise TargetMissed(f"trtq quantize: {result.failure}; no engine built (`trtq quantize` writes the "
-                           "report; --calibrator entropy2 builds without the accuracy check)")
-    echo(f"trtq: quantize: {describe_quantize(record)}")
-    usable = result.usable_amax  # as `trtq quantize` writes them: no zero scale
-    if options.cache_path is not None:
-        write_cache(options.cache_path, result.cache(info.patch_version))
-    origin = f"{quantize_label(len(result.keep))} on {result.stats.samples} samples"
-    return TrtqRanges(usable, origin, True, record), result
-
-
 def _check_quantize_options(options: BuildOptions, have_data: bool) -> None:
     """The quantize path's inputs, checked before TensorRT is imported."""
     if options.int8 and options.calibrator == QUANTIZE:
@@ -351,8 +323,12 @@ def _check_quantize_options(options: BuildOptions, have_data: bool) -> None:
 
 
 def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[str, np.ndarray]] | None = None, *,
-                 trt: ModuleType | None = None, echo: Echo = _stderr) -> BuildResult:
-    """Build ``model`` into ``options.engine_path`` (+ ``.json`` manifest). See the module docstring."""
+                 trt: ModuleType | None = None, echo: Echo = _stderr,
+                 quantizer: Quantizer | None = None) -> BuildResult:
+    """Build ``model`` into ``options.engine_path`` (+ ``.json`` manifest). See the module docstring.
+    ``quantizer``: what computes ranges and a keep set by ``trtq quantize`` where the plan needs it (INT8 without a
+    calibrator): the caller's (:func:`trtq.jobs.build.build` hands it the accuracy loop); this layer never calls it
+    itself."""
     engine_path, manifest_path = Path(options.engine_path), options.manifest_path
     check_outputs({"-o": engine_path, "the manifest": manifest_path},
                   {"MODEL": model.path, "--cache": options.cache_path, "--ranges": options.ranges_path,
@@ -407,7 +383,10 @@ def build_engine(model: Model, options: BuildOptions, batches: Iterable[Mapping[
         quantized = None  # the QuantizeResult, when quantize runs here
         if plan.source == "trtq" and ranges is None:
             if plan.quantize:
-                ranges, quantized = quantize_ranges(model, options, batches, info, echo)
+                if quantizer is None:
+                    raise TrtqError("internal: an INT8 build by trtq quantize needs its quantizer "
+                                    "(build through trtq.jobs.build.build)")
+                ranges, quantized = quantizer(model, options, batches, info, echo)
             else:
                 ranges = calibrate_ranges(model, options, batches, info, echo)
         keep_rules = dict(options.keep_precision)

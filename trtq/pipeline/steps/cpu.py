@@ -110,7 +110,7 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     from trtq.cache import read_cache
     from trtq.fileio import sha256_file
     from trtq.messages import quarter_progress
-    from trtq.trt.build import describe_quantize, quantize_record
+    from trtq.trt.build import describe_quantize
 
     target = quantize_target(model, config)
     calibration = open_data(model, config.data, config.shapes, warn=warn)
@@ -132,7 +132,7 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
                       logits=config.eval.logits, note=echo,
                       progress=quarter_progress("calibration pass", calibration.total_samples, echo) if echo else None,
                       **backends)
-    record = quantize_record(result)
+    record = result.record()
     rels = {"json": layout.quantize_report(variant), "html": layout.quantize_report(variant, "html"),
             "cache": layout.cache(variant), "keep": layout.keep(variant), "float": layout.float_model(variant)}
     paths = {key: staged(staging, rel) for key, rel in rels.items()}  # the Q/DQ model: the export step's

@@ -17,7 +17,8 @@ def run_build(model, config: ModelConfig, variant: Variant, cache_path: Path | N
     """The engine, built from the original model with trtq's cache as the ranges (TensorRT 10: served to
     its calibrator; TensorRT 11: turned into Q/DQ), so the engine quantizes exactly as evaluated;
     ``quantized`` (the quantize step's record) adds the layers it kept in float, as the export did."""
-    from trtq.trt.build import BuildOptions, build_engine
+    from trtq.jobs.build import build as build_job
+    from trtq.trt.build import BuildOptions
 
     rules, _notes = keep_rules(config, variant)
     engine_rel = layout.engine(variant)
@@ -47,7 +48,7 @@ def run_build(model, config: ModelConfig, variant: Variant, cache_path: Path | N
     batches = None
     if any(not spec.is_static for spec in model.inputs) and "opt" not in config.profile:
         batches = open_data(model, config.data, config.shapes, warn=warn)  # the profile takes the data's shapes
-    result = build_engine(model, options, batches, echo=echo)
+    result = build_job(model, options, batches, echo=echo)
     manifest_rel = layout.engine_manifest(variant)
     summary = {"engine_sha256": result.manifest["engine"]["sha256"], "bytes": result.manifest["engine"]["bytes"],
                "build_seconds": result.manifest.get("build_seconds"), "path": result.plan.as_dict()}
