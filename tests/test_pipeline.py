@@ -477,9 +477,9 @@ def test_a_corrected_float_model_is_what_the_variant_exports(tmp_path, monkeypat
     correction is made here by hand, a shift the test can see, whatever the loop adopts.)"""
     from onnx import numpy_helper
 
-    import trtq.accuracy.quantize as loop
+    import trtq.jobs.quantize as job
 
-    real = loop.quantize
+    real = job.quantize
     shifted = np.full((1, 10), 0.25, dtype=np.float32)
 
     def corrected(model, *args, **kwargs):
@@ -491,7 +491,7 @@ def test_a_corrected_float_model_is_what_the_variant_exports(tmp_path, monkeypat
         result.float_model = proto
         return result
 
-    monkeypatch.setattr(loop, "quantize", corrected)
+    monkeypatch.setattr(job, "quantize", corrected)
     config = quantize_config(tmp_path, "max_top1_drop = 1.0")
     out = tmp_path / "artifacts"
     result = run_trtq(str(config), "--output", str(out), "--steps", "cpu")

@@ -118,10 +118,8 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
       trtq quantize det.onnx --data calib/ --eval-data val/ --metric boxes.py:f1 --max-drop 2 -o det.int8.onnx
       trtq build det.onnx --int8 --calibrator entropy2 --cache det.int8.cache --keep-precision @det.int8.keep.txt
     """
-    from trtq.accuracy.holdout import read_eval_set
     from trtq.accuracy.labels import read_labels
-    from trtq.accuracy.quantize import quantize as run_quantize
-    from trtq.accuracy.quantize_files import QuantizeFiles, write_quantize_files
+    from trtq.accuracy.quantize_files import QuantizeFiles
     from trtq.accuracy.quantize_result import format_steps
     from trtq.accuracy.targets import load_metric
     from trtq.cache import DEFAULT_TRT_VERSION
@@ -131,6 +129,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.export import name_list_files, read_name_list
     from trtq.export.graph import nodes_of_types
     from trtq.fileio import check_outputs, refuse_engine_suffix
+    from trtq.jobs.quantize import QuantizeRequest, quantize_job
     from trtq.messages import note, warn
     from trtq.model import load_model
     from trtq.ranges import check_percentile
@@ -163,47 +162,35 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
                      "measure it with trtq evaluate and trtq sensitivity, or quantize its FP32 model instead")
     excluded = [*read_name_list(exclude), *nodes_of_types(model.graph, exclude_op_types)]  # checked by quantize() first
     calibration = batches_from_options(model, warn=warn, **data_kwargs)
-    eval_batches = eval_labels = None
-    calibration_labels = labels
-    eval_description = None
+    evaluation = None
     if eval_data:
-        options = {**data_kwargs, "data": eval_data, "data_loader_script": None, "max_samples": max_eval_samples,
-                   "seed": None}
-        held = read_eval_set(batches_from_options(model, warn=warn, **options), labels, max_eval_samples)
-        eval_batches, eval_labels, eval_description = held.batches, held.labels, held.description
-        calibration_labels = None
-
+        evaluation = batches_from_options(model, warn=warn, **{**data_kwargs, "data": eval_data, "seed": None,
+                                                                  "data_loader_script": None,
+                                                                  "max_samples": max_eval_samples})
+    steps = tuple(step for step in STEPS if (step != "bias" or not no_bias_correction)
+                  and (step != "smooth" or not no_smoothing) and (step != "ranges" or output_ranges))
+    request = QuantizeRequest(model, calibration, evaluation, labels, max_eval_samples, loop={
+        "metric": task_metric, "proxies": named, "min_sqnr": min_sqnr, "max_drop": max_drop, "calibrator": calibrator,
+        "percentile": percentile, "logits": logits, "mode": mode, "folds": folds, "exclude": excluded,
+        "float_precision": float_precision, "steps": steps})
     if not quiet:
         click.echo(f"quantizing {model.name} on {calibration.description}", err=True)
-    run = functools.partial(
-        run_quantize, model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
-        calibration_labels=calibration_labels, metric=task_metric, proxies=named, min_sqnr=min_sqnr,
-        max_drop=max_drop, calibrator=calibrator, percentile=percentile, logits=logits, mode=mode,
-        max_eval_samples=max_eval_samples, folds=folds, exclude=excluded, float_precision=float_precision,
-        steps=tuple(step for step in STEPS if (step != "bias" or not no_bias_correction)
-                    and (step != "smooth" or not no_smoothing) and (step != "ranges" or output_ranges)),
-        note=None if quiet else (lambda line: click.echo(line, err=True)))
+    # everything is computed, then written: the report always, the model only when it is verified
+    run = functools.partial(quantize_job, request, QuantizeFiles(**paths),
+                            trt_version=trt_version or installed_trt_version() or DEFAULT_TRT_VERSION,
+                            document={"outputs": {k: str(v) for k, v in paths.items()}},
+                            note=None if quiet else (lambda line: click.echo(line, err=True)))
     if ray_address is None:
-        result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass")
+        result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass").result
     else:
-        result = _run_on_ray(run, model, ray_address, calibration.total_samples, sharded=eval_batches is not None,
-                             quiet=quiet)
-    if eval_description:
-        result.eval_description = eval_description
-
+        result = _run_on_ray(run, request, ray_address, calibration.total_samples, quiet=quiet).result
     quantized = result.quantized_nodes
     shares = result.mac_shares
-
-    # everything is computed: write the outputs (the report always, the model only when it is verified)
     missing = sorted(set(result.amax) - set(result.usable_amax))
     if result.ok and missing:
-        note(f"{len(missing)} tensors without a usable range (all zero or no finite value) are left out of the "
+        note(f"{len(missing)} tensors without a usable range (all zero or no finite value) were left out of the "
              f"cache, TensorRT keeps them in higher precision: {', '.join(missing[:8])}"
              + (" ..." if len(missing) > 8 else ""))
-    write_quantize_files(result, QuantizeFiles(**paths), model_name=model.name, data=calibration.description,
-                         provenance=calibration.provenance(),
-                         trt_version=trt_version or installed_trt_version() or DEFAULT_TRT_VERSION,
-                         document={"outputs": {k: str(v) for k, v in paths.items()}})
     if not quiet:
         if result.auto is not None:
             click.echo(f"range methods (guarded), simulated INT8 vs FP32 on the {result.eval_samples} judged samples:")
@@ -285,21 +272,15 @@ def _take_best(result) -> str:
 
 
 
-def _run_on_ray(run, model, address: str, total: int | None, *, sharded: bool, quiet: bool):
-    """``run`` with one Ray session for the calibration shards (only with --eval-data: the hold-out split
-    streams through this process) and the ranking's actors."""
+def _run_on_ray(run, request, address: str, total: int | None, *, quiet: bool):
+    """``run`` (the quantize job) within one Ray session: the ranking's actors and, with --eval-data, the
+    calibration shards (without it the hold-out split streams through this process)."""
     from trtq.commands.progress import task_progress
     from trtq.distributed.backend import ray_session
-    from trtq.distributed.calibrate import ray_collector
-    from trtq.distributed.sensitivity import use_ray
 
-    def rank_backend(analysis, ranges_source):
-        return use_ray(analysis, model, address, ranges_source=ranges_source,
-                       progress=task_progress("ranking on Ray", quiet))
-
-    if not sharded and not quiet:
+    if request.evaluation is None and not quiet:
         click.echo("--ray without --eval-data: the calibration pass (with its cross-fitting folds) runs on this "
                    "machine, the sensitivity ranking on Ray (give --eval-data to shard the calibration)", err=True)
+    request.ray, request.ray_progress = address, task_progress("ranking on Ray", quiet)
     with ray_session(address):
-        run = functools.partial(run, collect=ray_collector(address) if sharded else None, rank_backend=rank_backend)
         return run_with_progress(run, total, quiet, label="calibration pass")

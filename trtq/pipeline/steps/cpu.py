@@ -103,42 +103,29 @@ def run_quantize(model, config: ModelConfig, variant: Variant, trt_version: str,
     cache of its ranges and its keep list only when the target is met, else the result blocks the
     variant's later steps (a failed gate of the run). ``ray``: as ``trtq quantize --ray`` (the ranking on
     Ray actors; the calibration pass in shards when the evaluation data is not the calibration data)."""
-    from trtq.accuracy.holdout import read_eval_set
     from trtq.accuracy.labels import read_labels
-    from trtq.accuracy.quantize import quantize
-    from trtq.accuracy.quantize_files import QuantizeFiles, write_quantize_files
+    from trtq.accuracy.quantize_files import QuantizeFiles
     from trtq.cache import read_cache
     from trtq.fileio import sha256_file
+    from trtq.jobs.quantize import QuantizeRequest, quantize_job
     from trtq.messages import quarter_progress
     from trtq.trt.build import describe_quantize
 
     target = quantize_target(model, config)
     calibration = open_data(model, config.data, config.shapes, warn=warn)
     labels = read_labels(config.eval.labels) if target["labels"] and config.eval.labels else None
-    eval_batches = eval_labels = None
-    calibration_labels = labels
-    if not config.eval_is_calibration_data:
-        held = read_eval_set(open_data(model, config.eval, config.shapes, warn=warn), labels)
-        eval_batches, eval_labels, calibration_labels = held.batches, held.labels, None
-    backends: dict[str, Any] = {}
-    if ray is not None:
-        from trtq.distributed.calibrate import ray_collector
-        from trtq.distributed.sensitivity import use_ray
-
-        backends = {"collect": ray_collector(ray) if eval_batches is not None else None,
-                    "rank_backend": lambda analysis, ranges: use_ray(analysis, model, ray, ranges_source=ranges)}
-    result = quantize(model, calibration, eval_batches=eval_batches, eval_labels=eval_labels,
-                      calibration_labels=calibration_labels, min_sqnr=target["min_sqnr"], max_drop=target["max_drop"],
-                      logits=config.eval.logits, note=echo,
-                      progress=quarter_progress("calibration pass", calibration.total_samples, echo) if echo else None,
-                      **backends)
-    record = result.record()
+    evaluation = None if config.eval_is_calibration_data else open_data(model, config.eval, config.shapes, warn=warn)
+    request = QuantizeRequest(model, calibration, evaluation, labels, ray=ray, loop={
+        "min_sqnr": target["min_sqnr"], "max_drop": target["max_drop"], "logits": config.eval.logits})
     rels = {"json": layout.quantize_report(variant), "html": layout.quantize_report(variant, "html"),
             "cache": layout.cache(variant), "keep": layout.keep(variant), "float": layout.float_model(variant)}
     paths = {key: staged(staging, rel) for key, rel in rels.items()}  # the Q/DQ model: the export step's
-    written = write_quantize_files(result, QuantizeFiles(**paths), model_name=model.name,
-                                   data=calibration.description, provenance=calibration.provenance(),
-                                   trt_version=trt_version, document={"target_from_gates": target}, indent=1)
+    outcome = quantize_job(request, QuantizeFiles(**paths), trt_version=trt_version,
+                           document={"target_from_gates": target}, indent=1, note=echo,
+                           progress=quarter_progress("calibration pass", calibration.total_samples, echo) if echo
+                           else None)
+    result, written = outcome.result, outcome.written
+    record = result.record()
     files = {rels[key]: path for key, path in paths.items() if path in written}
     summary: dict[str, Any] = {"ok": result.ok, "record": record, "target_from_gates": target["gates"]}
     if not result.ok:
