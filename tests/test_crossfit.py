@@ -16,7 +16,7 @@ from trtq.accuracy.judge import Measure
 from trtq.accuracy.proxies import Proxy
 from trtq.accuracy.quantize import quantize
 from trtq.accuracy.search import Verifier, cost_ordered, search_keep
-from trtq.calibrate import collect_statistics, compute_ranges
+from trtq.calibrate import collect_statistics, collect_statistics_groups, compute_ranges
 from trtq.model import load_model
 
 
@@ -30,15 +30,21 @@ def _feeds(images: np.ndarray) -> list[dict[str, np.ndarray]]:
     return [{"Input3": image[None]} for image in images]
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("method", ["minmax", "entropy2", "percentile", "mse"])
-def test_each_folds_ranges_equal_a_calibration_without_that_fold_bit_for_bit(mnist, method):
+def test_each_folds_ranges_equal_a_calibration_without_that_fold_bit_for_bit(mnist, method, grouped):
+    """Also with every fold's statistics gathered in one capture (``collect_statistics_groups``, what quantize
+    does): each fold's are still those of its batches alone."""
     model, images, _ = mnist
     feeds = _feeds(images[:60])
 
     def gather(source):
         return collect_statistics(model, source)
 
-    fit = cross_fit(feeds, gather, folds=4, max_samples=40)
+    def gather_groups(batches, groups):
+        return collect_statistics_groups(model, batches, groups)
+
+    fit = cross_fit(feeds, gather, folds=4, max_samples=40, gather_groups=gather_groups if grouped else None)
     assert fit.samples == 40 and fit.folds == 4 and fit.rest is not None and fit.rest.samples == 20
     assert fit.fold_of == [i % 4 for i in range(40)]
     for fold in range(4):

@@ -144,7 +144,7 @@ def try_smoothing(verifier: Verifier, amax: dict[str, float], fold_ranges: list[
     (``verifier.base``) when better beyond the noise. Returns the outcome, the comparison when adopted, and the
     ranges to go on with."""
     from trtq.accuracy.crossfit import merge_all
-    from trtq.calibrate import collect_statistics
+    from trtq.calibrate import collect_statistics_groups
     from trtq.export import export_qdq
 
     started = time.perf_counter()
@@ -169,7 +169,9 @@ def try_smoothing(verifier: Verifier, amax: dict[str, float], fold_ranges: list[
         return skipped(f"no activation with outlier channels (largest channel max / median {largest:.1f} < "
                        f"{OUTLIER_RATIO:g})", smoothing.document()), None, unchanged
     new = list(smoothing.renamed.values())
-    fold_stats = [collect_statistics(smoothing.model, batches, tensors=new) for batches in fit_sets if batches]
+    filled = [batches for batches in fit_sets if batches]  # every fold's statistics in one capture
+    fold_stats = collect_statistics_groups(smoothing.model, [feed for batches in filled for feed in batches],
+                                           [k for k, batches in enumerate(filled) for _feed in batches], tensors=new)
     total = merge_all(fold_stats)
     training = [merge_all([s for j, s in enumerate(fold_stats) if j != k]) if len(fold_stats) > 1 else total
                 for k in range(len(fold_stats))]

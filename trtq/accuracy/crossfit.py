@@ -131,9 +131,11 @@ class HeldHead:
 
 
 def cross_fit(source: Iterable[Feed], gather: Callable[[Iterable[Feed]], StatsCollector], *,
-              folds: int = DEFAULT_FOLDS, max_samples: int = 256, max_bytes: int = MAX_EVAL_BYTES) -> CrossFit:
+              folds: int = DEFAULT_FOLDS, max_samples: int = 256, max_bytes: int = MAX_EVAL_BYTES,
+              gather_groups: Callable[[list[Feed], list[int]], list[StatsCollector]] | None = None) -> CrossFit:
     """Read ``source`` once: hold its first batches for judging, deal them to folds, and collect the statistics
-    of each fold and of the rest with ``gather`` (``collect_statistics`` with its options bound)."""
+    of each fold and of the rest with ``gather`` (``collect_statistics`` with its options bound). ``gather_groups``
+    (``collect_statistics_groups``): every fold's statistics in one capture, the same as ``gather`` per fold."""
     iterator = iter(source)
     held: list[dict[str, np.ndarray]] = []
     samples = size = 0
@@ -147,8 +149,12 @@ def cross_fit(source: Iterable[Feed], gather: Callable[[Iterable[Feed]], StatsCo
     shared = count < 2
     count = max(count, 1)
     fold_of = [index % count for index in range(len(held))]
-    fold_stats = [gather([b for b, f in zip(held, fold_of, strict=True) if f == j]) for j in range(count)] \
-        if held else []
+    if not held:
+        fold_stats = []
+    elif gather_groups is not None:
+        fold_stats = gather_groups(held, fold_of)
+    else:
+        fold_stats = [gather([b for b, f in zip(held, fold_of, strict=True) if f == j]) for j in range(count)]
     following = next(iterator, None)
     rest = gather(_Stream(source, itertools.chain([following], iterator))) if following is not None else None
     fed = samples + (rest.samples if rest is not None else 0)

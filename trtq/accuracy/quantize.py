@@ -40,7 +40,7 @@ from trtq.accuracy.quantize_result import QuantizeResult, Verification, describe
 from trtq.accuracy.search import Verifier, cost_ordered, fp16_qdq_model, search_keep, verified
 from trtq.accuracy.sensitivity import SensitivityAnalysis
 from trtq.accuracy.targets import Target, TaskMetric, resolve_target
-from trtq.calibrate import collect_statistics, compute_ranges
+from trtq.calibrate import collect_statistics, collect_statistics_groups, compute_ranges
 from trtq.data import BatchSource
 from trtq.errors import TrtqError
 from trtq.export import export_qdq
@@ -252,7 +252,10 @@ def _evaluation_data(model: Model, calibration: Iterable[Mapping[str, np.ndarray
     def gather(source):
         return collect_statistics(model, source, progress=progress, keep_histograms=True)
 
-    fit = cross_fit(calibration, gather, folds=folds, max_samples=max_eval_samples)
+    def gather_groups(batches, groups):
+        return collect_statistics_groups(model, batches, groups, progress=progress, keep_histograms=True)
+
+    fit = cross_fit(calibration, gather, folds=folds, max_samples=max_eval_samples, gather_groups=gather_groups)
     if not fit.held:
         raise TrtqError("the calibration data yielded no batch: nothing to calibrate")
     stats = fit.total()
