@@ -337,19 +337,27 @@ def fit_bias_correction(model: Model, fold_ranges: Sequence[Mapping[str, float]]
     """Measure the shifts of ``model``'s quantized layers: fold ``j``'s Q/DQ model (``fold_ranges[j]``) on fold
     ``j``'s calibration batches (``fit_sets[j]``); each fold's correction is the mean over the other folds'
     samples (one fold: its own). None when no quantized layer has a bias site."""
+    from trtq.accuracy.scale_feed import scales_as_inputs
     from trtq.export import export_qdq
     from trtq.export.compare import fake_quant_session, session_runner
 
-    exports = [export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source, check=False)
-               for amax in fold_ranges]
-    search = find_sites(model, exports[0].plan.quantized_nodes)
+    first = export_qdq(model, fold_ranges[0], exclude=exclude, ranges_source=ranges_source, check=False)
+    search = find_sites(model, first.plan.quantized_nodes)
     if not search.sites:
         return None
-    per_fold = []
-    for export, batches in zip(exports, fit_sets, strict=True):
-        proto, names = measurement_model(export.model, search.sites)
-        run = session_runner(fake_quant_session(proto, arena=False), names)
-        per_fold.append(measure_shifts(run, names, search.sites, batches))
+    scaled = scales_as_inputs(first)
+    if scaled is not None and all(scaled.fits(amax) for amax in fold_ranges):  # one session, each fold's scales fed
+        proto, names = measurement_model(scaled.proto, search.sites)
+        session = fake_quant_session(proto, arena=False)
+        runs = [session_runner(session, names, scaled.feed(amax)) for amax in fold_ranges]
+    else:
+        runs = []
+        for amax in fold_ranges:
+            export = export_qdq(model, amax, exclude=exclude, ranges_source=ranges_source, check=False)
+            proto, names = measurement_model(export.model, search.sites)
+            runs.append(session_runner(fake_quant_session(proto, arena=False), names))
+    per_fold = [measure_shifts(run, names, search.sites, batches)
+                for run, batches in zip(runs, fit_sets, strict=True)]
     total = per_fold[0]
     for part in per_fold[1:]:
         total = total.add(part)
