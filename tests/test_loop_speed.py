@@ -142,3 +142,38 @@ def test_the_ranking_takes_the_samples_its_time_budget_allows_within_its_floor_a
     assert rank_sample_count(126, 5.0, 48) == MIN_RANK_SAMPLES  # too slow for any: the floor
     assert rank_sample_count(10, 0.001, 300) == RANK_SAMPLES and rank_sample_count(10, 0.001, 5) == 5
     assert rank_sample_count(10, None, 300) == RANK_SAMPLES
+
+
+@pytest.mark.parametrize("held_out", [False, True])
+def test_merged_feeds_keep_every_label_with_its_sample_end_to_end(dynamic_mnist, mnist_digits, tmp_path, held_out,
+                                                                   monkeypatch):
+    """trtq quantize on a model that takes any batch (its judged digits merged 8 a feed, each fold's apart): FP32's
+    accuracy it reports is FP32's accuracy on those very digits, label by label, cross-fitted or on --eval-data."""
+    import json
+
+    from click.testing import CliRunner
+
+    from trtq.cli import cli
+
+    images, labels = mnist_digits
+    model = tmp_path / "dynamic.onnx"
+    onnx.save(dynamic_mnist.proto, model)
+    cal, val = slice(420, 492), slice(640, 712)  # FP32 misreads digits 445 and 449; 646, 659 and 691
+    np.save(tmp_path / "cal.npy", images[cal])
+    np.save(tmp_path / "cal_labels.npy", labels[cal])
+    np.save(tmp_path / "val.npy", images[val])
+    np.save(tmp_path / "val_labels.npy", labels[val])
+    data = ["--data", str(tmp_path / "cal.npy")]
+    data += (["--eval-data", str(tmp_path / "val.npy"), "--labels", str(tmp_path / "val_labels.npy")] if held_out
+             else ["--labels", str(tmp_path / "cal_labels.npy")])
+    merged = []
+    real = Verifier.merge_feeds
+    monkeypatch.setattr(Verifier, "merge_feeds", lambda self: merged.append(real(self)) or merged[-1])
+    result = CliRunner().invoke(cli, ["quantize", str(model), *data, "-o", str(tmp_path / "q.onnx"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert merged == [True]
+    scores = json.loads((tmp_path / "q.report.json").read_text())["task_scores"]
+    judged, truth = (images[val], labels[val]) if held_out else (images[cal], labels[cal])
+    fp32 = fake_quant_session(dynamic_mnist.proto).run(None, {"Input3": judged})[0].argmax(axis=1)
+    assert scores["samples"] == 72 and scores["fp32"] == pytest.approx(float(np.mean(fp32 == truth)))
+    assert 0.9 < scores["fp32"] < 1.0  # some digits wrong: a shuffled label would show
