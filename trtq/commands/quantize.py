@@ -120,7 +120,6 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     """
     from trtq.accuracy.labels import read_labels
     from trtq.accuracy.quantize_files import QuantizeFiles
-    from trtq.accuracy.quantize_result import format_steps
     from trtq.accuracy.targets import load_metric
     from trtq.cache import DEFAULT_TRT_VERSION
     from trtq.commands.options.data import batches_from_options
@@ -130,7 +129,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
     from trtq.export.graph import nodes_of_types
     from trtq.fileio import check_outputs, refuse_engine_suffix
     from trtq.jobs.quantize import QuantizeRequest, quantize_job
-    from trtq.messages import note, warn
+    from trtq.messages import warn
     from trtq.model import load_model
     from trtq.ranges import check_percentile
     from trtq.segments import memory_budget_scope
@@ -138,12 +137,7 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
 
     click.get_current_context().with_resource(memory_budget_scope(memory_budget))
     check_percentile(percentile)
-    scripts = [m for m in metrics if not is_builtin_metric(m)]
-    if len(scripts) > 1 or scripts and len(metrics) > 1:
-        raise click.UsageError("give one --metric FILE.py:FUNC, or built-in proxies (NAME[=OUTPUT]), not both")
-    metric = scripts[0] if scripts else None
-    if ray_address is not None and metric:
-        raise click.UsageError("--ray does not run a task metric yet; drop --metric or --ray")
+    metric = _metric_script(metrics, ray_address)
     if output is None:
         output = f"{Path(model_path).stem}.int8.onnx"
     paths = output_paths(output)
@@ -184,6 +178,30 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         result = run_with_progress(run, calibration.total_samples, quiet, label="calibration pass").result
     else:
         result = _run_on_ray(run, request, ray_address, calibration.total_samples, quiet=quiet).result
+    _render(result, paths, model_path, quiet)
+    if not result.ok:
+        click.echo(f"trtq: error: {result.failure} (report: {paths['html']}){_take_best(result)}", err=True)
+        sys.exit(GATE_FAILED)
+
+
+def _metric_script(metrics: tuple[str, ...], ray_address: str | None) -> str | None:
+    """The ``--metric FILE.py:FUNC`` given (None for built-in proxies or none); usage errors for mixing them or a
+    script metric on Ray."""
+    scripts = [m for m in metrics if not is_builtin_metric(m)]
+    if len(scripts) > 1 or scripts and len(metrics) > 1:
+        raise click.UsageError("give one --metric FILE.py:FUNC, or built-in proxies (NAME[=OUTPUT]), not both")
+    metric = scripts[0] if scripts else None
+    if ray_address is not None and metric:
+        raise click.UsageError("--ray does not run a task metric yet; drop --metric or --ray")
+    return metric
+
+
+def _render(result, paths: dict[str, Path], model_path: str, quiet: bool) -> None:
+    """The console summary: the candidates, every verified configuration, the scores, the INT8 share, the
+    uncertainty, the time, the files written and the build command of each TensorRT generation."""
+    from trtq.accuracy.quantize_result import format_steps
+    from trtq.messages import note
+
     quantized = result.quantized_nodes
     shares = result.mac_shares
     missing = sorted(set(result.amax) - set(result.usable_amax))
@@ -220,9 +238,6 @@ def quantize(model_path, output, eval_data, labels_path, labels_from_folders, lo
         click.echo("wrote " + ", ".join(str(p) for p in [*written, paths["json"], paths["html"]]))
         if result.ok:
             click.echo(_hand_off(result, paths, model_path))
-    if not result.ok:
-        click.echo(f"trtq: error: {result.failure} (report: {paths['html']}){_take_best(result)}", err=True)
-        sys.exit(GATE_FAILED)
 
 
 def _hand_off(result, paths: dict[str, Path], model_path: str) -> str:
