@@ -99,3 +99,19 @@ def test_a_full_disk_is_one_clear_error_and_leaves_nothing(tmp_path, monkeypatch
         atomic_write(target, b"the new model")
     assert target.read_bytes() == b"the old model"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_too_little_room_is_said_before_a_byte_is_written(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"the old model")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, (1 << 30) - (1 << 20), 1 << 20))
+    with pytest.raises(TrtqError, match=r"^cannot write .*model\.onnx: it needs 2\.0 MiB and its device has 1\.0 MiB "
+                                        r"free; nothing was written$"):
+        atomic_write(target, b"x" * (2 << 20))
+    assert target.read_bytes() == b"the old model" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+    atomic_write(target, b"y" * 1000)  # what fits is written
+    assert target.read_bytes() == b"y" * 1000

@@ -454,3 +454,25 @@ def test_a_long_keep_list_goes_to_its_own_section_not_the_pages_header(mnist):
     assert f"kept in float: {INLINE_NAMES + 12} of 5 layers (/encoder/layer.0/mlp/fc2/MatMul," in header
     assert "/encoder/layer.19/" not in header and "Layers kept in float</h2>" in many
     assert all(name in many[many.index("Layers kept in float</h2>"):] for name in result.keep)
+
+
+def test_no_room_for_the_model_writes_the_report_and_no_model(tmp_path, mnist_model_path, digits_npz, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    looks = []
+
+    def disk_usage(path):  # 5 kB when the models are checked; the room for the reports when they are written
+        looks.append(path)
+        return usage(1 << 30, 0, 5000 if len(looks) == 1 else 1 << 30)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    out = tmp_path / "m.int8.onnx"
+    result = CliRunner().invoke(cli, ["quantize", str(mnist_model_path), "--data", str(digits_npz / "cal.npy"),
+                                      "-o", str(out), "-q"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"trtq: error: cannot write {out}: it needs ")
+    assert len(result.stderr.splitlines()) == 1
+    assert "no model, cache or keep list was written; the report was written" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.int8.report.html", "m.int8.report.json"]

@@ -110,8 +110,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically."""
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically, after checking that its device has the room
+    (a model of hundreds of MiB fails before a byte is written, not after)."""
     payload = data.encode() if isinstance(data, str) else data
+    out = check_output_path(path)
+    free = shutil.disk_usage(out.parent if str(out.parent) else ".").free
+    if len(payload) > free:
+        raise TrtqError(f"cannot write {out}: it needs {len(payload) / 2**20:.1f} MiB and its device has "
+                        f"{free / 2**20:.1f} MiB free; nothing was written")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(payload)
