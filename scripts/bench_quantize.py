@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from real_model_data import photo_variants  # noqa: E402
 
-from trtq.accuracy.quantize import format_steps, quantize  # noqa: E402
+from trtq.accuracy.quantize import quantize  # noqa: E402
+from trtq.accuracy.quantize_result import format_steps  # noqa: E402
 from trtq.model import load_model  # noqa: E402
 
 
