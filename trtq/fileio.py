@@ -109,15 +109,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def no_room(paths: list[Path], need: int) -> str | None:
+    """Why ``paths`` (on one device) cannot take ``need`` bytes, or None when they can: checked before a byte is
+    written, so that a model of hundreds of MiB fails at once and leaves nothing half done."""
+    free = shutil.disk_usage(paths[0].parent if str(paths[0].parent) else ".").free
+    if need <= free:
+        return None
+    names = " and ".join(str(p) for p in paths)
+    many = len(paths) > 1
+    return (f"cannot write {names}: {'they need' if many else 'it needs'} {need / 2**20:.1f} MiB and "
+            f"{'their' if many else 'its'} device has {free / 2**20:.1f} MiB free")
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically, after checking that its device has the room
-    (a model of hundreds of MiB fails before a byte is written, not after)."""
+    (:func:`no_room`)."""
     payload = data.encode() if isinstance(data, str) else data
-    out = check_output_path(path)
-    free = shutil.disk_usage(out.parent if str(out.parent) else ".").free
-    if len(payload) > free:
-        raise TrtqError(f"cannot write {out}: it needs {len(payload) / 2**20:.1f} MiB and its device has "
-                        f"{free / 2**20:.1f} MiB free; nothing was written")
+    problem = no_room([check_output_path(path)], len(payload))
+    if problem is not None:
+        raise TrtqError(f"{problem}; nothing was written")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(payload)

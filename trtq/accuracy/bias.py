@@ -337,7 +337,7 @@ def fit_bias_correction(model: Model, fold_ranges: Sequence[Mapping[str, float]]
     """Measure the shifts of ``model``'s quantized layers: fold ``j``'s Q/DQ model (``fold_ranges[j]``) on fold
     ``j``'s calibration batches (``fit_sets[j]``); each fold's correction is the mean over the other folds'
     samples (one fold: its own). None when no quantized layer has a bias site."""
-    from trtq.accuracy.scale_feed import scales_as_inputs
+    from trtq.accuracy.scale_feed import scale_fed
     from trtq.export import export_qdq
     from trtq.export.compare import fake_quant_session, session_runner
 
@@ -345,8 +345,8 @@ def fit_bias_correction(model: Model, fold_ranges: Sequence[Mapping[str, float]]
     search = find_sites(model, first.plan.quantized_nodes)
     if not search.sites:
         return None
-    scaled = scales_as_inputs(first)
-    if scaled is not None and all(scaled.fits(amax) for amax in fold_ranges):  # one session, each fold's scales fed
+    scaled = scale_fed(first, fold_ranges)
+    if scaled is not None:  # one session, each fold's scales fed
         proto, names = measurement_model(scaled.proto, search.sites)
         session = fake_quant_session(proto, arena=False)
         runs = [session_runner(session, names, scaled.feed(amax)) for amax in fold_ranges]

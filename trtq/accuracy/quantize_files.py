@@ -17,8 +17,9 @@ from typing import Any
 from trtq.accuracy.quantize_report import quantize_figures, quantize_html
 from trtq.accuracy.quantize_result import QuantizeResult
 from trtq.cache import write_cache
+from trtq.errors import TrtqError
 from trtq.export import save_model
-from trtq.fileio import atomic_write, write_json
+from trtq.fileio import atomic_write, no_room, write_json
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,11 @@ def write_quantize_files(result: QuantizeResult, files: QuantizeFiles, *, model_
     is one), the cache and the keep list. ``data``: how the report names the calibration data; ``document``: more
     entries for the JSON report. Returns the files written, the report's last."""
     written: list[Path] = []
-    no_room = _no_room(files, [(files.model, result.export.model), (files.float, result.float_model)]) \
-        if result.ok else None
-    if result.ok and no_room is None:
+    models = [(path, proto) for path, proto in ((files.model, result.export.model), (files.float, result.float_model))
+              if result.ok and path is not None and proto is not None]
+    problem = no_room([path for path, _proto in models], sum(proto.ByteSize() for _path, proto in models)) \
+        if models else None  # checked together, before the first: no model is left without its cache
+    if result.ok and problem is None:
         if files.model is not None:
             save_model(result.export.model, files.model)
             written.append(files.model)
@@ -58,23 +61,6 @@ def write_quantize_files(result: QuantizeResult, files: QuantizeFiles, *, model_
                             "int8_mac_share": shares[-1], **(document or {})}, indent=indent)
     atomic_write(files.html, quantize_html(result, quantize_figures(result, shares), model=model_name, data=data,
                                            mac_shares=shares))
-    if no_room is not None:
-        from trtq.errors import TrtqError
-
-        raise TrtqError(f"{no_room}; the report was written: {files.html}")
+    if problem is not None:
+        raise TrtqError(f"{problem}; no model, cache or keep list was written; the report was written: {files.html}")
     return [*written, files.json, files.html]
-
-
-def _no_room(files: QuantizeFiles, models: list[tuple[Path | None, object]]) -> str | None:
-    """Why the models cannot be written (None: they fit their device together), checked before the first is: a
-    full disk leaves no model without its cache (each file is checked again as it is written)."""
-    import shutil
-
-    sizes = [(path, proto.ByteSize()) for path, proto in models if path is not None and proto is not None]
-    need = sum(size for _path, size in sizes)
-    free = shutil.disk_usage(files.cache.parent if str(files.cache.parent) else ".").free
-    if not sizes or need <= free:
-        return None
-    names = " and ".join(str(path) for path, _size in sizes)
-    return (f"cannot write {names}: {'they need' if len(sizes) > 1 else 'it needs'} {need / 2**20:.1f} MiB and "
-            f"the device has {free / 2**20:.1f} MiB free; no model, cache or keep list was written")

@@ -13,7 +13,7 @@ zero) decides the export's plan, nothing else about its value does (:meth:`Scale
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +44,13 @@ class ScaledModel:
 
 def _usable(value: float | None) -> bool:
     return value is not None and bool(np.isfinite(value)) and value > 0
+
+
+def scale_fed(export: QdqExport, fold_ranges: Sequence[Mapping[str, float]]) -> ScaledModel | None:
+    """:func:`scales_as_inputs` of ``export`` when it serves every fold's ranges (:meth:`ScaledModel.fits`), else
+    None: then each fold needs its own exported model."""
+    scaled = scales_as_inputs(export)
+    return scaled if scaled is not None and all(scaled.fits(amax) for amax in fold_ranges) else None
 
 
 def scales_as_inputs(export: QdqExport) -> ScaledModel | None:

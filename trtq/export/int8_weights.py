@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from trtq.export.graph import NameAllocator, prune_unused
+
 _LIMITS = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
 
 
@@ -55,8 +57,9 @@ def store_int8_weights(model: onnx.ModelProto) -> Int8Weights:
             readers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
     removed: set[int] = set()
+    replaced: dict[str, int] = {}  # the float weights the int8 ones stand for, and their bytes
     stored, after = 0, 0
-    taken = {*initializers, *(o for n in graph.node for o in n.output), *(i.name for i in graph.input)}
+    fresh = NameAllocator(graph)
     for index, node in enumerate(graph.node):
         if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[0] not in initializers:
             continue
@@ -74,10 +77,11 @@ def store_int8_weights(model: onnx.ModelProto) -> Int8Weights:
         value = numpy_helper.to_array(weight)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(value.ndim, 1)
         quantized = quantize_values(value, numpy_helper.to_array(scale), zero_point, axis)
-        name = _fresh(f"{node.input[0]}_int8", taken)
+        name = fresh(f"{node.input[0]}_int8")
         graph.initializer.append(numpy_helper.from_array(quantized, name))
         dequantizers[0].input[0] = name
         removed.add(index)
+        replaced[node.input[0]] = value.nbytes
         stored += 1
         after += quantized.nbytes
     if not removed:
@@ -85,18 +89,7 @@ def store_int8_weights(model: onnx.ModelProto) -> Int8Weights:
     kept = [node for index, node in enumerate(graph.node) if index not in removed]
     del graph.node[:]
     graph.node.extend(kept)
-    read = {name for node in graph.node for name in node.input} | {i.name for i in graph.input} | outputs
-    unused = [t for t in graph.initializer if t.name not in read]
-    freed = sum(numpy_helper.to_array(t).nbytes for t in unused if t.data_type == onnx.TensorProto.FLOAT)
-    for tensor in unused:
-        graph.initializer.remove(tensor)
+    prune_unused(graph, ())  # the float weights nothing reads anymore (a weight a float layer also reads stays)
+    left = {t.name for t in graph.initializer}
+    freed = sum(size for name, size in replaced.items() if name not in left)
     return Int8Weights(proto, stored, freed - after)
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, number = name, 1
-    while candidate in taken:
-        number += 1
-        candidate = f"{name}_{number}"
-    taken.add(candidate)
-    return candidate

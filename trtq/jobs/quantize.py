@@ -45,7 +45,6 @@ class QuantizeRequest:
 class QuantizeOutcome:
     result: QuantizeResult
     written: list[Path]
-    eval_description: str | None  # of --eval-data, when given
 
 
 def quantize_job(request: QuantizeRequest, files: QuantizeFiles | None = None, *, trt_version: str,
@@ -72,7 +71,7 @@ def quantize_job(request: QuantizeRequest, files: QuantizeFiles | None = None, *
         written = write_quantize_files(result, files, model_name=model.name, data=calibration.description,
                                        provenance=calibration.provenance(), trt_version=trt_version,
                                        document=document, indent=indent)
-    return QuantizeOutcome(result, written, description)
+    return QuantizeOutcome(result, written)
 
 
 def ray_hooks(model: Model, address: str, *, sharded: bool,
