@@ -89,7 +89,7 @@ def test_one_scale_fed_session_judges_every_fold_as_its_own_exported_model(dynam
     shared = _verifier(dynamic_mnist, fit, plan)
     one = shared.compare({m: shared.qdq_runner(r) for m, r in fold_ranges.items()})
     assert len(shared._scaled_sessions) == 1  # both methods, all four folds: one session
-    monkeypatch.setattr("trtq.accuracy.search.scales_as_inputs", lambda export: None)
+    monkeypatch.setattr("trtq.accuracy.search.scale_fed", lambda export, fold_ranges: None)
     apart = _verifier(dynamic_mnist, fit, plan)
     each = apart.compare({m: apart.qdq_runner(r) for m, r in fold_ranges.items()})
     for method in fold_ranges:

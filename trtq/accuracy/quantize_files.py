@@ -42,8 +42,8 @@ def write_quantize_files(result: QuantizeResult, files: QuantizeFiles, *, model_
     is one), the cache and the keep list. ``data``: how the report names the calibration data; ``document``: more
     entries for the JSON report. Returns the files written, the report's last."""
     written: list[Path] = []
-    models = [(path, proto) for path, proto in ((files.model, result.export.model), (files.float, result.float_model))
-              if result.ok and path is not None and proto is not None]
+    pairs = ((files.model, result.export.model), (files.float, result.float_model)) if result.ok else ()
+    models = [(path, proto) for path, proto in pairs if path is not None and proto is not None]
     problem = no_room([path for path, _proto in models], sum(proto.ByteSize() for _path, proto in models)) \
         if models else None  # checked together, before the first: no model is left without its cache
     if result.ok and problem is None:
