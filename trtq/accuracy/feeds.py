@@ -14,7 +14,9 @@ Rules, so that nothing but the time changes:
   (:func:`same_outputs`) and keeps the batches as they were otherwise (a graph with a fixed Reshape, an output whose
   batch is not on axis 0);
 - at most ``FEED_SAMPLES`` samples and ``MAX_FEED_BYTES`` of input a feed: big inputs (a 640x640 page) gain little
-  and would multiply the activations held at once.
+  and would multiply the activations held at once. Both are judgements resting on one model: on the ViT-S a feed of
+  16 ran FP32 6 % faster than one of 8 (0.136 against 0.145 s a sample) and its Q/DQ model 2 % (0.160 against
+  0.164 s), and the bytes cap is there for memory, not measured against it.
 """
 
 from __future__ import annotations
