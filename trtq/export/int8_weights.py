@@ -46,7 +46,11 @@ def quantize_values(weight: np.ndarray, scale: np.ndarray, zero_point: np.ndarra
 
 def store_int8_weights(model: onnx.ModelProto) -> Int8Weights:
     """A copy of ``model`` whose QuantizeLinear -> DequantizeLinear pairs on float32 initializers read an int8 (or
-    uint8) initializer instead (the module docstring); the float weights nothing else reads are dropped."""
+    uint8) initializer instead (the module docstring); the float weights nothing else reads are dropped. A model with
+    no such pair (already stored so) is returned as it is, not copied."""
+    constants = {t.name for t in model.graph.initializer}
+    if not any(n.op_type == "QuantizeLinear" and n.input and n.input[0] in constants for n in model.graph.node):
+        return Int8Weights(model, 0, 0)
     proto = onnx.ModelProto()
     proto.CopyFrom(model)
     graph = proto.graph

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from trtq.data.script import parse_script_spec
 from trtq.pipeline.schema import ModelConfig, Variant
 
 
@@ -84,7 +85,7 @@ def input_files(model: ModelConfig) -> dict[str, Path]:
         if data.labels is not None:
             read[f"{data.key}.labels"] = data.labels
         if data.loader_script:
-            read[f"{data.key}.loader_script"] = Path(data.loader_script.split(":", 1)[0])
+            read[f"{data.key}.loader_script"] = parse_script_spec(data.loader_script)[0]
     return read
 
 
