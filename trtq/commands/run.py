@@ -49,7 +49,7 @@ def run(ctx, config_path, output, steps, force, require_gpu, check, step_summary
     from trtq.fileio import check_output_path
     from trtq.pipeline import ConfigError, Interrupted, Pipeline, SignalGuard, load_config, parse_steps, plan
     from trtq.pipeline.manifest import MANIFEST_NAME
-    from trtq.pipeline.runner import SUMMARY_NAME
+    from trtq.pipeline.runner import SUMMARY_NAME, check_artifacts
 
     echo = (lambda _text: None) if quiet else (lambda text: _err(f"trtq: {text}"))
 
@@ -67,7 +67,7 @@ def run(ctx, config_path, output, steps, force, require_gpu, check, step_summary
                 for line in exc.problems:
                     _err(f"trtq: error: {line}")
                 ctx.exit(2)
-            _check_artifacts(config, step_summary)
+            check_artifacts(config, step_summary)
             if check:
                 _print_plan(config, plan(config))
                 return
@@ -87,25 +87,6 @@ def run(ctx, config_path, output, steps, force, require_gpu, check, step_summary
     if not quiet:
         _err(f"trtq: wrote {result.output / MANIFEST_NAME} and {result.output / SUMMARY_NAME}")
     ctx.exit(result.exit_code)
-
-
-def _check_artifacts(config, step_summary: str | None) -> None:
-    """No artifact may replace a file the run reads (a model or data file that lies where an artifact goes), and
-    ``--step-summary`` may not be one of them either: one line, exit 2, before any work."""
-    from trtq.fileio import check_outputs, refuse_inputs
-    from trtq.pipeline.layout import Layout, input_files
-    from trtq.pipeline.manifest import MANIFEST_NAME
-    from trtq.pipeline.runner import SUMMARY_NAME
-
-    outputs: dict[str, str | None] = {f"the artifact {name}": str(config.output / name)
-                                      for name in (MANIFEST_NAME, SUMMARY_NAME)}
-    read: dict = {"the config": config.source}
-    for model in config.models:
-        outputs.update({f"the artifact {rel}": str(config.output / rel) for rel in Layout(model).files()})
-        read.update(input_files(model))
-    refuse_inputs(outputs, read)  # their folders are made by the run: only a collision with an input is checked here
-    if step_summary:
-        check_outputs({"--step-summary": step_summary}, {**read, **outputs})
 
 
 def _print_plan(config, steps) -> None:

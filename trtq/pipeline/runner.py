@@ -25,7 +25,7 @@ from trtq.errors import TrtqError
 from trtq.fileio import atomic_write
 from trtq.pipeline.environment import Machine, describe_machine
 from trtq.pipeline.fingerprints import Fingerprints, engine_options
-from trtq.pipeline.manifest import MANIFEST_FORMAT, Manifest, file_record, fingerprint
+from trtq.pipeline.manifest import MANIFEST_FORMAT, MANIFEST_NAME, Manifest, file_record, fingerprint
 from trtq.pipeline.plan import STEP_KINDS, parse_steps, plan
 from trtq.pipeline.reuse import KEPT, REUSED, SKIPPED, Policy, decide
 from trtq.pipeline.schema import ModelConfig, PipelineConfig
@@ -59,6 +59,24 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def check_artifacts(config: PipelineConfig, step_summary: str | os.PathLike | None = None) -> None:
+    """No artifact may replace a file the run reads (a model or data file that lies where an artifact goes), and
+    ``step_summary`` (``--step-summary``) may be none of them either: one line, exit 2, before any work. Every
+    :class:`Pipeline` checks this when it is made."""
+    from trtq.fileio import check_outputs, refuse_inputs
+    from trtq.pipeline.layout import Layout, input_files
+
+    outputs: dict[str, str | None] = {f"the artifact {name}": str(config.output / name)
+                                      for name in (MANIFEST_NAME, SUMMARY_NAME)}
+    read: dict = {"the config": config.source}
+    for model in config.models:
+        outputs.update({f"the artifact {rel}": str(config.output / rel) for rel in Layout(model).files()})
+        read.update(input_files(model))
+    refuse_inputs(outputs, read)  # their folders are made by the run: only a collision with an input is checked here
+    if step_summary:
+        check_outputs({"--step-summary": step_summary}, {**read, **outputs})
+
+
 class Pipeline:
     """One ``trtq run``: see the module docstring. It is the :class:`~trtq.pipeline.steps.RunContext`
     its steps read from."""
@@ -66,6 +84,7 @@ class Pipeline:
     def __init__(self, config: PipelineConfig, *, steps: tuple[str, ...] = STEP_KINDS, force: bool = False,
                  require_gpu: bool = False, guard: SignalGuard | None = None, echo: Echo | None = None,
                  warn: Echo | None = None):
+        check_artifacts(config)
         self.config = config
         self.out = config.output
         self.kinds = steps
